@@ -1,0 +1,298 @@
+"""Inject step: attention processors that add the subjects under the routes (METHOD.md §3).
+
+- `RoutedCrossAttnProcessor` (attn2, Eq. 5): text attention + eta * sum_i gate_i * Softmax(Q K^_i) V^_i,
+  one softmax per slot; it also asks the router for the gates and publishes them.
+- `ReferenceAttnProcessor` (attn1, Eq. 6-8): self-attention whose keys/values are extended by the
+  subjects' reference tokens, each visible only at positions routed to that subject by the
+  PREVIOUS cross-attention layer (in execution order), and only inside the subject's own mask.
+
+With no `InjectionContext` set, both are exactly diffusers' `AttnProcessor2_0`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from torch import nn
+
+from .encoding import SubjectEncoding
+from .router import grid_of, resize_routes
+
+_plain_attention = AttnProcessor2_0()
+
+
+def transformer_blocks(unet: nn.Module) -> list[nn.Module]:
+    """The UNet's transformer blocks in execution order: down blocks, then mid, then up.
+
+    (`unet.attn_processors` lists down, up, mid: not the order the blocks run in.)
+    """
+    parts = list(unet.down_blocks) + [unet.mid_block] + list(unet.up_blocks)
+    blocks = []
+    for part in parts:
+        for transformer in getattr(part, "attentions", None) or []:
+            blocks.extend(transformer.transformer_blocks)
+    return blocks
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    b, n, d = x.shape
+    return x.view(b, n, heads, d // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+def _finish(attn: Attention, hidden: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """Output projection, dropout, residual and rescale, as AttnProcessor2_0 ends."""
+    hidden = attn.to_out[1](attn.to_out[0](hidden))
+    if attn.residual_connection:
+        hidden = hidden + residual
+    return hidden / attn.rescale_output_factor
+
+
+def _check_supported(attn: Attention, hidden_states: torch.Tensor) -> None:
+    if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
+        raise NotImplementedError("AnyStory injection supports the transformer attention of SDXL only")
+
+
+@dataclass
+class InjectionContext:
+    """The per-generation state shared by all processors of one UNet.
+
+    Slots are ordered subjects first, background last. Batches hold the unconditional rows first
+    when classifier-free guidance is on (as diffusers' SDXL pipeline concatenates them).
+    """
+
+    subjects: list[SubjectEncoding]
+    background: SubjectEncoding
+    routing: object  # a strategy from router.py with .gates(site, latent, grid) and .exclusive
+    clip_scale: float = 1.0  # eta
+    reference_bias: float = 0.0  # gamma
+    subject_scales: list[float] | None = None
+    clip_schedule: tuple[float, float] | None = (0.0, 1.0)
+    reference_schedule: tuple[float, float] | None = (0.0, 1.0)
+    num_steps: int = 1
+    step: int = 0
+    cfg: bool = False
+    latent_hw: tuple[int, int] = (1, 1)
+    record_steps: bool = False
+    # filled while running
+    last_gates: torch.Tensor | None = None
+    last_grid: tuple[int, int] | None = None
+    votes: torch.Tensor | None = None
+    vote_count: int = 0
+    record: list[dict] = field(default_factory=list)
+    _clip_kv: dict = field(default_factory=dict)
+    _token_masks: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        n = len(self.subjects)
+        scales = self.subject_scales if self.subject_scales is not None else [1.0] * n
+        if len(scales) != n:
+            raise ValueError(f"{len(scales)} subject scales for {n} subjects")
+        if any(s < 0 for s in scales):
+            raise ValueError("subject scales must be >= 0")
+        self.subject_scales = list(scales)
+        self.clip_tokens = torch.stack([s.clip_tokens for s in self.subjects] + [self.background.clip_tokens])
+
+    @property
+    def num_slots(self) -> int:
+        return len(self.subjects) + 1
+
+    def _in_window(self, window: tuple[float, float] | None) -> bool:
+        if window is None:
+            return False
+        fraction = self.step / max(self.num_steps, 1)
+        return window[0] <= fraction < window[1]
+
+    @property
+    def clip_active(self) -> bool:
+        return self._in_window(self.clip_schedule)
+
+    @property
+    def reference_active(self) -> bool:
+        return self._in_window(self.reference_schedule) and any(s.has_reference for s in self.subjects)
+
+    def begin_forward(self, latent_hw: tuple[int, int], batch: int) -> None:
+        """Called before every UNet forward: block 1 of a pass has no previous map."""
+        self.latent_hw = latent_hw
+        self.last_gates, self.last_grid = None, None
+        rows = batch // 2 if self.cfg else batch
+        if self.votes is None:
+            self.votes = torch.zeros(rows, self.num_slots, *latent_hw)
+
+    def cond_rows(self, batch: int) -> int:
+        """Index of the first conditional row."""
+        return batch // 2 if self.cfg else 0
+
+    def slot_scales(self, device, dtype) -> torch.Tensor:
+        return torch.tensor([self.clip_scale * s for s in self.subject_scales] + [self.clip_scale], device=device, dtype=dtype)
+
+    def clip_kv(self, site: RoutedCrossAttnProcessor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K^_i = E_i W'_k, V^_i = E_i W'_v for every slot; projected once per generation per site."""
+        if site.index not in self._clip_kv or torch.is_grad_enabled():
+            tokens = self.clip_tokens.to(site.to_k_ip.weight.device, site.to_k_ip.weight.dtype)
+            self._clip_kv[site.index] = (site.to_k_ip(tokens), site.to_v_ip(tokens))
+        return self._clip_kv[site.index]
+
+    def publish_routes(self, site_index: int, gates: torch.Tensor, grid: tuple[int, int]) -> None:
+        """Keep the gates for the next attn1 and vote for the final route map."""
+        self.last_gates, self.last_grid = gates.detach(), grid
+        b, s, _ = gates.shape
+        hard = gates.detach().float().view(b, s, *grid)
+        self.votes = self.votes.to(hard.device)
+        self.votes += F.adaptive_avg_pool2d(hard, self.latent_hw)
+        self.vote_count += 1
+        if self.record_steps:
+            self.record.append({"step": self.step, "site": site_index, "grid": grid, "gates": hard.bool().cpu()})
+
+    def previous_routes(self, grid: tuple[int, int]) -> torch.Tensor | None:
+        if self.last_gates is None:
+            return None
+        return resize_routes(self.last_gates, self.last_grid, grid, self.routing.exclusive)
+
+    def reference_tokens(self, block: int, site: ReferenceAttnProcessor):
+        """Stacked K~, V~ [N*T, d] and the token validity mask [N, T] of one block, or None."""
+        keys, values, masks = [], [], []
+        for subject in self.subjects:
+            if not subject.has_reference:
+                return None
+            kv = subject.reference_kv(block)
+            if kv is None:
+                features = subject.reference_features[block]
+                kv = site.project_reference(features.to(site.to_k_ref.weight.dtype))
+            keys.append(kv[0])
+            values.append(kv[1])
+            masks.append(self._token_mask(subject, kv[0].shape[0]))
+        return torch.cat(keys), torch.cat(values), torch.stack(masks)
+
+    def _token_mask(self, subject: SubjectEncoding, tokens: int) -> torch.Tensor:
+        key = (id(subject), tokens)
+        if key not in self._token_masks:
+            mask = subject.reference_mask.float()
+            grid = grid_of(tokens, tuple(mask.shape))
+            self._token_masks[key] = F.adaptive_avg_pool2d(mask[None, None], grid).flatten() >= 0.5
+        return self._token_masks[key]
+
+
+class RoutedCrossAttnProcessor(nn.Module):
+    """attn2 of one transformer block: the router of this site + the CLIP path W'_k, W'_v."""
+
+    def __init__(self, index: int, hidden_dim: int, text_dim: int, router: nn.Module | None):
+        super().__init__()
+        self.index = index
+        self.to_k_ip = nn.Linear(text_dim, hidden_dim, bias=False)
+        self.to_v_ip = nn.Linear(text_dim, hidden_dim, bias=False)
+        nn.init.zeros_(self.to_v_ip.weight)  # an untrained CLIP path adds exactly nothing
+        self.router = router
+        self.context: InjectionContext | None = None
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        ctx = self.context
+        if ctx is None:
+            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        _check_supported(attn, hidden_states)
+        batch, tokens, _ = hidden_states.shape
+        first_cond = ctx.cond_rows(batch)
+        grid = grid_of(tokens, ctx.latent_hw)
+
+        gates = ctx.routing.gates(self, hidden_states[first_cond:], grid)  # [Bc, N+1, hw]
+        ctx.publish_routes(self.index, gates, grid)
+        if not ctx.clip_active:
+            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+
+        # Text attention, as AttnProcessor2_0 computes it.
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
+            attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
+        text = encoder_hidden_states
+        if attn.norm_cross:
+            text = attn.norm_encoder_hidden_states(text)
+        query = _split_heads(attn.to_q(hidden_states), attn.heads)
+        key = _split_heads(attn.to_k(text), attn.heads)
+        value = _split_heads(attn.to_v(text), attn.heads)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
+        out = _merge_heads(out).to(query.dtype)
+
+        # Image attention: one softmax per slot, gated by the routes (Eq. 5). The unconditional
+        # rows see the background slot everywhere.
+        slot_keys, slot_values = ctx.clip_kv(self)
+        scales = ctx.slot_scales(out.device, out.dtype)
+        weights = torch.zeros(batch, ctx.num_slots, tokens, device=out.device, dtype=out.dtype)
+        weights[:first_cond, -1] = 1
+        weights[first_cond:] = gates.to(out.dtype)
+        weights = weights * scales[None, :, None]
+        for slot in range(ctx.num_slots):
+            rows = slice(0, batch) if slot == ctx.num_slots - 1 else slice(first_cond, batch)
+            k = _split_heads(slot_keys[slot][None].expand(batch, -1, -1)[rows], attn.heads)
+            v = _split_heads(slot_values[slot][None].expand(batch, -1, -1)[rows], attn.heads)
+            image = _merge_heads(F.scaled_dot_product_attention(query[rows], k, v)).to(out.dtype)
+            out[rows] = out[rows] + weights[rows, slot, :, None] * image
+        return _finish(attn, out, hidden_states)
+
+
+class ReferenceAttnProcessor(nn.Module):
+    """attn1 of one transformer block: self-attention extended by routed reference tokens."""
+
+    def __init__(self, index: int, hidden_dim: int, inject: bool):
+        super().__init__()
+        self.index = index
+        self.inject = inject  # block 1 has no previous map, so never injects
+        self.to_k_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.to_v_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.context: InjectionContext | None = None
+
+    def project_reference(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """K~ = G W~_k, V~ = G W~_v."""
+        return self.to_k_ref(features), self.to_v_ref(features)
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        ctx = self.context
+        if ctx is None or not self.inject or not ctx.reference_active or encoder_hidden_states is not None:
+            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        _check_supported(attn, hidden_states)
+        batch, tokens, _ = hidden_states.shape
+        grid = grid_of(tokens, ctx.latent_hw)
+        routes = ctx.previous_routes(grid)
+        reference = ctx.reference_tokens(self.index, self)
+        if routes is None or reference is None or attention_mask is not None:
+            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        ref_keys, ref_values, token_masks = reference  # [N*T, d], [N*T, d], [N, T]
+        first_cond = ctx.cond_rows(batch)
+
+        query = _split_heads(attn.to_q(hidden_states), attn.heads)
+        key = _split_heads(attn.to_k(hidden_states), attn.heads)
+        value = _split_heads(attn.to_v(hidden_states), attn.heads)
+
+        # Unconditional rows: plain self-attention, no reference tokens.
+        parts = []
+        if first_cond:
+            parts.append(F.scaled_dot_product_attention(query[:first_cond], key[:first_cond], value[:first_cond]))
+
+        # Conditional rows: keys [K, K~_1..K~_N] with bias gamma + log(strength_i) where the
+        # previous map routes the position to subject i and the token lies in i's mask, else -inf.
+        cond = batch - first_cond
+        ref_k = _split_heads(ref_keys.to(key.dtype)[None].expand(cond, -1, -1), attn.heads)
+        ref_v = _split_heads(ref_values.to(value.dtype)[None].expand(cond, -1, -1), attn.heads)
+        visible = routes[:, :-1, :, None].bool() & token_masks[None, :, None, :].to(routes.device)  # [Bc,N,hw,T]
+        strength = torch.tensor(ctx.subject_scales, device=query.device, dtype=torch.float32)
+        bias_per_subject = ctx.reference_bias + torch.log(strength)  # log(0) = -inf: subject off
+        ref_bias = torch.where(visible, bias_per_subject[None, :, None, None], -math.inf)
+        ref_bias = ref_bias.permute(0, 2, 1, 3).reshape(cond, tokens, -1)  # [Bc, hw, N*T]
+        bias = torch.cat([ref_bias.new_zeros(cond, tokens, tokens), ref_bias], dim=-1).to(query.dtype)
+        parts.append(
+            F.scaled_dot_product_attention(
+                query[first_cond:],
+                torch.cat([key[first_cond:], ref_k], dim=2),
+                torch.cat([value[first_cond:], ref_v], dim=2),
+                attn_mask=bias[:, None],
+            )
+        )
+        out = _merge_heads(torch.cat(parts)).to(query.dtype)
+        return _finish(attn, out, hidden_states)

@@ -1,0 +1,396 @@
+"""`AnyStoryPipeline`: diffusers' SDXL pipeline with encode-once subjects, routed and injected.
+
+    pipe = AnyStoryPipeline.from_pretrained("path/or/hub-id")
+    girl = pipe.encode_subject(Image.open("girl.png"))          # once; girl.save("girl.safetensors")
+    out = pipe("a girl and a dog in a park", subjects=[girl, dog], generator=torch.Generator().manual_seed(0))
+    out.images[0], out.route_maps[0]                             # image, [N+1, h, w] slot map
+
+The denoising loop is diffusers' own (`StableDiffusionXLPipeline.__call__`); AnyStory acts through
+the attention processors installed on the UNet, which read one `InjectionContext` per call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import StableDiffusionXLPipeline
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.utils import BaseOutput
+
+from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
+from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
+from .encoding import SubjectEncoding
+from .router import LayoutRouting, LearnedRouting, NoRouting, SubjectRouter
+
+DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
+ROUTERS = ("learned", "layout", "none")
+
+
+@dataclass
+class AnyStoryConfig:
+    """Sizes of the new parts. Defaults are the paper's SDXL choices, scaled down for tiny UNets."""
+
+    num_tokens: int = 64  # m, Subject QFormer queries
+    routing_dim: int = 1024  # d_r [ours]
+    router_dim: int = 256  # d', width of the router's maps [ours]
+    router_heads: int = 4
+    qformer_depth: int = 4
+    qformer_dim_head: int = 64
+    max_subjects: int = 4
+    reference_size: int = 512  # ReferenceNet input side in pixels
+
+    @classmethod
+    def for_models(cls, unet, vae_scale_factor: int) -> AnyStoryConfig:
+        text_dim = unet.config.cross_attention_dim
+        return cls(
+            routing_dim=min(1024, text_dim),
+            router_dim=min(256, max(text_dim // 2, 8)),
+            reference_size=min(512, unet.config.sample_size * vae_scale_factor),
+        )
+
+
+@dataclass
+class AnyStoryPipelineOutput(BaseOutput):
+    """images; route_maps: per image a [N+1, h, w] tensor at the latent grid (subjects, then
+    background), one-hot for exclusive routers; route_record: per step and site, when asked."""
+
+    images: list[PIL.Image.Image] | np.ndarray | torch.Tensor
+    route_maps: list[torch.Tensor] | None = None
+    route_record: list[dict] | None = None
+
+
+def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
+    """CUDA with fp16 where present, else CPU with float32."""
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.float16
+    return torch.device("cpu"), torch.float32
+
+
+class AnyStoryPipeline(StableDiffusionXLPipeline):
+    _optional_components = StableDiffusionXLPipeline._optional_components + ["subject_encoder", "reference_net"]
+
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        text_encoder_2,
+        tokenizer,
+        tokenizer_2,
+        unet,
+        scheduler,
+        image_encoder=None,
+        feature_extractor=None,
+        subject_encoder: SubjectEncoder | None = None,
+        reference_net: ReferenceNet | None = None,
+        force_zeros_for_empty_prompt: bool = True,
+        add_watermarker: bool | None = None,
+    ):
+        super().__init__(
+            vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
+            image_encoder, feature_extractor, force_zeros_for_empty_prompt, add_watermarker,
+        )  # fmt: skip
+        self.register_modules(subject_encoder=subject_encoder, reference_net=reference_net)
+        self.anystory_config: AnyStoryConfig | None = None
+        self.encoder_id = ""
+        self._background: SubjectEncoding | None = None
+
+    # -- loading ---------------------------------------------------------------------------------
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        base: str = DEFAULT_BASE,
+        adapter: str = "init",
+        *,
+        config: AnyStoryConfig | None = None,
+        torch_dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        **kwargs,
+    ) -> AnyStoryPipeline:
+        """Load SDXL from a hub id or a diffusers folder and add the AnyStory parts.
+
+        adapter="init": freshly initialised AnyStory parts (deterministic; the starting point of
+        training): the ReferenceNet copies the UNet, W~ copy attn1's K/V, W'_k copies attn2's K,
+        W'_v is zero, QFormers and routers are random.
+        """
+        auto_device, auto_dtype = default_device_and_dtype()
+        device = torch.device(device) if device is not None else auto_device
+        dtype = torch_dtype or (auto_dtype if device.type == "cuda" else torch.float32)
+        pipe = super().from_pretrained(base, torch_dtype=dtype, **kwargs)
+        pipe.to(device)
+        if adapter != "init":
+            raise ValueError(f"unknown adapter {adapter!r}: only 'init' is available in this version")
+        pipe.init_anystory(config)
+        return pipe
+
+    def init_anystory(self, config: AnyStoryConfig | None = None, seed: int = 0) -> None:
+        """Build the new parts from the loaded UNet and image encoder, and install the processors."""
+        if self.image_encoder is None or self.feature_extractor is None:
+            raise ValueError(
+                "AnyStory needs a CLIP image encoder: the base folder has no image_encoder/ and "
+                "feature_extractor/ (pass image_encoder=... and feature_extractor=... to from_pretrained)"
+            )
+        self.anystory_config = config = config or AnyStoryConfig.for_models(self.unet, self.vae_scale_factor)
+        device, dtype = self.unet.device, self.unet.dtype
+        clip_dim = self.image_encoder.config.hidden_size
+        dim_head = min(config.qformer_dim_head, clip_dim // 4)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            subject_encoder = SubjectEncoder(
+                image_embed_dim=clip_dim,
+                text_dim=self.unet.config.cross_attention_dim,
+                num_tokens=config.num_tokens,
+                routing_dim=config.routing_dim,
+                depth=config.qformer_depth,
+                heads=clip_dim // dim_head,
+                dim_head=dim_head,
+            )
+            processors = self._new_processors(config)
+        self.register_modules(
+            subject_encoder=subject_encoder.to(device, dtype),
+            reference_net=ReferenceNet.from_unet(self.unet).to(device, dtype),
+        )
+        self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self._background = None
+        self.encoder_id = self._fingerprint()
+
+    def _new_processors(self, config: AnyStoryConfig) -> dict:
+        names = {id(module): name for name, module in self.unet.named_modules()}
+        processors = dict(self.unet.attn_processors)
+        for index, block in enumerate(transformer_blocks(self.unet)):
+            attn1, attn2 = block.attn1, block.attn2
+            self_attn = ReferenceAttnProcessor(index, attn1.to_k.out_features, inject=index > 0)
+            self_attn.to_k_ref.weight.data.copy_(attn1.to_k.weight.data)
+            self_attn.to_v_ref.weight.data.copy_(attn1.to_v.weight.data)
+            router = SubjectRouter(attn2.to_q.in_features, config.routing_dim, config.router_dim, config.router_heads)
+            cross_attn = RoutedCrossAttnProcessor(
+                index, attn2.to_k.out_features, attn2.to_k.in_features, router if config.routing_dim else None
+            )
+            cross_attn.to_k_ip.weight.data.copy_(attn2.to_k.weight.data)
+            processors[f"{names[id(attn1)]}.processor"] = self_attn
+            processors[f"{names[id(attn2)]}.processor"] = cross_attn
+        return processors
+
+    def anystory_processors(self) -> tuple[list[ReferenceAttnProcessor], list[RoutedCrossAttnProcessor]]:
+        """The installed (attn1, attn2) processors, each list in block execution order."""
+        blocks = transformer_blocks(self.unet)
+        return [b.attn1.processor for b in blocks], [b.attn2.processor for b in blocks]
+
+    def _fingerprint(self) -> str:
+        """Identity of the weights that make encodings: a strided sample of every encoder tensor."""
+        digest = hashlib.sha256()
+        self_attn, _ = self.anystory_processors()
+        modules = [("image_encoder", self.image_encoder), ("subject_encoder", self.subject_encoder)]
+        modules += [("reference_net", self.reference_net)]
+        modules += [(f"ref{p.index}", p) for p in self_attn]
+        for prefix, module in modules:
+            for name, tensor in module.state_dict().items():
+                flat = tensor.detach().flatten()
+                sample = flat[:: max(1, flat.numel() // 64)].float().cpu().numpy()
+                digest.update(f"{prefix}.{name}{tuple(tensor.shape)}".encode())
+                digest.update(sample.tobytes())
+        return digest.hexdigest()[:16]
+
+    # -- encode ----------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def _encode_clip(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        states = self.image_encoder(pixel_values, output_hidden_states=True).hidden_states[-2]
+        tokens, routing = self.subject_encoder(states.to(self.subject_encoder.dtype))
+        return tokens[0], routing[0]
+
+    def _clip_pixels(self, image: PIL.Image.Image) -> torch.Tensor:
+        pixels = self.feature_extractor(images=image, return_tensors="pt").pixel_values
+        return pixels.to(self._execution_device, self.image_encoder.dtype)
+
+    @torch.no_grad()
+    def _vae_latent(self, image: PIL.Image.Image) -> torch.Tensor:
+        pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+        vae = self.vae
+        upcast = vae.dtype == torch.float16 and vae.config.force_upcast
+        if upcast:
+            vae.to(torch.float32)
+        try:
+            latent = vae.encode(pixels.to(self._execution_device, vae.dtype)).latent_dist.mode()
+        finally:
+            if upcast:
+                vae.to(torch.float16)
+        return latent * vae.config.scaling_factor
+
+    @torch.no_grad()
+    def encode_subject(self, image: PIL.Image.Image, mask=None, *, cache_reference_kv: bool = True) -> SubjectEncoding:
+        """Encode one subject once: CLIP tokens, routing embedding, reference K/V of every block.
+
+        The mask is `mask`, else the image's alpha channel, else the whole image.
+        `cache_reference_kv=False` keeps the raw ReferenceNet states and projects them at every
+        step instead (same result; for checking and for training).
+        """
+        if self.subject_encoder is None:
+            raise ValueError("this pipeline has no subject encoder: load it with an adapter")
+        subject = prepare_subject(image, mask, self.anystory_config.reference_size)
+        tokens, routing = self._encode_clip(self._clip_pixels(subject.clip_image))
+
+        latent = self._vae_latent(subject.reference_image)
+        mask_latent = latent_mask(subject.mask, tuple(latent.shape[-2:])).to(latent)
+        reference_input = torch.cat([latent * mask_latent, mask_latent[None, None]], dim=1).to(self.reference_net.dtype)
+        features = reference_features(self.reference_net, reference_input, *self._null_conditions(self.reference_net))
+
+        self_attn, _ = self.anystory_processors()
+        keys, values, raw = [], [], []
+        for proc, feature in zip(self_attn, features):
+            feature = feature[0] if proc.inject else None
+            if feature is not None and cache_reference_kv:
+                k, v = proc.project_reference(feature)
+                keys.append(k), values.append(v), raw.append(None)
+            else:
+                keys.append(None), values.append(None), raw.append(feature)
+        return SubjectEncoding(
+            clip_tokens=tokens,
+            routing_embedding=routing,
+            reference_keys=keys if cache_reference_kv else [],
+            reference_values=values if cache_reference_kv else [],
+            reference_features=[] if cache_reference_kv else raw,
+            reference_mask=mask_latent.float().cpu(),
+            encoder_id=self.encoder_id,
+            info={"reference_size": self.anystory_config.reference_size},
+        )
+
+    def _null_conditions(self, unet) -> tuple[torch.Tensor, dict]:
+        """Zero text and added conditions for the reference pass (METHOD.md §1: t = 0, conds zero)."""
+        device, dtype = self._execution_device, unet.dtype
+        time_ids = 6  # SDXL: original size, crop top-left, target size
+        pooled = unet.config.projection_class_embeddings_input_dim - time_ids * unet.config.addition_time_embed_dim
+        text = torch.zeros(1, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
+        added = {
+            "text_embeds": torch.zeros(1, pooled, device=device, dtype=dtype),
+            "time_ids": torch.zeros(1, time_ids, device=device, dtype=dtype),
+        }
+        return text, added
+
+    def background_encoding(self) -> SubjectEncoding:
+        """E_{N+1}, R_{N+1}: the encoding of an all-zero image; also the CFG unconditional."""
+        if self._background is None:
+            blank = PIL.Image.new("RGB", (8, 8))
+            pixels = torch.zeros_like(self._clip_pixels(blank))
+            tokens, routing = self._encode_clip(pixels)
+            self._background = SubjectEncoding(tokens, routing, encoder_id=self.encoder_id)
+        return self._background
+
+    # -- generate --------------------------------------------------------------------------------
+
+    def _routing(self, router: str, subjects: list[SubjectEncoding], layout, training: bool):
+        if router == "learned":
+            embeddings = torch.stack([s.routing_embedding for s in subjects] + [self.background_encoding().routing_embedding])
+            if embeddings.shape[-1] == 0:
+                raise ValueError("router='learned' needs trained router weights; use router='layout' or 'none'")
+            return LearnedRouting(embeddings.to(self._execution_device, self.unet.dtype), gumbel=training)
+        if router == "layout":
+            if layout is None or len(layout) != len(subjects):
+                raise ValueError(f"router='layout' needs one mask per subject ({len(subjects)}), got {0 if layout is None else len(layout)}")
+            return LayoutRouting(torch.stack([torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in layout]))
+        if router == "none":
+            return NoRouting(len(subjects))
+        raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
+
+    def _check_subjects(self, subjects) -> list[SubjectEncoding]:
+        subjects = [s if isinstance(s, SubjectEncoding) else self.encode_subject(s) for s in subjects]
+        limit = self.anystory_config.max_subjects if self.anystory_config else 0
+        if len(subjects) > limit:
+            raise ValueError(f"{len(subjects)} subjects given; this pipeline takes at most {limit}")
+        for i, subject in enumerate(subjects):
+            if subject.encoder_id != self.encoder_id:
+                raise ValueError(
+                    f"subject {i} was encoded by other weights ({subject.encoder_id or 'unknown'}, "
+                    f"this pipeline is {self.encoder_id}): encode it again"
+                )
+        return [s.to(self._execution_device, self.unet.dtype) for s in subjects]
+
+    def __call__(
+        self,
+        prompt: str | list[str] | None = None,
+        subjects=(),
+        *,
+        router: str = "learned",
+        layout=None,
+        subject_scales: list[float] | None = None,
+        clip_scale: float = 1.0,
+        reference_bias: float = 0.0,
+        clip_schedule: tuple[float, float] | None = (0.0, 1.0),
+        reference_schedule: tuple[float, float] | None = (0.0, 1.0),
+        return_route_record: bool = False,
+        **kwargs,
+    ) -> AnyStoryPipelineOutput:
+        """Generate with the subjects routed and injected. Every SDXL argument passes through.
+
+        router: "learned" | "layout" (one [H, W] mask per subject in `layout`) | "none".
+        subject_scales: per subject strength (CLIP path scale; log-bias of its reference tokens).
+        clip_scale: eta. reference_bias: gamma. *_schedule: (start, end) fractions of the steps
+        in which each path is on; None switches a path off.
+        """
+        kwargs["return_dict"] = True
+        subjects = self._check_subjects(list(subjects))
+        if not subjects:
+            return AnyStoryPipelineOutput(images=super().__call__(prompt, **kwargs).images)
+
+        ctx = InjectionContext(
+            subjects=subjects,
+            background=self.background_encoding().to(self._execution_device, self.unet.dtype),
+            routing=self._routing(router, subjects, layout, training=False),
+            clip_scale=clip_scale,
+            reference_bias=reference_bias,
+            subject_scales=subject_scales,
+            clip_schedule=clip_schedule,
+            reference_schedule=reference_schedule,
+            record_steps=return_route_record,
+        )
+
+        user_callback = kwargs.pop("callback_on_step_end", None)
+        if isinstance(user_callback, (PipelineCallback, MultiPipelineCallbacks)):
+            kwargs["callback_on_step_end_tensor_inputs"] = user_callback.tensor_inputs
+
+        def on_step_end(pipe, step, timestep, tensors):
+            ctx.step = step + 1
+            return user_callback(pipe, step, timestep, tensors) if user_callback else {}
+
+        def before_unet(module, args, unet_kwargs):
+            sample = args[0] if args else unet_kwargs["sample"]
+            ctx.cfg = self.do_classifier_free_guidance
+            ctx.num_steps = self._num_timesteps
+            ctx.begin_forward(tuple(sample.shape[-2:]), sample.shape[0])
+
+        with self._injecting(ctx, before_unet):
+            output = super().__call__(prompt, callback_on_step_end=on_step_end, **kwargs)
+
+        return AnyStoryPipelineOutput(
+            images=output.images,
+            route_maps=list(self._final_route_maps(ctx)),
+            route_record=ctx.record if return_route_record else None,
+        )
+
+    @contextmanager
+    def _injecting(self, ctx: InjectionContext, before_unet):
+        """Processors read `ctx` and the UNet pre-hook updates it, for the duration of one call."""
+        hook = self.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
+        processors = sum(self.anystory_processors(), [])
+        for proc in processors:
+            proc.context = ctx
+        try:
+            yield
+        finally:
+            hook.remove()
+            for proc in processors:
+                proc.context = None
+
+    @staticmethod
+    def _final_route_maps(ctx: InjectionContext) -> torch.Tensor:
+        """The majority over layers and steps: one-hot per latent position for exclusive routers."""
+        votes = ctx.votes.float().cpu()
+        if ctx.routing.exclusive:
+            return F.one_hot(votes.argmax(dim=1), votes.shape[1]).permute(0, 3, 1, 2).float()
+        return votes / max(ctx.vote_count, 1)

@@ -1,0 +1,183 @@
+"""Route step: where each subject goes in the latent (METHOD.md §2).
+
+Every router here answers one question at each cross-attention site: for each latent position,
+which of the N+1 slots (N subjects, then the background) owns it. The answer is a gate tensor
+[batch, N+1, h*w]: one-hot over slots for exclusive routers (learned, layout), all subjects
+everywhere for `NoRouting` (the blending baseline).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class SubjectRouter(nn.Module):
+    """The decoupled instance-aware router of one attn2 site.
+
+    coarse map C = (R A_r)(Z A_z)^T / sqrt(d')  ->  masked cross-attention of the N+1 routing
+    queries over the latent, each restricted to the positions its coarse map wins, + FFN  ->
+    refined logits M = (R' B_r)(Z B_z)^T / sqrt(d'), shape [batch, N+1, h*w].
+    """
+
+    def __init__(self, hidden_dim: int, routing_dim: int, router_dim: int = 256, heads: int = 4):
+        super().__init__()
+        if router_dim % heads:
+            raise ValueError(f"router_dim {router_dim} is not divisible by heads {heads}")
+        self.router_dim, self.heads = router_dim, heads
+        self.coarse_r = nn.Linear(routing_dim, router_dim)
+        self.coarse_z = nn.Linear(hidden_dim, router_dim)
+        self.refine_norm = nn.LayerNorm(router_dim)
+        self.refine_q = nn.Linear(router_dim, router_dim, bias=False)
+        self.refine_k = nn.Linear(router_dim, router_dim, bias=False)
+        self.refine_v = nn.Linear(router_dim, router_dim, bias=False)
+        self.refine_out = nn.Linear(router_dim, router_dim)
+        self.ffn = nn.Sequential(
+            nn.LayerNorm(router_dim),
+            nn.Linear(router_dim, 4 * router_dim),
+            nn.GELU(),
+            nn.Linear(4 * router_dim, router_dim),
+        )
+        self.fine_r = nn.Linear(router_dim, router_dim)
+        self.fine_z = nn.Linear(hidden_dim, router_dim)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.heads, -1).transpose(1, 2)
+
+    def forward(self, latent: torch.Tensor, routing_embeddings: torch.Tensor) -> torch.Tensor:
+        """latent [B, hw, hidden], routing_embeddings [B or 1, N+1, d_r] -> logits [B, N+1, hw]."""
+        batch = latent.shape[0]
+        queries = self.coarse_r(routing_embeddings.to(latent.dtype)).expand(batch, -1, -1)
+        keys = self.coarse_z(latent)
+        coarse = queries @ keys.transpose(1, 2) / math.sqrt(self.router_dim)
+
+        # Each query sees only the positions where its coarse map wins; an empty region sees all.
+        region = F.one_hot(coarse.argmax(dim=1), coarse.shape[1]).transpose(1, 2).bool()
+        region = region | ~region.any(dim=2, keepdim=True)
+        normed = self.refine_norm(queries)
+        attended = F.scaled_dot_product_attention(
+            self._heads(self.refine_q(normed)),
+            self._heads(self.refine_k(keys)),
+            self._heads(self.refine_v(keys)),
+            attn_mask=region[:, None],
+        )
+        refined = queries + self.refine_out(attended.transpose(1, 2).reshape(queries.shape))
+        refined = refined + self.ffn(refined)
+
+        return self.fine_r(refined) @ self.fine_z(latent).transpose(1, 2) / math.sqrt(self.router_dim)
+
+
+def hard_routes(logits: torch.Tensor) -> torch.Tensor:
+    """One-hot argmax over the slot axis (dim 1): each position belongs to exactly one slot."""
+    return F.one_hot(logits.argmax(dim=1), logits.shape[1]).movedim(-1, 1).to(logits.dtype)
+
+
+def gumbel_routes(logits: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Gumbel-softmax with the straight-through estimator: hard one-hot forward, soft gradient."""
+    uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-9)).clamp_min(1e-9))
+    soft = ((logits + gumbel) / tau).softmax(dim=1)
+    hard = F.one_hot(soft.argmax(dim=1), logits.shape[1]).movedim(-1, 1).to(soft.dtype)
+    return hard - soft.detach() + soft
+
+
+def resize_routes(gates: torch.Tensor, src: tuple[int, int], dst: tuple[int, int], exclusive: bool) -> torch.Tensor:
+    """Gates [B, S, h*w] from grid `src` to grid `dst`: area-resize, then argmax (or threshold)."""
+    if src == dst:
+        return gates
+    b, s, _ = gates.shape
+    resized = F.adaptive_avg_pool2d(gates.float().view(b, s, *src), dst).view(b, s, -1)
+    if exclusive:
+        return hard_routes(resized).to(gates.dtype)
+    return (resized > 0.5).to(gates.dtype)
+
+
+def grid_of(tokens: int, full: tuple[int, int]) -> tuple[int, int]:
+    """The (h, w) of an attention layer with `tokens` positions, in a UNet whose top grid is `full`.
+
+    Each SDXL down-sampler halves a side rounding up (stride-2 conv with padding 1).
+    """
+    h, w = full
+    while h * w > tokens:
+        h, w = (h + 1) // 2, (w + 1) // 2
+    if h * w != tokens:
+        raise ValueError(f"{tokens} tokens do not form a grid of a {full[0]}x{full[1]} latent")
+    return h, w
+
+
+# -- routing strategies: one object per generation, asked at every attn2 site -------------------
+
+
+class LearnedRouting:
+    """The trained router: each site's SubjectRouter on the routing embeddings R_1..R_{N+1}."""
+
+    exclusive = True
+
+    def __init__(self, routing_embeddings: torch.Tensor, gumbel: bool = False, tau: float = 1.0):
+        self.routing_embeddings = routing_embeddings[None]  # [1, N+1, d_r]
+        self.gumbel, self.tau = gumbel, tau
+        self.logits: list[tuple[int, torch.Tensor, tuple[int, int]]] = []  # kept for the routing loss
+
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if site.router is None:
+            raise ValueError("router='learned' needs a checkpoint with trained router weights")
+        logits = site.router(latent, self.routing_embeddings)
+        if self.gumbel:
+            self.logits.append((site.index, logits, grid))
+            return gumbel_routes(logits, self.tau)
+        return hard_routes(logits)
+
+
+class LayoutRouting:
+    """Regions given by the caller: one mask per subject [N, H, W]; background where none claims."""
+
+    exclusive = True
+
+    def __init__(self, masks: torch.Tensor):
+        masks = masks.float()
+        if masks.ndim != 3:
+            raise ValueError(f"layout masks must be [subjects, height, width], got {tuple(masks.shape)}")
+        # Background votes where no subject region reaches half coverage.
+        background = (masks.amax(dim=0, keepdim=True) < 0.5).float()
+        self.slots = torch.cat([masks, background])[None]  # [1, N+1, H, W]
+        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        if grid not in self._cache:
+            area = F.adaptive_avg_pool2d(self.slots, grid).flatten(2)
+            self._cache[grid] = hard_routes(area)
+        return self._cache[grid].to(latent.device, latent.dtype).expand(latent.shape[0], -1, -1)
+
+
+class NoRouting:
+    """Every subject everywhere, no background slot: multi-IP-Adapter style, identities blend."""
+
+    exclusive = False
+
+    def __init__(self, num_subjects: int):
+        self.num_subjects = num_subjects
+
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        gates = latent.new_ones(latent.shape[0], self.num_subjects + 1, latent.shape[1])
+        gates[:, -1] = 0
+        return gates
+
+
+def routing_loss(
+    logits: list[tuple[int, torch.Tensor, tuple[int, int]]], target_masks: torch.Tensor
+) -> torch.Tensor:
+    """L_route: mean over layers of mean_i ||softmax(M^l)_i - M_i^gt||^2 (METHOD.md §2.5, λ outside).
+
+    `target_masks` [B, N+1, H, W]: each instance's whole mask in the target image, background last.
+    """
+    if not logits:
+        raise ValueError("no router logits were recorded: was the routing run in training mode?")
+    losses = []
+    for _, site_logits, grid in logits:
+        target = F.adaptive_avg_pool2d(target_masks.float(), grid).flatten(2).to(site_logits.dtype)
+        losses.append((site_logits.softmax(dim=1) - target).pow(2).mean())
+    return torch.stack(losses).mean()

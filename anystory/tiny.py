@@ -1,0 +1,172 @@
+"""Offline model skeletons: a tiny random SDXL for tests and preview, and the full SDXL UNet config.
+
+Nothing here touches the network. `write_tiny_sdxl(folder)` writes an ordinary diffusers SDXL
+folder (plus a tiny CLIP vision encoder), so tests load it through the same `from_pretrained`
+path that real weights take.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from transformers import (
+    CLIPImageProcessor,
+    CLIPTextConfig,
+    CLIPTextModel,
+    CLIPTextModelWithProjection,
+    CLIPTokenizer,
+    CLIPVisionConfig,
+    CLIPVisionModelWithProjection,
+)
+
+# The UNet of stabilityai/stable-diffusion-xl-base-1.0 (unet/config.json), kept here so the real
+# architecture can be built on the meta device or with random weights without a download.
+SDXL_UNET_CONFIG: dict = {
+    "sample_size": 128,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [320, 640, 1280],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2, 10],
+    "attention_head_dim": [5, 10, 20],
+    "cross_attention_dim": 2048,
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "projection_class_embeddings_input_dim": 2816,
+    "norm_num_groups": 32,
+}
+
+# The UNet of diffusers' own SDXL pipeline tests, at a 64 px default size.
+TINY_UNET_CONFIG: dict = {
+    "sample_size": 8,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+    "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"],
+    "block_out_channels": [32, 64],
+    "layers_per_block": 2,
+    "transformer_layers_per_block": [1, 2],
+    "attention_head_dim": [2, 4],
+    "cross_attention_dim": 64,  # text_encoder (32) + text_encoder_2 (32)
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "projection_class_embeddings_input_dim": 80,  # 6 time ids * 8 + pooled 32
+    "norm_num_groups": 1,
+}
+
+
+def _byte_symbols() -> list[str]:
+    """CLIP's reversible byte -> printable character table (GPT-2 style), 256 symbols."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    codes, extra = [], 0
+    for b in range(256):
+        if b in printable:
+            codes.append(b)
+        else:
+            codes.append(256 + extra)
+            extra += 1
+    order = sorted(range(256), key=lambda b: (b not in printable, b))
+    table = {b: chr(c) for b, c in zip(range(256), codes)}
+    return [table[b] for b in order]
+
+
+def tiny_tokenizer() -> CLIPTokenizer:
+    """A byte-level CLIP BPE tokenizer built in memory: any text tokenizes, no vocab file needed."""
+    symbols = _byte_symbols()
+    vocab: dict[str, int] = {}
+    for s in symbols:
+        vocab[s] = len(vocab)
+    for s in symbols:
+        vocab[s + "</w>"] = len(vocab)
+    merges = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("i", "n"), ("o", "n</w>")]
+    for left, right in merges:
+        vocab.setdefault(left + right, len(vocab))
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+
+
+def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        max_position_embeddings=77,
+        projection_dim=32,
+        hidden_act="gelu",
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict:
+    """Random tiny SDXL components (plus a CLIP vision encoder), deterministic for a given seed."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[8, 16, 16, 16],  # 4 blocks: scale factor 8, as real SDXL
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="leading",
+    )
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(_text_config(tokenizer))
+    torch.manual_seed(seed + 3)
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
+    torch.manual_seed(seed + 4)
+    image_encoder = CLIPVisionModelWithProjection(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=37,
+            projection_dim=32,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            image_size=32,
+            patch_size=8,
+        )
+    )
+    feature_extractor = CLIPImageProcessor(size=32, crop_size=32)
+    return {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tiny_tokenizer(),
+        "unet": unet,
+        "scheduler": scheduler,
+        "image_encoder": image_encoder,
+        "feature_extractor": feature_extractor,
+    }
+
+
+def write_tiny_sdxl(folder: str | os.PathLike, seed: int = 0) -> Path:
+    """Write a tiny random SDXL as a standard diffusers folder (with `image_encoder/`)."""
+    folder = Path(folder)
+    pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed), add_watermarker=False)
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
