@@ -65,6 +65,28 @@ class AnyStoryPipelineOutput(BaseOutput):
     route_record: list[dict] | None = None
 
 
+def build_processors(unet, config: AnyStoryConfig) -> dict:
+    """New attn1/attn2 processors for every transformer block, keyed as `unet.attn_processors`.
+
+    W~_k, W~_v start as copies of attn1's K/V; W'_k as a copy of attn2's K; W'_v at zero.
+    """
+    names = {id(module): name for name, module in unet.named_modules()}
+    processors = dict(unet.attn_processors)
+    for index, block in enumerate(transformer_blocks(unet)):
+        attn1, attn2 = block.attn1, block.attn2
+        self_attn = ReferenceAttnProcessor(index, attn1.to_k.out_features, inject=index > 0)
+        self_attn.to_k_ref.weight.data.copy_(attn1.to_k.weight.data)
+        self_attn.to_v_ref.weight.data.copy_(attn1.to_v.weight.data)
+        router = None
+        if config.routing_dim:
+            router = SubjectRouter(attn2.to_q.in_features, config.routing_dim, config.router_dim, config.router_heads)
+        cross_attn = RoutedCrossAttnProcessor(index, attn2.to_k.out_features, attn2.to_k.in_features, router)
+        cross_attn.to_k_ip.weight.data.copy_(attn2.to_k.weight.data)
+        processors[f"{names[id(attn1)]}.processor"] = self_attn
+        processors[f"{names[id(attn2)]}.processor"] = cross_attn
+    return processors
+
+
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
     """CUDA with fp16 where present, else CPU with float32."""
     if torch.cuda.is_available():
@@ -122,7 +144,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         auto_device, auto_dtype = default_device_and_dtype()
         device = torch.device(device) if device is not None else auto_device
         dtype = torch_dtype or (auto_dtype if device.type == "cuda" else torch.float32)
-        pipe = super().from_pretrained(base, torch_dtype=dtype, **kwargs)
+        pipe = super().from_pretrained(base, dtype=dtype, **kwargs)
         pipe.to(device)
         if adapter != "init":
             raise ValueError(f"unknown adapter {adapter!r}: only 'init' is available in this version")
@@ -151,7 +173,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                 heads=clip_dim // dim_head,
                 dim_head=dim_head,
             )
-            processors = self._new_processors(config)
+            processors = build_processors(self.unet, config)
         self.register_modules(
             subject_encoder=subject_encoder.to(device, dtype),
             reference_net=ReferenceNet.from_unet(self.unet).to(device, dtype),
@@ -159,23 +181,6 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
         self._background = None
         self.encoder_id = self._fingerprint()
-
-    def _new_processors(self, config: AnyStoryConfig) -> dict:
-        names = {id(module): name for name, module in self.unet.named_modules()}
-        processors = dict(self.unet.attn_processors)
-        for index, block in enumerate(transformer_blocks(self.unet)):
-            attn1, attn2 = block.attn1, block.attn2
-            self_attn = ReferenceAttnProcessor(index, attn1.to_k.out_features, inject=index > 0)
-            self_attn.to_k_ref.weight.data.copy_(attn1.to_k.weight.data)
-            self_attn.to_v_ref.weight.data.copy_(attn1.to_v.weight.data)
-            router = SubjectRouter(attn2.to_q.in_features, config.routing_dim, config.router_dim, config.router_heads)
-            cross_attn = RoutedCrossAttnProcessor(
-                index, attn2.to_k.out_features, attn2.to_k.in_features, router if config.routing_dim else None
-            )
-            cross_attn.to_k_ip.weight.data.copy_(attn2.to_k.weight.data)
-            processors[f"{names[id(attn1)]}.processor"] = self_attn
-            processors[f"{names[id(attn2)]}.processor"] = cross_attn
-        return processors
 
     def anystory_processors(self) -> tuple[list[ReferenceAttnProcessor], list[RoutedCrossAttnProcessor]]:
         """The installed (attn1, attn2) processors, each list in block execution order."""
@@ -392,5 +397,10 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         """The majority over layers and steps: one-hot per latent position for exclusive routers."""
         votes = ctx.votes.float().cpu()
         if ctx.routing.exclusive:
+            # Ties go to the most recent layer's map (a tie-break by slot order would not be
+            # permutation-equivariant).
+            b, s, _ = ctx.last_gates.shape
+            last = F.adaptive_avg_pool2d(ctx.last_gates.float().view(b, s, *ctx.last_grid), ctx.latent_hw)
+            votes = votes + 1e-3 * last.cpu()
             return F.one_hot(votes.argmax(dim=1), votes.shape[1]).permute(0, 3, 1, 2).float()
         return votes / max(ctx.vote_count, 1)

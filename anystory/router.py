@@ -79,7 +79,8 @@ def hard_routes(logits: torch.Tensor) -> torch.Tensor:
 def gumbel_routes(logits: torch.Tensor, tau: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     """Gumbel-softmax with the straight-through estimator: hard one-hot forward, soft gradient."""
     uniform = torch.rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-    gumbel = -torch.log(-torch.log(uniform.clamp_min(1e-9)).clamp_min(1e-9))
+    exponential = (-torch.log(uniform.clamp_min(1e-9))).clamp_min(1e-9)
+    gumbel = -torch.log(exponential)
     soft = ((logits + gumbel) / tau).softmax(dim=1)
     hard = F.one_hot(soft.argmax(dim=1), logits.shape[1]).movedim(-1, 1).to(soft.dtype)
     return hard - soft.detach() + soft

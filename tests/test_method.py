@@ -1,0 +1,243 @@
+"""The properties of METHOD.md §7, on the tiny SDXL loaded from a folder."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor2_0
+
+from anystory import AnyStoryConfig, ReferenceNet, SubjectEncoding
+from anystory.attention import InjectionContext, RoutedCrossAttnProcessor, transformer_blocks
+from anystory.pipeline import build_processors
+from anystory.router import LayoutRouting, SubjectRouter, gumbel_routes, routing_loss
+from anystory.tiny import SDXL_UNET_CONFIG
+
+from .conftest import GEN, make_subject_image, seeded
+
+PROMPT = "a girl and her dog in a park"
+
+
+def two_regions(size=8):
+    """Subject 0 on the left, subject 1 on the right, background in the bottom quarter."""
+    left, right = np.zeros((size, size), np.float32), np.zeros((size, size), np.float32)
+    left[: size * 3 // 4, : size // 2] = 1
+    right[: size * 3 // 4, size // 2 :] = 1
+    return [left, right]
+
+
+def test_no_subjects_equals_plain_sdxl(pipe, plain):
+    ours = pipe(PROMPT, generator=seeded(), **GEN).images
+    reference = plain(PROMPT, generator=seeded(), **GEN).images
+    assert np.array_equal(ours, reference)
+
+
+def test_zero_clip_values_change_nothing_with_reference_off(pipe, plain, subjects):
+    _, cross = pipe.anystory_processors()
+    assert all(p.to_v_ip.weight.abs().max() == 0 for p in cross)  # untrained: W'_v = 0
+    reference = plain(PROMPT, generator=seeded(), **GEN).images
+    for router in ("learned", "none"):
+        out = pipe(PROMPT, subjects=subjects[:2], router=router, reference_schedule=None, generator=seeded(), **GEN)
+        assert np.abs(out.images - reference).max() <= 1e-6
+
+
+def test_reference_path_is_on_by_default_and_changes_the_image(pipe, plain, subjects):
+    reference = plain(PROMPT, generator=seeded(), **GEN).images
+    out = pipe(PROMPT, subjects=subjects[:2], generator=seeded(), **GEN).images
+    assert np.abs(out - reference).max() > 1e-3
+
+
+def test_cached_reference_kv_equals_recomputing_every_step(pipe):
+    image = make_subject_image(4, alpha=True)
+    cached = pipe.encode_subject(image)
+    raw = pipe.encode_subject(image, cache_reference_kv=False)
+    assert cached.reference_keys and not cached.reference_features
+    assert raw.reference_features and not raw.reference_keys
+    a = pipe(PROMPT, subjects=[cached], router="none", generator=seeded(), **GEN).images
+    b = pipe(PROMPT, subjects=[raw], router="none", generator=seeded(), **GEN).images
+    assert np.abs(a - b).max() <= 1e-6
+
+
+def test_saved_encoding_gives_the_identical_generation(pipe, subjects, tmp_path):
+    subjects[0].save(tmp_path / "girl.safetensors")
+    loaded = SubjectEncoding.load(tmp_path / "girl.safetensors")
+    assert loaded.encoder_id == pipe.encoder_id
+    a = pipe(PROMPT, subjects=[subjects[0], subjects[1]], generator=seeded(), **GEN).images
+    b = pipe(PROMPT, subjects=[loaded, subjects[1]], generator=seeded(), **GEN).images
+    assert np.array_equal(a, b)
+
+
+def test_no_encoder_pass_during_denoising(pipe, subjects):
+    pipe.background_encoding()
+    calls = []
+    hooks = [
+        m.register_forward_hook(lambda *a: calls.append(1)) for m in (pipe.reference_net, pipe.image_encoder, pipe.subject_encoder)
+    ]
+    try:
+        pipe(PROMPT, subjects=subjects[:2], generator=seeded(), **GEN)
+    finally:
+        for h in hooks:
+            h.remove()
+    assert calls == []
+
+
+# -- route maps ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("router", ["learned", "layout"])
+def test_route_maps_are_one_hot_over_slots(pipe, subjects, router):
+    out = pipe(
+        PROMPT, subjects=subjects[:2], router=router, layout=two_regions(), generator=seeded(),
+        height=128, width=128, return_route_record=True, **GEN,
+    )  # fmt: skip
+    (maps,) = out.route_maps
+    assert maps.shape == (3, 16, 16)  # N+1 slots at the latent grid
+    assert set(maps.unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(maps.sum(0), torch.ones(16, 16))
+    sites = len(transformer_blocks(pipe.unet))
+    assert len(out.route_record) == GEN["num_inference_steps"] * sites
+    for entry in out.route_record:
+        assert torch.equal(entry["gates"].sum(1), torch.ones(1, *entry["grid"], dtype=torch.long))
+
+
+def test_layout_maps_equal_the_given_regions(pipe, subjects):
+    out = pipe(PROMPT, subjects=subjects[:2], router="layout", layout=two_regions(16), generator=seeded(), height=128, width=128, **GEN)
+    left, right = (torch.from_numpy(m) for m in two_regions(16))
+    (maps,) = out.route_maps
+    assert torch.equal(maps[0], left) and torch.equal(maps[1], right)
+    assert torch.equal(maps[2], 1 - left - right)
+
+
+@pytest.mark.parametrize("router", ["learned", "layout"])
+def test_permuting_subjects_permutes_maps_and_keeps_the_image(pipe, subjects, router):
+    layout = two_regions()
+    a = pipe(PROMPT, subjects=[subjects[0], subjects[1]], router=router, layout=layout, generator=seeded(), **GEN)
+    b = pipe(PROMPT, subjects=[subjects[1], subjects[0]], router=router, layout=layout[::-1], generator=seeded(), **GEN)
+    assert torch.equal(b.route_maps[0], a.route_maps[0][[1, 0, 2]])
+    assert np.abs(a.images - b.images).max() <= 1e-5
+
+
+# -- locality at one attention layer ---------------------------------------------------------------
+
+
+def _context(pipe, encodings, routing, latent_hw=(16, 16)):
+    ctx = InjectionContext(subjects=encodings, background=pipe.background_encoding(), routing=routing)
+    ctx.begin_forward(latent_hw, batch=1)
+    return ctx
+
+
+@torch.no_grad()
+def test_cross_attention_locality(pipe, subjects):
+    block = transformer_blocks(pipe.unet)[3]
+    attn = block.attn2
+    torch.manual_seed(0)
+    site = RoutedCrossAttnProcessor(3, attn.to_k.out_features, attn.to_k.in_features, router=None)
+    torch.nn.init.normal_(site.to_v_ip.weight)  # a trained-looking CLIP path, so subjects matter
+    hidden = torch.randn(1, 64, attn.to_q.in_features)
+    text = torch.randn(1, 77, attn.to_k.in_features)
+    routing = LayoutRouting(torch.from_numpy(np.stack(two_regions())))
+
+    outputs = []
+    for pair in ([subjects[0], subjects[1]], [subjects[0], subjects[2]]):
+        site.context = _context(pipe, pair, routing)
+        outputs.append(site(attn, hidden, text))
+    gates = routing.gates(site, hidden, (8, 8))[0]  # [3, 64]
+    changed = (outputs[0] - outputs[1]).abs().amax(-1)[0]
+    assert changed[gates[1].bool()].min() > 1e-4  # subject 1's positions see the new subject 1
+    assert changed[~gates[1].bool()].max() == 0  # subject 0's and background positions do not
+
+
+@torch.no_grad()
+def test_self_attention_locality_and_clean_background(pipe, subjects):
+    block = transformer_blocks(pipe.unet)[3]
+    attn, site = block.attn1, block.attn1.processor
+    hidden = torch.randn(1, 64, attn.to_q.in_features)
+    routing = LayoutRouting(torch.from_numpy(np.stack(two_regions())))
+    plain = AttnProcessor2_0()(attn, hidden)
+
+    def run(pair):
+        ctx = _context(pipe, pair, routing)
+        ctx.publish_routes(2, routing.gates(None, hidden, (8, 8)), (8, 8))  # "previous layer" map
+        site.context = ctx
+        try:
+            return site(attn, hidden)
+        finally:
+            site.context = None
+
+    a, b = run([subjects[0], subjects[1]]), run([subjects[0], subjects[2]])
+    gates = routing.gates(None, hidden, (8, 8))[0]
+    changed = (a - b).abs().amax(-1)[0]
+    assert changed[gates[1].bool()].min() > 1e-5
+    assert changed[~gates[1].bool()].max() == 0
+    background = gates[2].bool()
+    assert (a[0, background] - plain[0, background]).abs().max() <= 1e-6
+    assert (a[0, ~background] - plain[0, ~background]).abs().amax(-1).min() > 1e-5
+
+    # Every reference token masked out: the layer is plain self-attention everywhere.
+    masked = [copy.copy(s) for s in subjects[:2]]
+    for s in masked:
+        s.reference_mask = torch.zeros_like(s.reference_mask)
+    assert (run(masked) - plain).abs().max() <= 1e-6
+
+
+def test_first_block_takes_no_reference(pipe):
+    self_attn, _ = pipe.anystory_processors()
+    assert [p.inject for p in self_attn] == [False] + [True] * (len(self_attn) - 1)
+
+
+# -- training-mode routing -------------------------------------------------------------------------
+
+
+def test_gumbel_straight_through_reaches_router_parameters():
+    torch.manual_seed(0)
+    router = SubjectRouter(hidden_dim=32, routing_dim=16, router_dim=16, heads=2)
+    latent = torch.randn(2, 64, 32)
+    embeddings = torch.randn(1, 3, 16)
+    logits = router(latent, embeddings)
+    gates = gumbel_routes(logits)
+    assert not gates.isnan().any()
+    assert torch.allclose(gates.detach(), F.one_hot(gates.detach().argmax(1), 3).movedim(-1, 1).float())  # hard forward
+    target = torch.rand(2, 3, 64)
+    (gates * target).sum().backward()
+    for name, param in router.named_parameters():
+        assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+def test_routing_loss_has_gradients():
+    router = SubjectRouter(hidden_dim=32, routing_dim=16, router_dim=16, heads=2)
+    logits = router(torch.randn(1, 16, 32), torch.randn(1, 3, 16))
+    masks = torch.zeros(1, 3, 8, 8)
+    masks[:, 0, :, :4], masks[:, 1, :, 4:] = 1, 1
+    loss = routing_loss([(0, logits, (4, 4))], masks)
+    loss.backward()
+    assert loss.item() > 0 and router.fine_z.weight.grad.abs().sum() > 0
+
+
+# -- the full architecture, on the meta device -----------------------------------------------------
+
+
+def test_full_sdxl_counts_on_meta_device():
+    with torch.device("meta"):
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)
+    unet_params = sum(p.numel() for p in unet.parameters())
+    assert round(unet_params / 1e9, 3) == 2.567
+    reference_net = ReferenceNet.from_unet(unet)
+    assert round(sum(p.numel() for p in reference_net.parameters()) / 1e9, 2) == 2.02
+    assert all(b.attn2 is None for b in transformer_blocks(reference_net))
+    assert reference_net.conv_in.in_channels == 5
+
+    with torch.device("meta"):
+        processors = build_processors(unet, AnyStoryConfig())
+    routers = [p for p in processors.values() if isinstance(p, RoutedCrossAttnProcessor)]
+    injecting = [p for p in processors.values() if getattr(p, "inject", False)]
+    assert len(routers) == 70 and all(p.router is not None for p in routers)
+    assert len(injecting) == 69
+
+
+def test_reference_net_starts_equal_to_the_unet(pipe):
+    """The zero-initialised mask channel makes the untrained ReferenceNet compute the UNet's features."""
+    unet = pipe.unet
+    conv = pipe.reference_net.conv_in.weight
+    assert torch.equal(conv[:, :4], unet.conv_in.weight) and conv[:, 4].abs().max() == 0
