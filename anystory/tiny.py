@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
 from transformers import (
     CLIPImageProcessor,
@@ -170,3 +172,18 @@ def write_tiny_sdxl(folder: str | os.PathLike, seed: int = 0) -> Path:
     pipe = StableDiffusionXLPipeline(**tiny_sdxl_components(seed), add_watermarker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return folder
+
+
+def synthetic_subject(seed: int, size: tuple[int, int] = (72, 56), alpha: bool = True) -> Image.Image:
+    """A random textured picture with an elliptical subject, marked by the alpha channel.
+
+    Not a character anyone would draw: a stand-in for tests, benchmarks and the preview mode.
+    """
+    rng = np.random.RandomState(seed)
+    width, height = size
+    pixels = (rng.rand(height, width, 3) * 255).astype(np.uint8)
+    if not alpha:
+        return Image.fromarray(pixels, "RGB")
+    yy, xx = np.mgrid[:height, :width]
+    inside = ((yy - height / 2) / (height * 0.4)) ** 2 + ((xx - width / 2) / (width * 0.35)) ** 2 <= 1
+    return Image.fromarray(np.dstack([pixels, inside.astype(np.uint8) * 255]), "RGBA")

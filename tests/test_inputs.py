@@ -18,7 +18,7 @@ def test_more_subjects_than_the_maximum(pipe, subjects):
 
 
 def test_empty_mask(pipe):
-    image = make_subject_image(0)
+    image = make_subject_image(0, alpha=False)
     with pytest.raises(ValueError, match="mask is empty"):
         pipe.encode_subject(image, mask=np.zeros((image.height, image.width)))
 
@@ -31,7 +31,7 @@ def test_fully_transparent_alpha(pipe):
 
 
 def test_mask_of_another_size(pipe):
-    image = make_subject_image(0)
+    image = make_subject_image(0, alpha=False)
     with pytest.raises(ValueError, match="must be the same size"):
         pipe.encode_subject(image, mask=Image.new("L", (image.width + 1, image.height), 255))
 
@@ -51,14 +51,14 @@ def test_mask_argument_wins_over_alpha():
 
 
 def test_whole_image_when_no_mask_and_no_alpha():
-    prepared = prepare_subject(make_subject_image(0), None, reference_size=64)
+    prepared = prepare_subject(make_subject_image(0, alpha=False), None, reference_size=64)
     assert prepared.mask.min() == 0  # the ~4% margin around the square crop is outside
     assert prepared.mask[14:50, 6:58].min() == 1  # a 72x56 image centred in its square crop
 
 
 @pytest.mark.parametrize("mode", ["RGBA", "LA", "L", "CMYK", "P", "1", "I;16", "F"])
 def test_non_rgb_modes_encode(pipe, mode):
-    base = make_subject_image(5)
+    base = make_subject_image(5, alpha=False)
     if mode == "I;16":
         # A 16-bit grey image spanning the full range must not clip to white.
         ramp = np.tile(np.linspace(0, 65535, base.width, dtype=np.uint16), (base.height, 1))
