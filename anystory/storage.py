@@ -1,0 +1,514 @@
+"""The Studio's storage: one SQLite database plus the files its rows point to.
+
+Layout of a data folder::
+
+    <data_dir>/anystory.db            rows (SQLite, WAL mode, via sqlite-utils)
+    <data_dir>/characters/<id>/...    image, mask, thumbnail, encoding of character <id>
+    <data_dir>/versions/<id>/...      image and routing maps of panel version <id>
+
+The rule that keeps rows and files consistent through crashes: every write happens inside
+`StudioDatabase.transaction()`. Files are written (temp name + fsync + rename) *before* the rows
+that point to them are committed, and files a commit makes unused are deleted only after it.
+So a crash can leave files without a row, never a row without its files; opening the data folder
+again removes what no row references. File names never derive from user text (only ids and
+random tokens), so any character name is safe.
+
+No torch here: storage knows bytes and rows.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import logging
+import os
+import secrets
+import shutil
+import sqlite3
+import threading
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO
+
+import sqlite_utils
+
+log = logging.getLogger(__name__)
+
+DB_NAME = "anystory.db"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+# Folders of files owned by rows: table -> (folder under data_dir, columns holding relative paths).
+FILE_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
+    "characters": ("characters", ("image_path", "mask_path", "thumbnail_path", "encoding_path")),
+    "versions": ("versions", ("image_path", "route_map_path")),
+}
+
+# Archive limits: checked on the declared sizes before anything is written (zip bombs, typos).
+MAX_JSON_BYTES = 64 * 1024 * 1024
+MAX_MEMBER_BYTES = 4 * 1024**3
+MAX_ARCHIVE_BYTES = 32 * 1024**3
+MAX_MEMBERS = 100_000
+
+_TMP_MARK = ".tmp-"
+
+
+def now() -> str:
+    """ISO time in UTC (microseconds, so ordering by time is stable within one process)."""
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
+
+
+def token() -> str:
+    """Random part of a stored file name: a replaced file never reuses the old name."""
+    return secrets.token_hex(6)
+
+
+# -- atomic files --------------------------------------------------------------------------------
+
+
+def _fsync_dir(folder: Path) -> None:
+    # Makes the rename itself durable; not possible (nor needed) on Windows.
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open `path` for writing so that readers see the old file or the whole new one, never half.
+
+    Writes to a temp name in the same folder, fsyncs, then `os.replace`s; on error the temp file
+    is removed and `path` is untouched.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}{_TMP_MARK}{secrets.token_hex(4)}")
+    try:
+        with open(tmp, "xb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` through a temp name + fsync + rename (see `open_atomic`)."""
+    with open_atomic(path) as f:
+        f.write(data)
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temp names `open_atomic` uses (leftovers of a crash)."""
+    return name.startswith(".") and _TMP_MARK in name
+
+
+def require_png(data: bytes, what: str) -> bytes:
+    """Refuse bytes that are not a PNG file (cheap signature check; storage never decodes)."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if not data.startswith(PNG_SIGNATURE):
+        raise ValueError(f"{what} is not PNG data")
+    return data
+
+
+# -- archives ------------------------------------------------------------------------------------
+
+
+def safe_member_name(name: str) -> PurePosixPath:
+    """A zip member name as a relative path that stays inside the folder it is extracted to.
+
+    Refuses absolute paths, drive letters, backslashes, `..`, `.` and empty parts (zip-slip).
+    """
+    if not name or len(name) > 1024 or any(ord(c) < 32 for c in name):
+        raise ValueError(f"archive member {name!r} has an invalid name")
+    if "\\" in name or name.startswith("/") or ":" in name:
+        raise ValueError(f"archive member {name!r} is an absolute or non-portable path")
+    parts = name.split("/")
+    if any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"archive member {name!r} escapes its folder or has empty parts")
+    return PurePosixPath(name)
+
+
+def check_archive(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
+    """Check every member of an archive before anything is written: names, kinds, sizes.
+
+    Returns the members by name. Raises ValueError naming the first problem.
+    """
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise ValueError(f"archive has {len(infos)} members; at most {MAX_MEMBERS} are accepted")
+    members: dict[str, zipfile.ZipInfo] = {}
+    total = 0
+    for info in infos:
+        if info.is_dir():
+            safe_member_name(info.filename.rstrip("/"))
+            continue
+        safe_member_name(info.filename)
+        mode = info.external_attr >> 16
+        if mode and (mode & 0o170000) not in (0, 0o100000):  # symlinks, devices
+            raise ValueError(f"archive member {info.filename!r} is not a regular file")
+        if info.filename in members:
+            raise ValueError(f"archive member {info.filename!r} appears twice")
+        if info.file_size > MAX_MEMBER_BYTES:
+            raise ValueError(f"archive member {info.filename!r} is too large ({info.file_size} bytes)")
+        total += info.file_size
+        members[info.filename] = info
+    if total > MAX_ARCHIVE_BYTES:
+        raise ValueError(f"archive unpacks to {total} bytes; at most {MAX_ARCHIVE_BYTES} are accepted")
+    return members
+
+
+def stored_file_name(name: str) -> str:
+    """The base name of a stored file, as found in an archive's JSON; refuses anything path-like."""
+    if (
+        not isinstance(name, str)
+        or not 0 < len(name) <= 128
+        or name.startswith(".")
+        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
+    ):
+        raise ValueError(f"invalid stored file name {name!r}")
+    return name
+
+
+# -- schema --------------------------------------------------------------------------------------
+
+
+def _execute_all(db: sqlite_utils.Database, script: str) -> None:
+    # Not executescript(): sqlite3 commits any open transaction before a script.
+    for statement in script.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migration_1(db: sqlite_utils.Database) -> None:
+    """Initial schema: characters, stories, panels, versions."""
+    _execute_all(
+        db,
+        """
+        CREATE TABLE characters (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL COLLATE NOCASE,
+            description TEXT NOT NULL DEFAULT '',
+            image_path TEXT NOT NULL,
+            mask_path TEXT NOT NULL,
+            thumbnail_path TEXT NOT NULL,
+            encoding_path TEXT,
+            encoder_id TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE UNIQUE INDEX characters_name ON characters (name COLLATE NOCASE);
+        CREATE TABLE stories (
+            id INTEGER PRIMARY KEY,
+            title TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE TABLE panels (
+            id INTEGER PRIMARY KEY,
+            story_id INTEGER NOT NULL REFERENCES stories (id),
+            position INTEGER NOT NULL,
+            prompt TEXT NOT NULL DEFAULT '',
+            characters TEXT NOT NULL DEFAULT '[]',
+            seed INTEGER NOT NULL,
+            steps INTEGER NOT NULL,
+            guidance REAL NOT NULL,
+            width INTEGER NOT NULL,
+            height INTEGER NOT NULL,
+            strengths TEXT NOT NULL DEFAULT '{}',
+            router TEXT NOT NULL,
+            layout TEXT NOT NULL DEFAULT '{}',
+            active_version_id INTEGER,
+            status TEXT NOT NULL,
+            error TEXT NOT NULL DEFAULT '',
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL
+        );
+        CREATE TABLE versions (
+            id INTEGER PRIMARY KEY,
+            panel_id INTEGER NOT NULL REFERENCES panels (id),
+            settings TEXT NOT NULL,
+            model_id TEXT NOT NULL,
+            image_path TEXT NOT NULL,
+            route_map_path TEXT,
+            created TEXT NOT NULL
+        );
+        """
+    )
+
+
+def _migration_2(db: sqlite_utils.Database) -> None:
+    """Unicode-aware unique names (NOCASE folds ASCII only) and lookup indexes."""
+    from .library import name_key  # the one definition of "same name"
+
+    db["characters"].add_column("name_key", str)
+    for row in list(db.query("SELECT id, name FROM characters")):
+        db.execute("UPDATE characters SET name_key = ? WHERE id = ?", [name_key(row["name"]), row["id"]])
+    _execute_all(
+        db,
+        """
+        CREATE UNIQUE INDEX characters_name_key ON characters (name_key);
+        CREATE INDEX panels_story ON panels (story_id, position);
+        CREATE INDEX versions_panel ON versions (panel_id);
+        """
+    )
+
+
+# Applied in order; never edit one that has shipped, append a new one.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    """The schema version of a database (0 for a new, empty one)."""
+    if not db["schema_version"].exists():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return row[0] or 0
+
+
+def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
+    """Apply the migrations after the database's version, up to `target`, each in a transaction."""
+    target = SCHEMA_VERSION if target is None else target
+    db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
+    current = schema_version(db)
+    if current > SCHEMA_VERSION:
+        raise RuntimeError(
+            f"the database has schema version {current}; this AnyStory Studio knows up to "
+            f"{SCHEMA_VERSION}: update the app instead of opening it with an older one"
+        )
+    for version in range(current + 1, target + 1):
+        db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
+        try:
+            if schema_version(db) < version:
+                MIGRATIONS[version - 1](db)
+                db["schema_version"].insert({"version": version, "applied": now()})
+                log.info("migrated to schema version %d", version)
+        except BaseException:
+            db.rollback()
+            raise
+        db.conn.execute("COMMIT")
+    return schema_version(db)
+
+
+# -- the database ---------------------------------------------------------------------------------
+
+
+class Transaction:
+    """Files touched by one write transaction: undone on rollback, old ones deleted after commit."""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self._created: list[Path] = []
+        self._discard: list[Path] = []
+
+    def folder(self, relative: str | PurePosixPath) -> Path:
+        """Create (or reuse) a folder under the data folder; a new one is removed on rollback."""
+        path = self.data_dir / relative
+        if not path.exists():
+            path.mkdir(parents=True)
+            self._created.append(path)
+        return path
+
+    def fresh_folder(self, relative: str | PurePosixPath) -> Path:
+        """A new, empty folder for a row inserted in this transaction.
+
+        Whatever is there already belongs to no committed row (its id was just given out),
+        e.g. the leftover of a crash: it is removed.
+        """
+        path = self.data_dir / relative
+        if path.exists():
+            shutil.rmtree(path)
+        return self.folder(relative)
+
+    def write(self, relative: str | PurePosixPath, data: bytes) -> str:
+        """Write a file atomically; returns its path relative to the data folder (for the row)."""
+        path = self.data_dir / relative
+        write_atomic(path, data)
+        self._created.append(path)
+        return PurePosixPath(relative).as_posix()
+
+    def discard_after_commit(self, relative: str | PurePosixPath | None) -> None:
+        """Delete a file or folder once the rows no longer pointing to it are committed."""
+        if relative:
+            self._discard.append(self.data_dir / relative)
+
+    def _rollback(self) -> None:
+        for path in reversed(self._created):
+            _remove(path)
+
+    def _commit(self) -> None:
+        for path in self._discard:
+            _remove(path)
+
+
+def _remove(path: Path) -> None:
+    try:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as err:  # leftovers are swept on the next open
+        log.warning("could not remove %s: %s", path, err)
+
+
+class StudioDatabase:
+    """One data folder: the SQLite database `<data_dir>/anystory.db` and the files of its rows.
+
+    SQLite connections belong to one thread, so `db` is a per-thread connection (each thread
+    gets its own, opened on first use). Writes go through `transaction()`, which serialises
+    writers (a lock in this process, `BEGIN IMMEDIATE` across processes).
+    """
+
+    def __init__(self, data_dir: str | os.PathLike, *, busy_timeout_s: float = 30.0):
+        self.data_dir = Path(data_dir).expanduser().absolute()
+        self.path = self.data_dir / DB_NAME
+        self.busy_timeout_s = busy_timeout_s
+        self._local = threading.local()
+        self._lock = threading.RLock()
+        self._connections: list[sqlite3.Connection] = []
+        self._connections_lock = threading.Lock()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        for kind, (folder, _) in FILE_OWNERS.items():
+            (self.data_dir / folder).mkdir(exist_ok=True)
+        db = self.db
+        db.enable_wal()
+        with self._lock:
+            migrate(db)
+        self.sweep()
+
+    # -- connections --
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        """This thread's connection to the database."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False)
+            conn.execute("PRAGMA foreign_keys = ON")
+            with self._connections_lock:
+                self._connections.append(conn)
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+        return db
+
+    def close(self) -> None:
+        """Close every connection this object opened (in any thread)."""
+        with self._connections_lock:
+            for conn in self._connections:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._connections.clear()
+        self._local = threading.local()
+
+    def __enter__(self) -> StudioDatabase:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return schema_version(self.db)
+
+    # -- writes --
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[Transaction]:
+        """One write transaction: rows and files commit together or not at all.
+
+        Nested use joins the outer transaction. On an exception the rows roll back and the files
+        written in it are removed; after the commit, files it discarded are deleted.
+        """
+        with self._lock:
+            outer = getattr(self._local, "tx", None)
+            if outer is not None:
+                yield outer
+                return
+            db = self.db
+            tx = Transaction(self.data_dir)
+            db.execute("BEGIN IMMEDIATE")
+            self._local.tx = tx
+            try:
+                yield tx
+            except BaseException:
+                self._local.tx = None
+                db.rollback()
+                tx._rollback()
+                raise
+            self._local.tx = None
+            try:
+                db.conn.execute("COMMIT")
+            except BaseException:
+                db.rollback()
+                tx._rollback()
+                raise
+            tx._commit()
+
+    @contextlib.contextmanager
+    def snapshot(self) -> Iterator[sqlite_utils.Database]:
+        """Consistent reads of rows *and* files (exports): holds the write lock while it reads."""
+        with self.transaction():
+            yield self.db
+
+    # -- crash recovery --
+
+    def sweep(self) -> dict[str, int]:
+        """Remove what a crash can leave: files and folders no row references, temp files.
+
+        Also marks a character whose encoding file disappeared as "missing". Runs under the
+        write lock, so it never sees another writer's uncommitted files. Returns counts.
+        """
+        removed = {"folders": 0, "files": 0}
+        with self.transaction() as tx:
+            db = self.db
+            for table, (folder, columns) in FILE_OWNERS.items():
+                root = self.data_dir / folder
+                referenced: dict[int, set[str]] = {}
+                for row in db.query(f"SELECT id, {', '.join(columns)} FROM {table}"):
+                    referenced[row["id"]] = {row[c] for c in columns if row[c]}
+                for entry in sorted(root.iterdir()) if root.exists() else []:
+                    if not (entry.is_dir() and entry.name.isdigit() and int(entry.name) in referenced):
+                        tx.discard_after_commit(entry.relative_to(self.data_dir))
+                        removed["folders"] += 1
+                        continue
+                    keep = referenced[int(entry.name)]
+                    for item in entry.iterdir():
+                        if item.relative_to(self.data_dir).as_posix() not in keep:
+                            tx.discard_after_commit(item.relative_to(self.data_dir))
+                            removed["files"] += 1
+            for row in list(db.query("SELECT id, encoding_path FROM characters WHERE encoding_path IS NOT NULL")):
+                if not (self.data_dir / row["encoding_path"]).is_file():
+                    log.warning("character %d lost its encoding file; marking it missing", row["id"])
+                    db.execute(
+                        "UPDATE characters SET encoding_path = NULL, status = 'missing', updated = ? WHERE id = ?",
+                        [now(), row["id"]],
+                    )
+        for item in self.data_dir.iterdir():
+            if is_temp_name(item.name):
+                _remove(item)
+                removed["files"] += 1
+        if removed["folders"] or removed["files"]:
+            log.info("swept %s: %s", self.data_dir, removed)
+        return removed
+
+    # -- helpers for the record modules --
+
+    def absolute(self, relative: str | None) -> Path | None:
+        """A stored relative path as an absolute one."""
+        return None if relative is None else self.data_dir / relative
+
+    def read_bytes(self, relative: str) -> bytes:
+        return (self.data_dir / relative).read_bytes()

@@ -1,0 +1,809 @@
+"""Stories: ordered panels, each with its generation settings and its kept versions.
+
+A panel's prompt names characters as `[Name]`; `resolve_mentions` turns it into the prompt the
+model sees (each name replaced by the character's description) and the spans of those
+descriptions, which the prompt router uses. Every generation is kept as a version (image +
+routing maps + the settings that made it); one version per panel is the active one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from .library import Library, name_key
+from .storage import (
+    StudioDatabase,
+    Transaction,
+    check_archive,
+    now,
+    open_atomic,
+    require_png,
+    safe_member_name,
+    stored_file_name,
+    token,
+)
+
+ROUTERS = ("learned", "prompt", "layout", "none")
+PANEL_STATUSES = ("empty", "ready", "outdated", "failed")
+PROJECT_JSON = "project.json"
+PROJECT_FORMAT = "anystory.project"
+PROJECT_VERSION = 1
+
+# The settings a generation depends on, with their defaults; changing one outdates the panel's image.
+PANEL_DEFAULTS: dict[str, Any] = {
+    "prompt": "",
+    "characters": [],
+    "seed": 0,
+    "steps": 30,
+    "guidance": 5.0,
+    "width": 1024,
+    "height": 1024,
+    "strengths": {},
+    "router": "learned",
+    "layout": {},
+}
+_JSON_FIELDS = ("characters", "strengths", "layout")
+
+
+# -- mentions -------------------------------------------------------------------------------------
+
+# `[Name]`, not preceded by another `[` (so `[[...]]` stays text); no brackets or newlines inside.
+_MENTION = re.compile(r"(?<!\[)\[([^\[\]\n]+)\]")
+
+
+@dataclass
+class Mention:
+    """A character named in a prompt: the span [start, end) of its description in the MODEL prompt."""
+
+    name: str
+    character_id: int
+    start: int
+    end: int
+
+
+def iter_mentions(prompt: str) -> list[tuple[int, int, str]]:
+    """`(start, end, name)` of every `[Name]` in a panel prompt (spans in that prompt)."""
+    found = []
+    for match in _MENTION.finditer(prompt):
+        name = match.group(1).strip()
+        if name:
+            found.append((match.start(), match.end(), name))
+    return found
+
+
+def mentioned_names(prompt: str) -> list[str]:
+    """The names a prompt mentions, in order, as written."""
+    return [name for _, _, name in iter_mentions(prompt)]
+
+
+def resolve_mentions(prompt: str, characters: dict[str, tuple[int, str]]) -> tuple[str, list[Mention]]:
+    """Replace each `[Name]` (any case) by that character's description.
+
+    `characters` maps name -> (id, description). Returns the model prompt and one Mention per
+    `[Name]` with the span of the description in it. A character with an empty description is
+    replaced by its name. `[[`, empty or unmatched brackets are left as text. An unknown name
+    raises ValueError listing the known names.
+    """
+    known = {name_key(name): (name, cid, description) for name, (cid, description) in characters.items()}
+    parts: list[str] = []
+    mentions: list[Mention] = []
+    length = 0
+    cursor = 0
+    for start, end, written in iter_mentions(prompt):
+        entry = known.get(name_key(written))
+        if entry is None:
+            listed = ", ".join(sorted(characters, key=name_key)) or "none yet"
+            raise ValueError(f"the prompt names [{written}], which is not a character; known characters: {listed}")
+        name, cid, description = entry
+        text = prompt[cursor:start]
+        parts.append(text)
+        length += len(text)
+        replacement = description.strip() or name
+        parts.append(replacement)
+        mentions.append(Mention(name=name, character_id=cid, start=length, end=length + len(replacement)))
+        length += len(replacement)
+        cursor = end
+    parts.append(prompt[cursor:])
+    return "".join(parts), mentions
+
+
+def rename_mentions(prompt: str, renames: dict[str, str]) -> str:
+    """Rewrite each `[old]` (any case) as `[new]` in one pass, leaving everything else as written."""
+    by_key = {name_key(old): new for old, new in renames.items()}
+    out, cursor = [], 0
+    for start, end, written in iter_mentions(prompt):
+        new = by_key.get(name_key(written))
+        if new is not None:
+            out.append(prompt[cursor:start])
+            out.append(f"[{new}]")
+            cursor = end
+    out.append(prompt[cursor:])
+    return "".join(out)
+
+
+# -- records --------------------------------------------------------------------------------------
+
+
+@dataclass
+class Story:
+    id: int
+    title: str
+    created: str
+    updated: str
+
+
+@dataclass
+class Panel:
+    id: int
+    story_id: int
+    position: int
+    prompt: str
+    characters: list[int]
+    seed: int
+    steps: int
+    guidance: float
+    width: int
+    height: int
+    strengths: dict[int, float]
+    router: str  # "learned" | "prompt" | "layout" | "none"
+    layout: dict[int, list[float]]  # character id -> [x0, y0, x1, y1] as fractions of the image
+    active_version_id: int | None
+    status: str  # "empty" | "ready" | "outdated" | "failed"
+    error: str
+    created: str = ""
+    updated: str = ""
+
+    def generation_settings(self) -> dict[str, Any]:
+        """The settings a generation of this panel depends on (a good `settings` for a version)."""
+        return {key: _copy(getattr(self, key)) for key in PANEL_DEFAULTS}
+
+
+@dataclass
+class Version:
+    id: int
+    panel_id: int
+    settings: dict
+    model_id: str
+    image_path: Path
+    route_map_path: Path | None
+    created: str
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+# -- settings validation ----------------------------------------------------------------------------
+
+
+def _int(value: Any, what: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    value = int(value)
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return value
+
+
+def _float(value: Any, what: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value!r}")
+    if not low <= value <= high:
+        raise ValueError(f"{what} must be between {low} and {high}, got {value}")
+    return float(value)
+
+
+def _character_id(value: Any, what: str) -> int:
+    if isinstance(value, str) and value.isdigit():  # JSON object keys
+        value = int(value)
+    return _int(value, what, 1, 2**63 - 1)
+
+
+def check_setting(key: str, value: Any) -> Any:
+    """One panel setting, validated and normalised (ValueError says what is wrong)."""
+    if key == "prompt":
+        if not isinstance(value, str):
+            raise ValueError(f"prompt must be text, got {type(value).__name__}")
+        return value
+    if key == "characters":
+        if not isinstance(value, (list, tuple)):
+            raise ValueError("characters must be a list of character ids")
+        return list(dict.fromkeys(_character_id(v, "a character id") for v in value))
+    if key == "seed":
+        return _int(value, "seed", 0, 2**63 - 1)
+    if key == "steps":
+        return _int(value, "steps", 1, 1000)
+    if key == "guidance":
+        return _float(value, "guidance", 0.0, 100.0)
+    if key in ("width", "height"):
+        size = _int(value, key, 64, 8192)
+        if size % 8:
+            raise ValueError(f"{key} must be a multiple of 8 (the latent grid), got {size}")
+        return size
+    if key == "strengths":
+        if not isinstance(value, dict):
+            raise ValueError("strengths must map character ids to numbers")
+        return {_character_id(k, "a strength's character id"): _float(v, "a strength", 0.0, 10.0) for k, v in value.items()}
+    if key == "router":
+        if value not in ROUTERS:
+            raise ValueError(f"router must be one of {', '.join(ROUTERS)}, got {value!r}")
+        return value
+    if key == "layout":
+        if not isinstance(value, dict):
+            raise ValueError("layout must map character ids to boxes [x0, y0, x1, y1]")
+        boxes = {}
+        for k, box in value.items():
+            cid = _character_id(k, "a layout's character id")
+            if not isinstance(box, (list, tuple)) or len(box) != 4:
+                raise ValueError(f"the layout box of character {cid} must be [x0, y0, x1, y1], got {box!r}")
+            x0, y0, x1, y1 = (_float(v, "a layout coordinate", 0.0, 1.0) for v in box)
+            if not (x0 < x1 and y0 < y1):
+                raise ValueError(f"the layout box of character {cid} is empty or inverted: {list(box)}")
+            boxes[cid] = [x0, y0, x1, y1]
+        return boxes
+    raise TypeError(f"unknown panel setting {key!r}; settings are {', '.join(PANEL_DEFAULTS)}")
+
+
+def _to_row(settings: dict[str, Any]) -> dict[str, Any]:
+    row = dict(settings)
+    for key in _JSON_FIELDS:
+        if key in row:
+            value = row[key]
+            if isinstance(value, dict):
+                value = {str(k): v for k, v in value.items()}
+            row[key] = json.dumps(value, sort_keys=True)
+    return row
+
+
+def _json_dump(value: Any, what: str) -> str:
+    try:
+        return json.dumps(value, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{what} must be JSON-serialisable: {err}") from err
+
+
+# -- stories --------------------------------------------------------------------------------------
+
+
+class Stories:
+    """Stories, panels and versions of one data folder. Safe to share between threads."""
+
+    def __init__(self, database: StudioDatabase):
+        self.database = database
+        self.library = Library(database)
+
+    @property
+    def db(self):
+        return self.database.db
+
+    # -- rows -> records --
+
+    @staticmethod
+    def _story(row: dict) -> Story:
+        return Story(id=row["id"], title=row["title"], created=row["created"], updated=row["updated"])
+
+    @staticmethod
+    def _panel(row: dict) -> Panel:
+        strengths = json.loads(row["strengths"])
+        layout = json.loads(row["layout"])
+        return Panel(
+            id=row["id"],
+            story_id=row["story_id"],
+            position=row["position"],
+            prompt=row["prompt"],
+            characters=json.loads(row["characters"]),
+            seed=row["seed"],
+            steps=row["steps"],
+            guidance=row["guidance"],
+            width=row["width"],
+            height=row["height"],
+            strengths={int(k): v for k, v in strengths.items()},
+            router=row["router"],
+            layout={int(k): v for k, v in layout.items()},
+            active_version_id=row["active_version_id"],
+            status=row["status"],
+            error=row["error"],
+            created=row["created"],
+            updated=row["updated"],
+        )
+
+    def _version(self, row: dict) -> Version:
+        return Version(
+            id=row["id"],
+            panel_id=row["panel_id"],
+            settings=json.loads(row["settings"]),
+            model_id=row["model_id"],
+            image_path=self.database.absolute(row["image_path"]),
+            route_map_path=self.database.absolute(row["route_map_path"]),
+            created=row["created"],
+        )
+
+    def _row(self, table: str, row_id: int, what: str) -> dict:
+        if isinstance(row_id, bool) or not isinstance(row_id, int):
+            raise TypeError(f"a {what} id must be an int, got {row_id!r}")
+        rows = list(self.db[table].rows_where("id = ?", [row_id]))
+        if not rows:
+            raise KeyError(f"no {what} with id {row_id}")
+        return rows[0]
+
+    def _touch_story(self, story_id: int) -> None:
+        self.db.execute("UPDATE stories SET updated = ? WHERE id = ?", [now(), story_id])
+
+    # -- stories --
+
+    def create_story(self, title: str = "Untitled story") -> Story:
+        title = self._title(title)
+        stamp = now()
+        with self.database.transaction():
+            story_id = int(self.db["stories"].insert({"title": title, "created": stamp, "updated": stamp}).last_pk)
+        return self.get_story(story_id)
+
+    @staticmethod
+    def _title(title: str) -> str:
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError("a story needs a title")
+        return title.strip()
+
+    def stories(self) -> list[Story]:
+        """All stories, oldest first."""
+        return [self._story(r) for r in self.db["stories"].rows_where(order_by="id")]
+
+    def get_story(self, story_id: int) -> Story:
+        return self._story(self._row("stories", story_id, "story"))
+
+    def rename_story(self, story_id: int, title: str) -> Story:
+        title = self._title(title)
+        with self.database.transaction():
+            self._row("stories", story_id, "story")
+            self.db["stories"].update(story_id, {"title": title, "updated": now()})
+        return self.get_story(story_id)
+
+    def delete_story(self, story_id: int) -> None:
+        """Delete a story with its panels, versions and their files."""
+        with self.database.transaction() as tx:
+            self._row("stories", story_id, "story")
+            for panel in list(self.db["panels"].rows_where("story_id = ?", [story_id])):
+                self._delete_panel_rows(tx, panel["id"])
+            self.db["stories"].delete(story_id)
+
+    # -- panels --
+
+    def add_panel(self, story_id: int, prompt: str = "", position: int | None = None, **settings: Any) -> Panel:
+        """Add a panel at the end (or at `position`); unspecified settings take PANEL_DEFAULTS."""
+        values = {key: check_setting(key, value) for key, value in {**PANEL_DEFAULTS, **settings, "prompt": prompt}.items()}
+        with self.database.transaction():
+            self._row("stories", story_id, "story")
+            count = self._count_panels(story_id)
+            position = count if position is None else max(0, min(int(position), count))
+            self.db.execute(
+                "UPDATE panels SET position = position + 1 WHERE story_id = ? AND position >= ?", [story_id, position]
+            )
+            stamp = now()
+            row = {
+                **_to_row(values),
+                "story_id": story_id,
+                "position": position,
+                "active_version_id": None,
+                "status": "empty",
+                "error": "",
+                "created": stamp,
+                "updated": stamp,
+            }
+            panel_id = int(self.db["panels"].insert(row).last_pk)
+            self._touch_story(story_id)
+        return self.get_panel(panel_id)
+
+    def _count_panels(self, story_id: int) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM panels WHERE story_id = ?", [story_id]).fetchone()[0]
+
+    def panels(self, story_id: int) -> list[Panel]:
+        """The story's panels in order."""
+        self._row("stories", story_id, "story")
+        return [self._panel(r) for r in self.db["panels"].rows_where("story_id = ?", [story_id], order_by="position, id")]
+
+    def get_panel(self, panel_id: int) -> Panel:
+        return self._panel(self._row("panels", panel_id, "panel"))
+
+    def update_panel(self, panel_id: int, **fields: Any) -> Panel:
+        """Change settings (see PANEL_DEFAULTS). A real change outdates a panel that has an image."""
+        values = {key: check_setting(key, value) for key, value in fields.items()}
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            current = self._panel(row).generation_settings()
+            changed = {k: v for k, v in values.items() if _to_row({k: v})[k] != _to_row({k: current[k]})[k]}
+            if not changed:
+                return self._panel(row)
+            status = "outdated" if row["active_version_id"] is not None else "empty"
+            self.db["panels"].update(panel_id, {**_to_row(changed), "status": status, "error": "", "updated": now()})
+            self._touch_story(row["story_id"])
+        return self.get_panel(panel_id)
+
+    def _renumber(self, story_id: int, order: list[int]) -> None:
+        for position, panel_id in enumerate(order):
+            self.db.execute("UPDATE panels SET position = ? WHERE id = ?", [position, panel_id])
+
+    def _order(self, story_id: int) -> list[int]:
+        return [r[0] for r in self.db.execute("SELECT id FROM panels WHERE story_id = ? ORDER BY position, id", [story_id])]
+
+    def move_panel(self, panel_id: int, new_position: int) -> list[Panel]:
+        """Move a panel to `new_position` (0 = first; clamped); returns the story's panels."""
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            order = [i for i in self._order(row["story_id"]) if i != panel_id]
+            order.insert(max(0, min(int(new_position), len(order))), panel_id)
+            self._renumber(row["story_id"], order)
+            self._touch_story(row["story_id"])
+        return self.panels(row["story_id"])
+
+    def duplicate_panel(self, panel_id: int) -> Panel:
+        """A copy of the panel's settings right after it, with no versions yet."""
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            settings = self._panel(row).generation_settings()
+            prompt = settings.pop("prompt")
+            copy = self.add_panel(row["story_id"], prompt, position=row["position"] + 1, **settings)
+        return self.get_panel(copy.id)
+
+    def delete_panel(self, panel_id: int) -> None:
+        """Delete a panel with its versions and their files; later panels move up."""
+        with self.database.transaction() as tx:
+            row = self._row("panels", panel_id, "panel")
+            self._delete_panel_rows(tx, panel_id)
+            self._renumber(row["story_id"], self._order(row["story_id"]))
+            self._touch_story(row["story_id"])
+
+    def _delete_panel_rows(self, tx: Transaction, panel_id: int) -> None:
+        for version in list(self.db["versions"].rows_where("panel_id = ?", [panel_id], select="id")):
+            tx.discard_after_commit(f"versions/{version['id']}")
+        self.db.execute("DELETE FROM versions WHERE panel_id = ?", [panel_id])
+        self.db["panels"].delete(panel_id)
+
+    # -- versions --
+
+    def add_version(
+        self,
+        panel_id: int,
+        settings: dict,
+        model_id: str,
+        image_png: bytes,
+        route_maps: bytes | None = None,
+        *,
+        route_maps_suffix: str = ".bin",
+    ) -> Version:
+        """Keep a generation: files + row; it becomes the panel's active version, panel "ready"."""
+        if not isinstance(settings, dict):
+            raise TypeError("settings must be a dict")
+        settings_json = _json_dump(settings, "settings")
+        image_png = require_png(image_png, "the panel image")
+        if route_maps is not None:
+            route_maps = bytes(route_maps)
+        suffix = stored_file_name("x" + route_maps_suffix)[1:]
+        with self.database.transaction() as tx:
+            panel = self._row("panels", panel_id, "panel")
+            table = self.db["versions"].insert(
+                {
+                    "panel_id": panel_id,
+                    "settings": settings_json,
+                    "model_id": str(model_id or ""),
+                    "image_path": "",
+                    "route_map_path": None,
+                    "created": now(),
+                }
+            )
+            version_id = int(table.last_pk)
+            folder = PurePosixPath("versions", str(version_id))
+            tx.fresh_folder(folder)
+            paths = {"image_path": tx.write(folder / f"image-{token()}.png", image_png)}
+            if route_maps is not None:
+                paths["route_map_path"] = tx.write(folder / f"route_maps-{token()}{suffix}", route_maps)
+            self.db["versions"].update(version_id, paths)
+            self.db["panels"].update(
+                panel_id, {"active_version_id": version_id, "status": "ready", "error": "", "updated": now()}
+            )
+            self._touch_story(panel["story_id"])
+        return self.get_version(version_id)
+
+    def get_version(self, version_id: int) -> Version:
+        return self._version(self._row("versions", version_id, "version"))
+
+    def versions(self, panel_id: int) -> list[Version]:
+        """The panel's versions, oldest first."""
+        self._row("panels", panel_id, "panel")
+        return [self._version(r) for r in self.db["versions"].rows_where("panel_id = ?", [panel_id], order_by="id")]
+
+    def active_version(self, panel_id: int) -> Version | None:
+        row = self._row("panels", panel_id, "panel")
+        return None if row["active_version_id"] is None else self.get_version(row["active_version_id"])
+
+    def set_active_version(self, panel_id: int, version_id: int) -> Panel:
+        """Show an earlier (or later) kept version; the panel is "ready" with it."""
+        with self.database.transaction():
+            self._row("panels", panel_id, "panel")
+            version = self._row("versions", version_id, "version")
+            if version["panel_id"] != panel_id:
+                raise ValueError(f"version {version_id} belongs to panel {version['panel_id']}, not panel {panel_id}")
+            self.db["panels"].update(
+                panel_id, {"active_version_id": version_id, "status": "ready", "error": "", "updated": now()}
+            )
+        return self.get_panel(panel_id)
+
+    def delete_version(self, version_id: int) -> Panel:
+        """Delete one kept version; if it was active, the newest remaining one becomes active."""
+        with self.database.transaction() as tx:
+            version = self._row("versions", version_id, "version")
+            panel = self._row("panels", version["panel_id"], "panel")
+            self.db["versions"].delete(version_id)
+            tx.discard_after_commit(f"versions/{version_id}")
+            if panel["active_version_id"] == version_id:
+                newest = self.db.execute(
+                    "SELECT MAX(id) FROM versions WHERE panel_id = ?", [panel["id"]]
+                ).fetchone()[0]
+                changes = {"active_version_id": newest, "updated": now()}
+                if newest is None and panel["status"] != "failed":
+                    changes["status"] = "empty"
+                self.db["panels"].update(panel["id"], changes)
+        return self.get_panel(panel["id"])
+
+    def mark_failed(self, panel_id: int, reason: str) -> Panel:
+        """Record a failed generation; earlier versions and the active one stay."""
+        with self.database.transaction():
+            self._row("panels", panel_id, "panel")
+            self.db["panels"].update(panel_id, {"status": "failed", "error": str(reason), "updated": now()})
+        return self.get_panel(panel_id)
+
+    # -- characters in panels --
+
+    def _cast_ids(self, row: dict) -> set[int]:
+        panel = self._panel(row)
+        ids = set(panel.characters) | set(panel.strengths) | set(panel.layout)
+        for name in mentioned_names(panel.prompt):
+            found = self.db.execute("SELECT id FROM characters WHERE name_key = ?", [name_key(name)]).fetchone()
+            if found:
+                ids.add(found[0])
+        return ids
+
+    def panels_using_character(self, character_id: int) -> list[Panel]:
+        """Panels (of every story) that tick the character or name it in the prompt."""
+        character = self.library.get_character(character_id)
+        key = name_key(character.name)
+        using = []
+        for row in self.db["panels"].rows_where(order_by="story_id, position, id"):
+            panel = self._panel(row)
+            if character.id in panel.characters or any(name_key(n) == key for n in mentioned_names(panel.prompt)):
+                using.append(panel)
+        return using
+
+    # -- project archives --
+
+    def export_project(self, story_id: int, path: str | os.PathLike) -> Path:
+        """One zip: project.json (story, panels, versions), the versions' files, and the cast
+        the panels use (characters.json + their files, as `Library.export_characters`)."""
+        path = Path(path)
+        with self.database.snapshot(), open_atomic(path) as f:
+            story = self._row("stories", story_id, "story")
+            panel_rows = list(self.db["panels"].rows_where("story_id = ?", [story_id], order_by="position, id"))
+            cast: set[int] = set()
+            panels, versions = [], []
+            for row in panel_rows:
+                cast |= self._cast_ids(row)
+                panel = self._panel(row)
+                panels.append({k: v for k, v in vars(panel).items() if k != "story_id"})
+                for version in self.db["versions"].rows_where("panel_id = ?", [row["id"]], order_by="id"):
+                    versions.append(
+                        {
+                            "id": version["id"],
+                            "panel_id": version["panel_id"],
+                            "settings": json.loads(version["settings"]),
+                            "model_id": version["model_id"],
+                            "image": version["image_path"],
+                            "route_maps": version["route_map_path"],
+                            "created": version["created"],
+                        }
+                    )
+            existing = {r[0] for r in self.db.execute("SELECT id FROM characters")}
+            records = self.library._archive_records(sorted(cast & existing))
+            project = {
+                "format": PROJECT_FORMAT,
+                "format_version": PROJECT_VERSION,
+                "story": story,
+                "panels": panels,
+                "versions": versions,
+            }
+            with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(PROJECT_JSON, json.dumps(project, indent=1, ensure_ascii=False))
+                self.library._write_archive_records(archive, records)
+                for version in versions:
+                    for key in ("image", "route_maps"):
+                        if version[key]:
+                            archive.write(self.database.data_dir / version[key], version[key])
+        return path
+
+    def _check_project(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict:
+        """Validate project.json against the archive; returns the checked story, panels, versions."""
+        data = Library._read_json(archive, members, PROJECT_JSON)
+        if data.get("format") != PROJECT_FORMAT:
+            raise ValueError(f"{PROJECT_JSON} is not an AnyStory project")
+        if not isinstance(data.get("format_version"), int) or data["format_version"] > PROJECT_VERSION:
+            raise ValueError(f"{PROJECT_JSON} has format version {data.get('format_version')!r}; this app reads up to {PROJECT_VERSION}")
+        story = data.get("story")
+        if not isinstance(story, dict) or not isinstance(story.get("id"), int):
+            raise ValueError(f"{PROJECT_JSON} has no valid story")
+        checked_story = {
+            "id": story["id"],
+            "title": self._title(story.get("title")),
+            "created": str(story.get("created") or now()),
+            "updated": str(story.get("updated") or now()),
+        }
+        panels, panel_ids = [], set()
+        raw_panels = data.get("panels")
+        if not isinstance(raw_panels, list):
+            raise ValueError(f"{PROJECT_JSON} must list panels")
+        for i, raw in enumerate(raw_panels):
+            where = f"{PROJECT_JSON} panel {i + 1}"
+            if not isinstance(raw, dict) or not isinstance(raw.get("id"), int) or raw["id"] in panel_ids:
+                raise ValueError(f"{where} has a missing or repeated id")
+            panel_ids.add(raw["id"])
+            try:
+                settings = {k: check_setting(k, raw.get(k, default)) for k, default in PANEL_DEFAULTS.items()}
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"{where}: {err}") from err
+            status = raw.get("status", "empty")
+            if status not in PANEL_STATUSES:
+                raise ValueError(f"{where}: unknown status {status!r}")
+            panels.append(
+                {
+                    "id": raw["id"],
+                    "settings": settings,
+                    "position": _int(raw.get("position", i), f"{where}: position", 0, 10**9),
+                    "active_version_id": raw.get("active_version_id"),
+                    "status": status,
+                    "error": str(raw.get("error", "")),
+                    "created": str(raw.get("created") or now()),
+                    "updated": str(raw.get("updated") or now()),
+                }
+            )
+        versions, version_ids = [], set()
+        raw_versions = data.get("versions")
+        if not isinstance(raw_versions, list):
+            raise ValueError(f"{PROJECT_JSON} must list versions")
+        for i, raw in enumerate(raw_versions):
+            where = f"{PROJECT_JSON} version {i + 1}"
+            if not isinstance(raw, dict) or not isinstance(raw.get("id"), int) or raw["id"] in version_ids:
+                raise ValueError(f"{where} has a missing or repeated id")
+            version_ids.add(raw["id"])
+            if raw.get("panel_id") not in panel_ids:
+                raise ValueError(f"{where} belongs to no panel of the project")
+            if not isinstance(raw.get("settings"), dict):
+                raise ValueError(f"{where}: settings must be an object")
+            files = {}
+            for key in ("image", "route_maps"):
+                member = raw.get(key)
+                if member is None and key == "route_maps":
+                    continue
+                if not isinstance(member, str):
+                    raise ValueError(f"{where}: {key} must be a path")
+                safe_member_name(member)
+                stored_file_name(PurePosixPath(member).name)
+                if member not in members:
+                    raise ValueError(f"{where}: the archive lacks {member!r}")
+                if key == "image":
+                    with archive.open(members[member]) as fh:
+                        require_png(fh.read(8), f"{where}: the image")
+                files[key] = member
+            versions.append(
+                {
+                    "id": raw["id"],
+                    "panel_id": raw["panel_id"],
+                    "settings": raw["settings"],
+                    "model_id": str(raw.get("model_id", "")),
+                    "files": files,
+                    "created": str(raw.get("created") or now()),
+                }
+            )
+        for panel in panels:
+            active = panel["active_version_id"]
+            if active is not None and not any(v["id"] == active and v["panel_id"] == panel["id"] for v in versions):
+                raise ValueError(f"{PROJECT_JSON}: panel {panel['id']}'s active version {active!r} is not one of its versions")
+        panels.sort(key=lambda p: (p["position"], p["id"]))
+        return {"story": checked_story, "panels": panels, "versions": versions}
+
+    def _is_empty(self) -> bool:
+        return not any(
+            self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+            for table in ("characters", "stories", "panels", "versions")
+        )
+
+    def import_project(self, path: str | os.PathLike) -> Story:
+        """Import an `export_project` zip as a new story; returns it.
+
+        Everything is checked first (member names — nothing may escape the data folder —, sizes,
+        JSON, PNG data); then all rows and files are written in one transaction. Into an empty
+        data folder the import is identical (same ids, rows and files). Otherwise ids are new, a
+        cast member already in the library (same name, description, image and mask) is reused,
+        and a different character with a taken name is renamed ("Mia (2)"), prompts following.
+        """
+        with zipfile.ZipFile(path) as archive:
+            members = check_archive(archive)
+            project = self._check_project(archive, members)
+            records = self.library._check_archive_records(archive, members)
+            with self.database.transaction() as tx:
+                keep = self._is_empty()
+                before = {r["id"]: r["name"] for r in records}
+                cast = self.library._import_records(tx, archive, records, on_clash="reuse", keep_ids=keep)
+                renamed = {}
+                for old_id, new_id in cast.items():
+                    if new_id is not None:
+                        new_name = self.db.execute("SELECT name FROM characters WHERE id = ?", [new_id]).fetchone()[0]
+                        if new_name != before[old_id]:
+                            renamed[before[old_id]] = new_name
+                story = project["story"]
+                row = {k: story[k] for k in ("title", "created", "updated")}
+                if keep:
+                    row["id"] = story["id"]
+                story_id = int(self.db["stories"].insert(row).last_pk)
+                panel_ids: dict[int, int] = {}
+                for position, panel in enumerate(project["panels"]):
+                    settings = self._remap_settings(panel["settings"], cast, renamed)
+                    row = {
+                        **_to_row(settings),
+                        "story_id": story_id,
+                        "position": position,
+                        "active_version_id": None,
+                        "status": panel["status"],
+                        "error": panel["error"],
+                        "created": panel["created"],
+                        "updated": panel["updated"],
+                    }
+                    if keep:
+                        row["id"] = panel["id"]
+                    panel_ids[panel["id"]] = int(self.db["panels"].insert(row).last_pk)
+                version_ids: dict[int, int] = {}
+                for version in project["versions"]:
+                    row = {
+                        "panel_id": panel_ids[version["panel_id"]],
+                        "settings": _json_dump(version["settings"], "version settings"),
+                        "model_id": version["model_id"],
+                        "image_path": "",
+                        "route_map_path": None,
+                        "created": version["created"],
+                    }
+                    if keep:
+                        row["id"] = version["id"]
+                    version_id = int(self.db["versions"].insert(row).last_pk)
+                    version_ids[version["id"]] = version_id
+                    folder = PurePosixPath("versions", str(version_id))
+                    tx.fresh_folder(folder)
+                    paths = {
+                        column: tx.write(folder / PurePosixPath(version["files"][key]).name, archive.read(version["files"][key]))
+                        for key, column in (("image", "image_path"), ("route_maps", "route_map_path"))
+                        if key in version["files"]
+                    }
+                    self.db["versions"].update(version_id, paths)
+                for panel in project["panels"]:
+                    if panel["active_version_id"] is not None:
+                        self.db.execute(
+                            "UPDATE panels SET active_version_id = ? WHERE id = ?",
+                            [version_ids[panel["active_version_id"]], panel_ids[panel["id"]]],
+                        )
+        return self.get_story(story_id)
+
+    @staticmethod
+    def _remap_settings(settings: dict, cast: dict[int, int | None], renamed: dict[str, str]) -> dict:
+        """Point a panel's character ids at the imported cast; ids outside the cast are dropped."""
+        out = dict(settings)
+        out["characters"] = [cast[i] for i in settings["characters"] if cast.get(i) is not None]
+        out["strengths"] = {cast[i]: v for i, v in settings["strengths"].items() if cast.get(i) is not None}
+        out["layout"] = {cast[i]: v for i, v in settings["layout"].items() if cast.get(i) is not None}
+        out["prompt"] = rename_mentions(settings["prompt"], renamed)
+        return out
