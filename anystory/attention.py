@@ -165,8 +165,7 @@ class InjectionContext:
                 return None
             kv = subject.reference_kv(block)
             if kv is None:
-                features = subject.reference_features[block]
-                kv = site.project_reference(features.to(site.to_k_ref.weight.dtype))
+                kv = site.project_reference(subject.reference_features[block])
             keys.append(kv[0])
             values.append(kv[1])
             masks.append(self._token_mask(subject, kv[0].shape[0]))
@@ -202,12 +201,7 @@ class RoutedCrossAttnProcessor(nn.Module):
         first_cond = ctx.cond_rows(batch)
         grid = grid_of(tokens, ctx.latent_hw)
 
-        gates = ctx.routing.gates(self, hidden_states[first_cond:], grid)  # [Bc, N+1, hw]
-        ctx.publish_routes(self.index, gates, grid)
-        if not ctx.clip_active:
-            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-
-        # Text attention, as AttnProcessor2_0 computes it.
+        # Text attention, step by step as AttnProcessor2_0 computes it (bit-identical).
         if attention_mask is not None:
             attention_mask = attn.prepare_attention_mask(attention_mask, encoder_hidden_states.shape[1], batch)
             attention_mask = attention_mask.view(batch, attn.heads, -1, attention_mask.shape[-1])
@@ -220,37 +214,65 @@ class RoutedCrossAttnProcessor(nn.Module):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         out = _merge_heads(out).to(query.dtype)
 
-        # Image attention: one softmax per slot, gated by the routes (Eq. 5). The unconditional
-        # rows see the background slot everywhere.
+        # Route: the prompt router watches the text attention; every router answers with gates.
+        if hasattr(ctx.routing, "observe"):
+            ctx.routing.observe(query[first_cond:], key[first_cond:], attn.scale, grid, ctx)
+        gates = ctx.routing.gates(self, hidden_states[first_cond:], grid, ctx)  # [Bc, N+1, hw]
+        ctx.publish_routes(self.index, gates, grid)
+
+        if ctx.clip_active:
+            out = out + self._image_attention(query, gates, first_cond, ctx, attn.heads)
+        return _finish(attn, out, hidden_states)
+
+    def _image_attention(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
+        """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5).
+
+        The unconditional rows see the background slot everywhere.
+        """
+        batch, tokens = query.shape[0], query.shape[2]
         slot_keys, slot_values = ctx.clip_kv(self)
-        scales = ctx.slot_scales(out.device, out.dtype)
-        weights = torch.zeros(batch, ctx.num_slots, tokens, device=out.device, dtype=out.dtype)
+        weights = query.new_zeros(batch, ctx.num_slots, tokens)
         weights[:first_cond, -1] = 1
-        weights[first_cond:] = gates.to(out.dtype)
-        weights = weights * scales[None, :, None]
+        weights[first_cond:] = gates.to(query.dtype)
+        weights = weights * ctx.slot_scales(query.device, query.dtype)[None, :, None]
+        total = 0
         for slot in range(ctx.num_slots):
             rows = slice(0, batch) if slot == ctx.num_slots - 1 else slice(first_cond, batch)
-            k = _split_heads(slot_keys[slot][None].expand(batch, -1, -1)[rows], attn.heads)
-            v = _split_heads(slot_values[slot][None].expand(batch, -1, -1)[rows], attn.heads)
-            image = _merge_heads(F.scaled_dot_product_attention(query[rows], k, v)).to(out.dtype)
-            out[rows] = out[rows] + weights[rows, slot, :, None] * image
-        return _finish(attn, out, hidden_states)
+            k = _split_heads(slot_keys[slot][None].expand(batch, -1, -1)[rows], heads)
+            v = _split_heads(slot_values[slot][None].expand(batch, -1, -1)[rows], heads)
+            image = _merge_heads(F.scaled_dot_product_attention(query[rows], k, v)).to(query.dtype)
+            contribution = weights[rows, slot, :, None] * image
+            if rows.start:  # subject slots: only the conditional rows
+                contribution = torch.cat([contribution.new_zeros(first_cond, *contribution.shape[1:]), contribution])
+            total = total + contribution
+        return total
 
 
 class ReferenceAttnProcessor(nn.Module):
-    """attn1 of one transformer block: self-attention extended by routed reference tokens."""
+    """attn1 of one transformer block: self-attention extended by routed reference tokens.
 
-    def __init__(self, index: int, hidden_dim: int, inject: bool):
+    W~_k, W~_v are its own matrices, or (public-weights mode) attn1's own to_k / to_v, shared
+    and not registered here so the UNet's weights are neither copied nor listed twice.
+    """
+
+    def __init__(self, index: int, hidden_dim: int, inject: bool, shared_kv: tuple[nn.Linear, nn.Linear] | None = None):
         super().__init__()
         self.index = index
         self.inject = inject  # block 1 has no previous map, so never injects
-        self.to_k_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
-        self.to_v_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        if shared_kv is None:
+            self.to_k_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+            self.to_v_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self._shared_kv = shared_kv
         self.context: InjectionContext | None = None
+
+    @property
+    def owns_reference_kv(self) -> bool:
+        return self._shared_kv is None
 
     def project_reference(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K~ = G W~_k, V~ = G W~_v."""
-        return self.to_k_ref(features), self.to_v_ref(features)
+        to_k, to_v = self._shared_kv or (self.to_k_ref, self.to_v_ref)
+        return to_k(features.to(to_k.weight.dtype)), to_v(features.to(to_v.weight.dtype))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         ctx = self.context

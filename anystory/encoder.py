@@ -78,8 +78,9 @@ def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
     return values
 
 
-def prepare_subject(image: Image.Image, mask=None, reference_size: int = 512) -> SubjectInput:
-    """Mask from the argument, else the alpha channel, else the whole image; square crop around it."""
+def prepare_subject(image: Image.Image, mask=None, reference_size: int = 512, crop: bool = True) -> SubjectInput:
+    """Mask from the argument, else the alpha channel, else the whole image; square crop around it
+    (crop=False: the whole image as it is)."""
     rgb, alpha = to_rgb_and_alpha(image)
     if mask is not None:
         values = mask_array(mask, rgb.size)
@@ -94,12 +95,15 @@ def prepare_subject(image: Image.Image, mask=None, reference_size: int = 512) ->
     if not inside.any():
         raise ValueError(f"the subject's {source} is empty: nothing marks the character")
 
-    rows, cols = np.nonzero(inside)
-    top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-    side = max(bottom - top, right - left) * (1 + 2 * CROP_MARGIN)
-    cy, cx = (top + bottom) / 2, (left + right) / 2
-    box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
-    box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+    if crop:
+        rows, cols = np.nonzero(inside)
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        side = max(bottom - top, right - left) * (1 + 2 * CROP_MARGIN)
+        cy, cx = (top + bottom) / 2, (left + right) / 2
+        box = tuple(int(round(v)) for v in (cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2))
+        box = (box[0], box[1], max(box[2], box[0] + 1), max(box[3], box[1] + 1))
+    else:
+        box = (0, 0, rgb.width, rgb.height)
 
     mask_image = Image.fromarray((values * 255).round().astype(np.uint8), "L").crop(box)  # outside -> 0
     crop = rgb.crop(box)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import hashlib
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import PIL.Image
@@ -22,14 +23,28 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
+from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
 from .encoding import SubjectEncoding
-from .router import LayoutRouting, LearnedRouting, NoRouting, SubjectRouter
+from .router import LayoutRouting, LearnedRouting, NoRouting, PromptRouting, SubjectRouter, phrase_token_indices
+from .weights import (
+    PUBLIC_IMAGE_ENCODER,
+    PUBLIC_IP_ADAPTER,
+    CheckpointError,
+    hub_call,
+    ip_adapter_block_keys,
+    load_adapter_weights,
+    load_state_dict_file,
+    read_adapter_config,
+    resolve_file,
+    save_adapter,
+    split_ip_adapter,
+)
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
-ROUTERS = ("learned", "layout", "none")
+ROUTERS = ("learned", "prompt", "layout", "none")
 
 
 @dataclass
@@ -65,18 +80,21 @@ class AnyStoryPipelineOutput(BaseOutput):
     route_record: list[dict] | None = None
 
 
-def build_processors(unet, config: AnyStoryConfig) -> dict:
+def build_processors(unet, config: AnyStoryConfig, share_reference_kv: bool = False) -> dict:
     """New attn1/attn2 processors for every transformer block, keyed as `unet.attn_processors`.
 
-    W~_k, W~_v start as copies of attn1's K/V; W'_k as a copy of attn2's K; W'_v at zero.
+    W~_k, W~_v start as copies of attn1's K/V (or ARE attn1's, shared, in public-weights mode);
+    W'_k starts as a copy of attn2's K and W'_v at zero; routers only when routing_dim > 0.
     """
     names = {id(module): name for name, module in unet.named_modules()}
     processors = dict(unet.attn_processors)
     for index, block in enumerate(transformer_blocks(unet)):
         attn1, attn2 = block.attn1, block.attn2
-        self_attn = ReferenceAttnProcessor(index, attn1.to_k.out_features, inject=index > 0)
-        self_attn.to_k_ref.weight.data.copy_(attn1.to_k.weight.data)
-        self_attn.to_v_ref.weight.data.copy_(attn1.to_v.weight.data)
+        shared = (attn1.to_k, attn1.to_v) if share_reference_kv else None
+        self_attn = ReferenceAttnProcessor(index, attn1.to_k.out_features, inject=index > 0, shared_kv=shared)
+        if not share_reference_kv:
+            self_attn.to_k_ref.weight.data.copy_(attn1.to_k.weight.data)
+            self_attn.to_v_ref.weight.data.copy_(attn1.to_v.weight.data)
         router = None
         if config.routing_dim:
             router = SubjectRouter(attn2.to_q.in_features, config.routing_dim, config.router_dim, config.router_heads)
@@ -85,6 +103,25 @@ def build_processors(unet, config: AnyStoryConfig) -> dict:
         processors[f"{names[id(attn1)]}.processor"] = self_attn
         processors[f"{names[id(attn2)]}.processor"] = cross_attn
     return processors
+
+
+def layout_mask(region, size: tuple[int, int]) -> torch.Tensor:
+    """A layout entry as a mask: a box (x0, y0, x1, y1) in fractions of the image, or a 2-D mask."""
+    values = np.asarray(region, dtype=np.float32)
+    if values.shape == (4,):
+        height, width = size
+        x0, y0, x1, y1 = values.clip(0, 1)
+        if x1 <= x0 or y1 <= y0:
+            raise ValueError(f"layout box {tuple(values)} is empty: it needs x0 < x1 and y0 < y1 (fractions)")
+        mask = torch.zeros(height, width)
+        mask[round(y0 * height) : max(round(y1 * height), round(y0 * height) + 1),
+             round(x0 * width) : max(round(x1 * width), round(x0 * width) + 1)] = 1  # fmt: skip
+        return mask
+    if values.ndim != 2:
+        raise ValueError(f"a layout entry must be a box (x0, y0, x1, y1) or a 2-D mask, got shape {values.shape}")
+    if values.max(initial=0) > 1:
+        values = values / 255.0
+    return torch.from_numpy(values)
 
 
 def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
@@ -119,7 +156,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         )  # fmt: skip
         self.register_modules(subject_encoder=subject_encoder, reference_net=reference_net)
         self.anystory_config: AnyStoryConfig | None = None
+        self.mode = ""  # "init" | "checkpoint" | "public"
+        self.base_model = ""
         self.encoder_id = ""
+        self.image_encoder_source: tuple[str, str | None] | None = None  # None: the base's own
+        self.release_encoders_after_use = True  # on CUDA: encoders back to CPU after encoding
         self._background: SubjectEncoding | None = None
 
     # -- loading ---------------------------------------------------------------------------------
@@ -128,37 +169,97 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     def from_pretrained(
         cls,
         base: str = DEFAULT_BASE,
-        adapter: str = "init",
+        adapter: str | None = None,
         *,
         config: AnyStoryConfig | None = None,
+        ip_adapter: str | tuple[str, str] = PUBLIC_IP_ADAPTER,
+        image_encoder_source: tuple[str, str] = PUBLIC_IMAGE_ENCODER,
+        single_file_config: str | None = None,
         torch_dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         **kwargs,
     ) -> AnyStoryPipeline:
-        """Load SDXL from a hub id or a diffusers folder and add the AnyStory parts.
+        """Load SDXL and add the AnyStory parts.
 
-        adapter="init": freshly initialised AnyStory parts (deterministic; the starting point of
-        training): the ReferenceNet copies the UNet, W~ copy attn1's K/V, W'_k copies attn2's K,
-        W'_v is zero, QFormers and routers are random.
+        base: a hub id, a local diffusers folder, or a single-file SDXL checkpoint (.safetensors;
+        `single_file_config` names a diffusers folder or hub id for its component configs).
+        adapter:
+          None / "public": public-weights mode (METHOD.md §6): IP-Adapter Plus SDXL ViT-H as the
+            CLIP path, the base UNet as a weight-sharing ReferenceNet, the prompt router.
+          a folder: an AnyStory checkpoint written by `save_adapter` (or by our training).
+          "init": freshly initialised AnyStory parts (deterministic): the ReferenceNet copies the
+            UNet, W~ copy attn1's K/V, W'_k copies attn2's K, W'_v is zero, QFormers and routers
+            are random. The starting point of training; the tests' model.
+        Device and dtype: CUDA + fp16 where present (pass torch_dtype=torch.bfloat16 for bf16),
+        else CPU + float32.
         """
         auto_device, auto_dtype = default_device_and_dtype()
         device = torch.device(device) if device is not None else auto_device
         dtype = torch_dtype or (auto_dtype if device.type == "cuda" else torch.float32)
-        pipe = super().from_pretrained(base, dtype=dtype, **kwargs)
+        base = str(base)
+        if Path(base).is_file():
+            pipe = cls._from_single_file(base, single_file_config, dtype, **kwargs)
+        else:
+            pipe = hub_call(super().from_pretrained, base, dtype=dtype, **kwargs)
+        pipe.base_model = base
         pipe.to(device)
-        if adapter != "init":
-            raise ValueError(f"unknown adapter {adapter!r}: only 'init' is available in this version")
-        pipe.init_anystory(config)
+
+        local_only = kwargs.get("local_files_only", False)
+        if adapter in (None, "public"):
+            pipe._ensure_image_encoder(image_encoder_source, dtype, local_only)
+            source = (ip_adapter,) if isinstance(ip_adapter, str) else ip_adapter
+            pipe.init_public(load_state_dict_file(resolve_file(*source)), config)
+        elif adapter == "init":
+            pipe._ensure_image_encoder(image_encoder_source, dtype, local_only)
+            pipe.init_anystory(config)
+        else:
+            adapter_config = read_adapter_config(adapter)
+            source = tuple(adapter_config.get("image_encoder_source") or image_encoder_source)
+            pipe._ensure_image_encoder(source, dtype, local_only)
+            pipe.init_anystory(AnyStoryConfig(**adapter_config["anystory"]), parts=adapter_config["parts"])
+            load_adapter_weights(pipe, adapter)
+            pipe.mode = "checkpoint"
+            pipe.encoder_id = pipe._fingerprint()
         return pipe
 
-    def init_anystory(self, config: AnyStoryConfig | None = None, seed: int = 0) -> None:
-        """Build the new parts from the loaded UNet and image encoder, and install the processors."""
+    @classmethod
+    def _from_single_file(cls, path: str, config: str | None, dtype: torch.dtype, **kwargs) -> AnyStoryPipeline:
+        if Path(path).suffix != ".safetensors":
+            raise CheckpointError(
+                f"{path}: only .safetensors single-file checkpoints are loaded (pickled .ckpt files can run code)"
+            )
+        load = StableDiffusionXLPipeline.from_single_file
+        extra = {"config": config} if config else {}
+        # A single file never holds the CLIP image encoder: it comes from image_encoder_source.
+        kwargs.setdefault("image_encoder", None)
+        kwargs.setdefault("feature_extractor", None)
+        plain = hub_call(load, path, torch_dtype=dtype, **extra, **kwargs)
+        return cls(**plain.components)
+
+    def _ensure_image_encoder(self, source: tuple[str, str | None], dtype, local_files_only: bool) -> None:
+        """The CLIP image encoder: the base's own if it has one, else `source` (repo, subfolder)."""
+        if self.image_encoder is None:
+            repo, subfolder = source
+            extra = {"subfolder": subfolder} if subfolder else {}
+            encoder = hub_call(
+                CLIPVisionModelWithProjection.from_pretrained, repo, dtype=dtype, local_files_only=local_files_only, **extra
+            )
+            self.register_modules(image_encoder=encoder.to(self.unet.device))
+            self.image_encoder_source = source
+        if self.feature_extractor is None:
+            self.register_modules(feature_extractor=CLIPImageProcessor())  # 224 px, CLIP mean/std
+
+    def init_anystory(self, config: AnyStoryConfig | None = None, seed: int = 0, parts: list[str] | None = None) -> None:
+        """Build fresh AnyStory parts from the UNet and image encoder, and install the processors."""
         if self.image_encoder is None or self.feature_extractor is None:
             raise ValueError(
                 "AnyStory needs a CLIP image encoder: the base folder has no image_encoder/ and "
                 "feature_extractor/ (pass image_encoder=... and feature_extractor=... to from_pretrained)"
             )
-        self.anystory_config = config = config or AnyStoryConfig.for_models(self.unet, self.vae_scale_factor)
+        config = config or AnyStoryConfig.for_models(self.unet, self.vae_scale_factor)
+        if parts is not None and "router" not in parts:  # a stage-1 checkpoint: no router yet
+            config = replace(config, routing_dim=0)
+        self.anystory_config = config
         device, dtype = self.unet.device, self.unet.dtype
         clip_dim = self.image_encoder.config.hidden_size
         dim_head = min(config.qformer_dim_head, clip_dim // 4)
@@ -179,6 +280,59 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             reference_net=ReferenceNet.from_unet(self.unet).to(device, dtype),
         )
         self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self.mode = "init"
+        self._background = None
+        self.encoder_id = self._fingerprint()
+
+    def init_public(self, ip_adapter_state: dict[str, torch.Tensor], config: AnyStoryConfig | None = None) -> None:
+        """Public-weights mode from an IP-Adapter Plus state dict (original key layout).
+
+        image_proj.* -> the Subject QFormer (diffusers' own conversion to its Perceiver resampler);
+        ip_adapter.{k}.to_k_ip / to_v_ip -> W'_k / W'_v of the attn2 that k numbers (odd k, in
+        `unet.attn_processors` order). No Routing QFormer, no router weights, no separate
+        ReferenceNet: the UNet itself encodes references and attn1's own K/V project them.
+        """
+        image_proj, ip_weights = split_ip_adapter(ip_adapter_state)
+        clip_dim = self.image_encoder.config.hidden_size
+        if image_proj["proj_in.weight"].shape[1] != clip_dim:
+            raise CheckpointError(
+                f"the IP-Adapter resampler takes image features of width {image_proj['proj_in.weight'].shape[1]} "
+                f"but the image encoder gives {clip_dim}: IP-Adapter Plus SDXL vit-h needs the ViT-H encoder "
+                f"(h94/IP-Adapter models/image_encoder), not sdxl_models/image_encoder (ViT-bigG)"
+            )
+        resampler = self.unet._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+        base_config = config or AnyStoryConfig.for_models(self.unet, self.vae_scale_factor)
+        self.anystory_config = replace(
+            base_config, num_tokens=image_proj["latents"].shape[1], routing_dim=0, qformer_depth=len(resampler.layers)
+        )
+        subject_encoder = SubjectEncoder(
+            image_embed_dim=clip_dim,
+            text_dim=image_proj["proj_out.weight"].shape[0],
+            num_tokens=self.anystory_config.num_tokens,
+            routing_dim=0,
+            depth=len(resampler.layers),
+            heads=resampler.layers[0].attn.heads,
+            dim_head=image_proj["layers.0.0.to_q.weight"].shape[0] // resampler.layers[0].attn.heads,
+        )
+        subject_encoder.subject_qformer.load_state_dict(resampler.state_dict())
+
+        processors = build_processors(self.unet, self.anystory_config, share_reference_kv=True)
+        by_block = {p.index: p for p in processors.values() if isinstance(p, RoutedCrossAttnProcessor)}
+        for block, key_id in ip_adapter_block_keys(self.unet).items():
+            for name in ("to_k_ip", "to_v_ip"):
+                key = f"{key_id}.{name}.weight"
+                if key not in ip_weights:
+                    raise CheckpointError(f"the IP-Adapter file lacks ip_adapter.{key}")
+                target = getattr(by_block[block], name).weight
+                if ip_weights[key].shape != target.shape:
+                    raise CheckpointError(
+                        f"ip_adapter.{key} has shape {tuple(ip_weights[key].shape)}, this UNet needs {tuple(target.shape)}"
+                    )
+                target.data.copy_(ip_weights[key])
+        device, dtype = self.unet.device, self.unet.dtype
+        self.register_modules(subject_encoder=subject_encoder.to(device, dtype), reference_net=None)
+        self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self.mode = "public"
         self._background = None
         self.encoder_id = self._fingerprint()
 
@@ -192,8 +346,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         digest = hashlib.sha256()
         self_attn, _ = self.anystory_processors()
         modules = [("image_encoder", self.image_encoder), ("subject_encoder", self.subject_encoder)]
-        modules += [("reference_net", self.reference_net)]
-        modules += [(f"ref{p.index}", p) for p in self_attn]
+        modules += [("reference_net", self.reference_net or self.unet)]
+        modules += [(f"ref{p.index}", p) for p in self_attn if p.owns_reference_kv]
         for prefix, module in modules:
             for name, tensor in module.state_dict().items():
                 flat = tensor.detach().flatten()
@@ -203,6 +357,27 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         return digest.hexdigest()[:16]
 
     # -- encode ----------------------------------------------------------------------------------
+
+    def save_adapter(self, folder: str | Path) -> Path:
+        """Write the AnyStory parts as a checkpoint folder (config.json + anystory.safetensors)."""
+        return save_adapter(self, folder)
+
+    @contextmanager
+    def _encoders_ready(self):
+        """Encoders on the execution device while encoding; on CUDA, back to CPU afterwards
+        (generation never needs them), unless accelerate's offload hooks manage them."""
+        device = self._execution_device
+        modules = [m for m in (self.image_encoder, self.subject_encoder, self.reference_net) if m is not None]
+        movable = [m for m in modules if getattr(m, "_hf_hook", None) is None]
+        for module in movable:
+            module.to(device)
+        try:
+            yield
+        finally:
+            if device.type == "cuda" and self.release_encoders_after_use:
+                for module in movable:
+                    module.to("cpu")
+                torch.cuda.empty_cache()
 
     @torch.no_grad()
     def _encode_clip(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -229,22 +404,22 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         return latent * vae.config.scaling_factor
 
     @torch.no_grad()
-    def encode_subject(self, image: PIL.Image.Image, mask=None, *, cache_reference_kv: bool = True) -> SubjectEncoding:
+    def encode_subject(
+        self, image: PIL.Image.Image, mask=None, *, crop: bool = True, cache_reference_kv: bool = True
+    ) -> SubjectEncoding:
         """Encode one subject once: CLIP tokens, routing embedding, reference K/V of every block.
 
-        The mask is `mask`, else the image's alpha channel, else the whole image.
+        The mask is `mask`, else the image's alpha channel, else the whole image. `crop=False`
+        skips the square crop around the mask (the image is used as it is).
         `cache_reference_kv=False` keeps the raw ReferenceNet states and projects them at every
         step instead (same result; for checking and for training).
         """
         if self.subject_encoder is None:
             raise ValueError("this pipeline has no subject encoder: load it with an adapter")
-        subject = prepare_subject(image, mask, self.anystory_config.reference_size)
-        tokens, routing = self._encode_clip(self._clip_pixels(subject.clip_image))
-
-        latent = self._vae_latent(subject.reference_image)
-        mask_latent = latent_mask(subject.mask, tuple(latent.shape[-2:])).to(latent)
-        reference_input = torch.cat([latent * mask_latent, mask_latent[None, None]], dim=1).to(self.reference_net.dtype)
-        features = reference_features(self.reference_net, reference_input, *self._null_conditions(self.reference_net))
+        subject = prepare_subject(image, mask, self.anystory_config.reference_size, crop=crop)
+        with self._encoders_ready():
+            tokens, routing = self._encode_clip(self._clip_pixels(subject.clip_image))
+            features, mask_latent = self._reference_features(subject)
 
         self_attn, _ = self.anystory_processors()
         keys, values, raw = [], [], []
@@ -263,8 +438,20 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             reference_features=[] if cache_reference_kv else raw,
             reference_mask=mask_latent.float().cpu(),
             encoder_id=self.encoder_id,
-            info={"reference_size": self.anystory_config.reference_size},
+            info={"reference_size": self.anystory_config.reference_size, "mode": self.mode},
         )
+
+    def _reference_features(self, subject) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """G^l of every block: the ReferenceNet (latent + mask channel) or, in public-weights
+        mode, the UNet itself (latent only) seeing the masked reference at t = 0."""
+        net = self.reference_net if self.reference_net is not None else self.unet
+        latent = self._vae_latent(subject.reference_image)
+        mask_latent = latent_mask(subject.mask, tuple(latent.shape[-2:])).to(latent)
+        net_input = latent * mask_latent  # background -> zero latent
+        if net.config.in_channels == latent.shape[1] + 1:
+            net_input = torch.cat([net_input, mask_latent[None, None]], dim=1)
+        features = reference_features(net, net_input.to(net.dtype), *self._null_conditions(net))
+        return features, mask_latent
 
     def _null_conditions(self, unet) -> tuple[torch.Tensor, dict]:
         """Zero text and added conditions for the reference pass (METHOD.md §1: t = 0, conds zero)."""
@@ -281,24 +468,41 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     def background_encoding(self) -> SubjectEncoding:
         """E_{N+1}, R_{N+1}: the encoding of an all-zero image; also the CFG unconditional."""
         if self._background is None:
-            blank = PIL.Image.new("RGB", (8, 8))
-            pixels = torch.zeros_like(self._clip_pixels(blank))
-            tokens, routing = self._encode_clip(pixels)
+            with self._encoders_ready():
+                pixels = torch.zeros_like(self._clip_pixels(PIL.Image.new("RGB", (8, 8))))
+                tokens, routing = self._encode_clip(pixels)
             self._background = SubjectEncoding(tokens, routing, encoder_id=self.encoder_id)
         return self._background
 
     # -- generate --------------------------------------------------------------------------------
 
-    def _routing(self, router: str, subjects: list[SubjectEncoding], layout, training: bool):
+    @property
+    def default_router(self) -> str:
+        """"learned" when router weights are loaded, else "prompt"."""
+        _, cross_attn = self.anystory_processors()
+        return "learned" if cross_attn and cross_attn[0].router is not None else "prompt"
+
+    def _routing(self, router, subjects, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size):
         if router == "learned":
-            embeddings = torch.stack([s.routing_embedding for s in subjects] + [self.background_encoding().routing_embedding])
-            if embeddings.shape[-1] == 0:
-                raise ValueError("router='learned' needs trained router weights; use router='layout' or 'none'")
-            return LearnedRouting(embeddings.to(self._execution_device, self.unet.dtype), gumbel=training)
+            if self.default_router != "learned":
+                raise ValueError("router='learned' needs trained router weights; use 'prompt', 'layout' or 'none'")
+            embeddings = [s.routing_embedding for s in subjects] + [self.background_encoding().routing_embedding]
+            return LearnedRouting(torch.stack(embeddings).to(self._execution_device, self.unet.dtype))
+        if router == "prompt":
+            if subject_tokens is None:
+                if subject_phrases is None or len(subject_phrases) != len(subjects):
+                    raise ValueError(
+                        f"router='prompt' needs subject_phrases: one phrase of the prompt per subject ({len(subjects)})"
+                    )
+                if not isinstance(prompt, str):
+                    raise ValueError("router='prompt' with subject_phrases needs one prompt string")
+                subject_tokens = phrase_token_indices(self.tokenizer, prompt, list(subject_phrases))
+            return PromptRouting([list(t) for t in subject_tokens], start_step=prompt_route_start)
         if router == "layout":
             if layout is None or len(layout) != len(subjects):
-                raise ValueError(f"router='layout' needs one mask per subject ({len(subjects)}), got {0 if layout is None else len(layout)}")
-            return LayoutRouting(torch.stack([torch.as_tensor(np.asarray(m, dtype=np.float32)) for m in layout]))
+                got = 0 if layout is None else len(layout)
+                raise ValueError(f"router='layout' needs one box or mask per subject ({len(subjects)}), got {got}")
+            return LayoutRouting(torch.stack([layout_mask(region, size) for region in layout]))
         if router == "none":
             return NoRouting(len(subjects))
         raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
@@ -321,8 +525,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         prompt: str | list[str] | None = None,
         subjects=(),
         *,
-        router: str = "learned",
+        router: str | None = None,
         layout=None,
+        subject_phrases: list[str] | None = None,
+        subject_tokens: list[list[int]] | None = None,
+        prompt_route_start: float = 0.2,
         subject_scales: list[float] | None = None,
         clip_scale: float = 1.0,
         reference_bias: float = 0.0,
@@ -333,7 +540,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     ) -> AnyStoryPipelineOutput:
         """Generate with the subjects routed and injected. Every SDXL argument passes through.
 
-        router: "learned" | "layout" (one [H, W] mask per subject in `layout`) | "none".
+        router: "learned" (trained router weights) | "prompt" (each subject's words in the prompt:
+          `subject_phrases`, or token positions `subject_tokens`; routes from step
+          `prompt_route_start` x steps on) | "layout" (`layout`: per subject a box
+          (x0, y0, x1, y1) in fractions of the image, or a mask [H, W]) | "none" (every subject
+          everywhere). Default: "learned" if the weights have a router, else "prompt".
         subject_scales: per subject strength (CLIP path scale; log-bias of its reference tokens).
         clip_scale: eta. reference_bias: gamma. *_schedule: (start, end) fractions of the steps
         in which each path is on; None switches a path off.
@@ -343,10 +554,17 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         if not subjects:
             return AnyStoryPipelineOutput(images=super().__call__(prompt, **kwargs).images)
 
+        steps = kwargs.get("num_inference_steps", 50)
+        size = (kwargs.get("height") or self.default_sample_size * self.vae_scale_factor,
+                kwargs.get("width") or self.default_sample_size * self.vae_scale_factor)  # fmt: skip
+        routing = self._routing(
+            router or self.default_router, subjects, layout, prompt, subject_phrases, subject_tokens,
+            round(prompt_route_start * steps), size,
+        )  # fmt: skip
         ctx = InjectionContext(
             subjects=subjects,
             background=self.background_encoding().to(self._execution_device, self.unet.dtype),
-            routing=self._routing(router, subjects, layout, training=False),
+            routing=routing,
             clip_scale=clip_scale,
             reference_bias=reference_bias,
             subject_scales=subject_scales,

@@ -123,7 +123,7 @@ class LearnedRouting:
         self.gumbel, self.tau = gumbel, tau
         self.logits: list[tuple[int, torch.Tensor, tuple[int, int]]] = []  # kept for the routing loss
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         if site.router is None:
             raise ValueError("router='learned' needs a checkpoint with trained router weights")
         logits = site.router(latent, self.routing_embeddings)
@@ -147,11 +147,75 @@ class LayoutRouting:
         self.slots = torch.cat([masks, background])[None]  # [1, N+1, H, W]
         self._cache: dict[tuple[int, int], torch.Tensor] = {}
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         if grid not in self._cache:
             area = F.adaptive_avg_pool2d(self.slots, grid).flatten(2)
             self._cache[grid] = hard_routes(area)
         return self._cache[grid].to(latent.device, latent.dtype).expand(latent.shape[0], -1, -1)
+
+
+class PromptRouting:
+    """Each subject owns the latent positions where its words in the prompt attend most.
+
+    Every attn2 site reports the text attention of each subject's tokens (softmax over the whole
+    prompt, mean over heads); the maps accumulate over layers and steps at the latent grid. From
+    `start_step` on, a position goes to the subject with the highest smoothed, max-normalised map
+    if that reaches `threshold`, else to the background. Before `start_step` the layout has not
+    formed yet, so every position is background: subjects are not injected at all then (rather
+    than everywhere, which would blend them while the composition is decided).
+    """
+
+    exclusive = True
+
+    def __init__(self, token_indices: list[list[int]], start_step: int = 5, threshold: float = 0.3):
+        if any(not indices for indices in token_indices):
+            raise ValueError("every subject needs at least one prompt token for router='prompt'")
+        self.token_indices = token_indices
+        self.start_step, self.threshold = start_step, threshold
+        self.attention: torch.Tensor | None = None  # [Bc, N, H, W] accumulated at the latent grid
+        self._gates: dict[tuple[int, int], torch.Tensor] = {}
+
+    def observe(self, query, key, scale: float, grid: tuple[int, int], ctx) -> None:
+        probs = (query @ key.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # [Bc, hw, T]
+        per_subject = torch.stack([probs[..., idx].sum(-1) for idx in self.token_indices], dim=1)
+        b, n, _ = per_subject.shape
+        at_latent = F.adaptive_avg_pool2d(per_subject.float().view(b, n, *grid), ctx.latent_hw)
+        self.attention = at_latent if self.attention is None else self.attention + at_latent
+        self._gates.clear()
+
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
+        batch, tokens = latent.shape[0], latent.shape[1]
+        slots = len(self.token_indices) + 1
+        if self.attention is None or ctx.step < self.start_step:
+            background = latent.new_zeros(batch, slots, tokens)
+            background[:, -1] = 1
+            return background
+        if grid not in self._gates:
+            smooth = F.avg_pool2d(self.attention, 3, stride=1, padding=1, count_include_pad=False)
+            normalised = smooth / smooth.flatten(2).amax(-1)[..., None, None].clamp_min(1e-12)
+            at_grid = F.adaptive_avg_pool2d(normalised, grid).flatten(2)  # [Bc, N, hw]
+            best, owner = at_grid.max(dim=1)
+            owner = torch.where(best >= self.threshold, owner, slots - 1)
+            self._gates[grid] = F.one_hot(owner, slots).movedim(-1, 1)
+        return self._gates[grid].to(latent.dtype)
+
+
+def phrase_token_indices(tokenizer, prompt: str, phrases: list[str]) -> list[list[int]]:
+    """Positions of each phrase's tokens in the tokenized prompt (BOS at 0), for PromptRouting."""
+    prompt_ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    found = []
+    for i, phrase in enumerate(phrases):
+        ids = tokenizer(phrase, add_special_tokens=False).input_ids
+        start = next(
+            (p for p in range(1, len(prompt_ids) - len(ids) + 1) if ids and prompt_ids[p : p + len(ids)] == ids), None
+        )
+        if start is None:
+            raise ValueError(
+                f"subject {i}'s words {phrase!r} are not in the prompt (within its first "
+                f"{tokenizer.model_max_length - 2} tokens): router='prompt' needs them there"
+            )
+        found.append(list(range(start, start + len(ids))))
+    return found
 
 
 class NoRouting:
@@ -162,7 +226,7 @@ class NoRouting:
     def __init__(self, num_subjects: int):
         self.num_subjects = num_subjects
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         gates = latent.new_ones(latent.shape[0], self.num_subjects + 1, latent.shape[1])
         gates[:, -1] = 0
         return gates

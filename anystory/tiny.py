@@ -187,3 +187,59 @@ def synthetic_subject(seed: int, size: tuple[int, int] = (72, 56), alpha: bool =
     yy, xx = np.mgrid[:height, :width]
     inside = ((yy - height / 2) / (height * 0.4)) ** 2 + ((xx - width / 2) / (width * 0.35)) ** 2 <= 1
     return Image.fromarray(np.dstack([pixels, inside.astype(np.uint8) * 255]), "RGBA")
+
+
+def tiny_ip_adapter_state(folder: str | os.PathLike, num_tokens: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random IP-Adapter Plus weights in the ORIGINAL file layout (`image_proj.*`,
+    `ip_adapter.{1,3,...}.to_k_ip/to_v_ip`), sized for the tiny SDXL folder at `folder`.
+
+    The same layout as `ip-adapter-plus_sdxl_vit-h.safetensors` (resampler: 4 layers, heads of
+    64), so public-weights loading is tested through the real key mapping.
+    """
+    folder = Path(folder)
+    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+    clip_dim = CLIPVisionConfig.from_pretrained(folder / "image_encoder").hidden_size
+    text_dim, inner, depth = unet.config.cross_attention_dim, 64, 4
+    generator = torch.Generator().manual_seed(seed)
+
+    def rand(*shape, std=0.1):
+        return torch.randn(*shape, generator=generator) * std
+
+    state = {
+        "image_proj.latents": rand(1, num_tokens, clip_dim, std=clip_dim**-0.5),
+        "image_proj.proj_in.weight": rand(clip_dim, clip_dim),
+        "image_proj.proj_in.bias": rand(clip_dim),
+        "image_proj.proj_out.weight": rand(text_dim, clip_dim),
+        "image_proj.proj_out.bias": rand(text_dim),
+        "image_proj.norm_out.weight": 1 + rand(text_dim),
+        "image_proj.norm_out.bias": rand(text_dim),
+    }
+    for i in range(depth):
+        layer = f"image_proj.layers.{i}"
+        for norm in ("norm1", "norm2"):
+            state[f"{layer}.0.{norm}.weight"] = 1 + rand(clip_dim)
+            state[f"{layer}.0.{norm}.bias"] = rand(clip_dim)
+        state[f"{layer}.0.to_q.weight"] = rand(inner, clip_dim)
+        state[f"{layer}.0.to_kv.weight"] = rand(2 * inner, clip_dim)
+        state[f"{layer}.0.to_out.weight"] = rand(clip_dim, inner)
+        state[f"{layer}.1.0.weight"] = 1 + rand(clip_dim)
+        state[f"{layer}.1.0.bias"] = rand(clip_dim)
+        state[f"{layer}.1.1.weight"] = rand(4 * clip_dim, clip_dim)
+        state[f"{layer}.1.3.weight"] = rand(clip_dim, 4 * clip_dim)
+    key_id = 1
+    for name in unet.attn_processors:  # IP-Adapter numbering: every processor, attn2 odd
+        if name.endswith("attn2.processor"):
+            attn = unet.get_submodule(name[: -len(".processor")])
+            state[f"ip_adapter.{key_id}.to_k_ip.weight"] = rand(attn.to_k.out_features, text_dim)
+            state[f"ip_adapter.{key_id}.to_v_ip.weight"] = rand(attn.to_v.out_features, text_dim)
+            key_id += 2
+    return state
+
+
+def write_tiny_ip_adapter(folder: str | os.PathLike, path: str | os.PathLike, seed: int = 0) -> Path:
+    """Write `tiny_ip_adapter_state(folder)` as a safetensors file, like the public release."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    save_file({k: v.contiguous() for k, v in tiny_ip_adapter_state(folder, seed=seed).items()}, str(path))
+    return path

@@ -19,7 +19,7 @@ def tiny_folder(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pipe(tiny_folder):
-    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), local_files_only=True)
+    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

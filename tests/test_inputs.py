@@ -82,7 +82,7 @@ def test_one_pixel_image(pipe):
 
 
 def test_layout_needs_one_mask_per_subject(pipe, subjects):
-    with pytest.raises(ValueError, match="one mask per subject"):
+    with pytest.raises(ValueError, match="one box or mask per subject"):
         pipe("x", subjects=subjects[:2], router="layout", layout=[np.ones((8, 8))], **GEN)
 
 

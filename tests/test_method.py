@@ -143,7 +143,7 @@ def test_cross_attention_locality(pipe, subjects):
     for pair in ([subjects[0], subjects[1]], [subjects[0], subjects[2]]):
         site.context = _context(pipe, pair, routing)
         outputs.append(site(attn, hidden, text))
-    gates = routing.gates(site, hidden, (8, 8))[0]  # [3, 64]
+    gates = routing.gates(site, hidden, (8, 8), None)[0]  # [3, 64]
     changed = (outputs[0] - outputs[1]).abs().amax(-1)[0]
     assert changed[gates[1].bool()].min() > 1e-4  # subject 1's positions see the new subject 1
     assert changed[~gates[1].bool()].max() == 0  # subject 0's and background positions do not
@@ -159,7 +159,7 @@ def test_self_attention_locality_and_clean_background(pipe, subjects):
 
     def run(pair):
         ctx = _context(pipe, pair, routing)
-        ctx.publish_routes(2, routing.gates(None, hidden, (8, 8)), (8, 8))  # "previous layer" map
+        ctx.publish_routes(2, routing.gates(None, hidden, (8, 8), None), (8, 8))  # "previous layer" map
         site.context = ctx
         try:
             return site(attn, hidden)
@@ -167,7 +167,7 @@ def test_self_attention_locality_and_clean_background(pipe, subjects):
             site.context = None
 
     a, b = run([subjects[0], subjects[1]]), run([subjects[0], subjects[2]])
-    gates = routing.gates(None, hidden, (8, 8))[0]
+    gates = routing.gates(None, hidden, (8, 8), None)[0]
     changed = (a - b).abs().amax(-1)[0]
     assert changed[gates[1].bool()].min() > 1e-5
     assert changed[~gates[1].bool()].max() == 0
