@@ -148,6 +148,10 @@ class Library:
         """All names, in display order."""
         return [row["name"] for row in self.db.query("SELECT name FROM characters ORDER BY name COLLATE NOCASE, id")]
 
+    def mention_map(self) -> dict[str, tuple[int, str]]:
+        """name -> (id, description) of every character: the table `story.resolve_mentions` takes."""
+        return {row["name"]: (row["id"], row["description"]) for row in self._rows()}
+
     def _row(self, id_or_name: int | str) -> dict:
         if isinstance(id_or_name, bool) or not isinstance(id_or_name, (int, str)):
             raise TypeError(f"a character is found by id (int) or name (str), got {id_or_name!r}")

@@ -378,10 +378,10 @@ class StudioDatabase:
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
         self._lock = threading.RLock()
-        self._connections: list[sqlite3.Connection] = []
+        self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._connections_lock = threading.Lock()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        for kind, (folder, _) in FILE_OWNERS.items():
+        for folder, _ in FILE_OWNERS.values():
             (self.data_dir / folder).mkdir(exist_ok=True)
         db = self.db
         db.enable_wal()
@@ -399,7 +399,10 @@ class StudioDatabase:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout_s, check_same_thread=False)
             conn.execute("PRAGMA foreign_keys = ON")
             with self._connections_lock:
-                self._connections.append(conn)
+                for thread in [t for t in self._connections if not t.is_alive()]:  # threads come and go
+                    with contextlib.suppress(sqlite3.Error):
+                        self._connections.pop(thread).close()
+                self._connections[threading.current_thread()] = conn
             db = sqlite_utils.Database(conn)
             self._local.db = db
         return db
@@ -407,7 +410,7 @@ class StudioDatabase:
     def close(self) -> None:
         """Close every connection this object opened (in any thread)."""
         with self._connections_lock:
-            for conn in self._connections:
+            for conn in self._connections.values():
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
             self._connections.clear()

@@ -406,6 +406,11 @@ def test_a_connection_per_thread(database):
     thread.start()
     thread.join()
     assert seen[0] is not database.db and seen[0].conn is not database.db.conn
+    for _ in range(5):  # connections of finished threads are closed, not hoarded
+        thread = threading.Thread(target=lambda: database.db.execute("SELECT 1"))
+        thread.start()
+        thread.join()
+    assert len(database._connections) <= 2
 
 
 # -- archives -----------------------------------------------------------------------------------------

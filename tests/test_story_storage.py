@@ -234,6 +234,12 @@ def test_panels_using_character(stories):
         stories.panels_using_character(99)
 
 
+def test_mention_map_feeds_resolve_mentions(stories):
+    mia = add(stories.library, "Mia", "a girl")
+    prompt, mentions = resolve_mentions("[MIA] waves", stories.library.mention_map())
+    assert prompt == "a girl waves" and mentions == [Mention("Mia", mia.id, 0, 6)]
+
+
 def test_renaming_a_character_rewrites_prompts(stories):
     mia = add(stories.library, "Mia")
     story = stories.create_story("s")
