@@ -23,6 +23,7 @@ from .storage import (
     check_archive,
     now,
     open_atomic,
+    read_archive,
     require_png,
     safe_member_name,
     stored_file_name,
@@ -520,7 +521,7 @@ class Library:
         """
         if on_clash not in ("rename", "skip"):
             raise ValueError(f"on_clash must be 'rename' or 'skip', got {on_clash!r}")
-        with zipfile.ZipFile(path) as archive:
+        with read_archive(path) as archive:
             members = check_archive(archive)
             records = self._check_archive_records(archive, members)
             with self.database.transaction() as tx:

@@ -167,6 +167,16 @@ def check_archive(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     return members
 
 
+@contextlib.contextmanager
+def read_archive(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
+    """Open a zip for import; a damaged or foreign file is a ValueError like every other refusal."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            yield archive
+    except zipfile.BadZipFile as err:
+        raise ValueError(f"{os.fspath(path)} is not a readable zip archive: {err}") from err
+
+
 def stored_file_name(name: str) -> str:
     """The base name of a stored file, as found in an archive's JSON; refuses anything path-like."""
     if (
@@ -432,13 +442,24 @@ class StudioDatabase:
     def transaction(self) -> Iterator[Transaction]:
         """One write transaction: rows and files commit together or not at all.
 
-        Nested use joins the outer transaction. On an exception the rows roll back and the files
-        written in it are removed; after the commit, files it discarded are deleted.
+        On an exception the rows roll back and the files written in it are removed; after the
+        commit, files it discarded are deleted. Nested use is a savepoint of the outer one.
         """
         with self._lock:
             outer = getattr(self._local, "tx", None)
-            if outer is not None:
-                yield outer
+            if outer is not None:  # nested: a savepoint, so a caught inner failure undoes only itself
+                inner = Transaction(self.data_dir)
+                self._local.tx = inner
+                try:
+                    with self.db.atomic():
+                        yield inner
+                except BaseException:
+                    inner._rollback()
+                    raise
+                finally:
+                    self._local.tx = outer
+                outer._created += inner._created
+                outer._discard += inner._discard
                 return
             db = self.db
             tx = Transaction(self.data_dir)

@@ -24,6 +24,7 @@ from .storage import (
     check_archive,
     now,
     open_atomic,
+    read_archive,
     require_png,
     safe_member_name,
     stored_file_name,
@@ -733,7 +734,7 @@ class Stories:
         cast member already in the library (same name, description, image and mask) is reused,
         and a different character with a taken name is renamed ("Mia (2)"), prompts following.
         """
-        with zipfile.ZipFile(path) as archive:
+        with read_archive(path) as archive:
             members = check_archive(archive)
             project = self._check_project(archive, members)
             records = self.library._check_archive_records(archive, members)

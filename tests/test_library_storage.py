@@ -295,6 +295,20 @@ def test_error_in_the_middle_of_an_add_leaves_nothing(library, database, monkeyp
     assert data_files(database.data_dir) == before
 
 
+def test_nested_transaction_failure_undoes_only_itself(library, database):
+    with database.transaction():
+        add(library, "Rex")
+        with pytest.raises(ValueError, match="already exists"):
+            add(library, "rex")
+        with pytest.raises(OSError):
+            with database.transaction() as tx:
+                add(library, "Mia")
+                tx.write("characters/stray.bin", b"x")
+                raise OSError("inner failure")
+    assert [c.name for c in library.characters()] == ["Rex"]
+    assert sorted(os.listdir(database.data_dir / "characters")) == [str(library.get_character("Rex").id)]
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to kill a writer mid-transaction")
 def test_crash_in_the_middle_of_an_add_is_swept_on_reopen(tmp_path):
     data = tmp_path / "data"
@@ -519,6 +533,9 @@ def test_archive_with_non_png_image_or_no_json_is_refused(library, tmp_path):
     target = Library(StudioDatabase(tmp_path / "target"))
     with pytest.raises(ValueError, match="not PNG"):
         target.import_characters(tmp_path / "gif.zip")
+    (tmp_path / "junk.zip").write_bytes(b"PK not really")
+    with pytest.raises(ValueError, match="not a readable zip"):
+        target.import_characters(tmp_path / "junk.zip")
     with zipfile.ZipFile(tmp_path / "empty.zip", "w"):
         pass
     with pytest.raises(ValueError, match="no characters.json"):
