@@ -246,8 +246,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             )
             self.register_modules(image_encoder=encoder.to(self.unet.device))
             self.image_encoder_source = source
-        if self.feature_extractor is None:
-            self.register_modules(feature_extractor=CLIPImageProcessor())  # 224 px, CLIP mean/std
+        if self.feature_extractor is None:  # CLIP's resize/crop at the encoder's input size, CLIP mean/std
+            size = self.image_encoder.config.image_size
+            self.register_modules(feature_extractor=CLIPImageProcessor(size=size, crop_size=size))
 
     def init_anystory(self, config: AnyStoryConfig | None = None, seed: int = 0, parts: list[str] | None = None) -> None:
         """Build fresh AnyStory parts from the UNet and image encoder, and install the processors."""

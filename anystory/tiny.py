@@ -55,7 +55,7 @@ TINY_UNET_CONFIG: dict = {
     "layers_per_block": 2,
     "transformer_layers_per_block": [1, 2],
     "attention_head_dim": [2, 4],
-    "cross_attention_dim": 64,  # text_encoder (32) + text_encoder_2 (32)
+    "cross_attention_dim": 80,  # text_encoder (32) + text_encoder_2 (48)
     "use_linear_projection": True,
     "addition_embed_type": "text_time",
     "addition_time_embed_dim": 8,
@@ -96,13 +96,13 @@ def tiny_tokenizer() -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
 
 
-def _text_config(tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+def _text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, layers: int = 5) -> CLIPTextConfig:
     return CLIPTextConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
+        hidden_size=hidden_size,
         intermediate_size=37,
         num_attention_heads=4,
-        num_hidden_layers=5,
+        num_hidden_layers=layers,
         max_position_embeddings=77,
         projection_dim=32,
         hidden_act="gelu",
@@ -139,7 +139,9 @@ def tiny_sdxl_components(seed: int = 0) -> dict:
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(_text_config(tokenizer))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer))
+    # Wider and deeper than text_encoder, as in real SDXL (768 vs 1280 wide, OpenCLIP block 9
+    # present): diffusers' single-file loader tells the two encoders and SDXL base apart by that.
+    text_encoder_2 = CLIPTextModelWithProjection(_text_config(tokenizer, hidden_size=48, layers=10))
     torch.manual_seed(seed + 4)
     image_encoder = CLIPVisionModelWithProjection(
         CLIPVisionConfig(

@@ -234,28 +234,3 @@ def write_single_file_sdxl(folder: Path, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(checkpoint, str(path), metadata={"format": "pt"})
     return path
-
-
-def write_tiny_sdxl_distinct_encoders(folder: Path, seed: int = 0, width_2: int = 48, depth_2: int = 10) -> Path:
-    """`write_tiny_sdxl`, but with text_encoder_2 told apart from text_encoder the way real SDXL's is.
-
-    diffusers' single-file loader decides which of the two text encoders a CLIP model is by the
-    width of the checkpoint's CLIP-L position embedding (`create_diffusers_clip_model_from_ldm`: the
-    CLIP-L branch wins whenever the widths match; real SDXL: 768 vs 1280), and calls a checkpoint
-    SDXL base only when it holds OpenCLIP block 9 (`infer_diffusers_model_type`; real bigG has 32).
-    `write_tiny_sdxl` makes both encoders 32 wide and 5 deep, so text_encoder_2 comes back from
-    `from_single_file` with CLIP-L's weights and an unloaded (meta) text_projection, and the file is
-    detected as "v1". Here text_encoder_2 is `width_2` wide and `depth_2` deep (the UNet's
-    cross-attention width follows: 32 + width_2); all else, seeds included, is `write_tiny_sdxl`'s.
-    """
-    components = tiny_sdxl_components(seed)
-    config_2 = copy.deepcopy(components["text_encoder_2"].config)
-    config_2.hidden_size, config_2.num_hidden_layers = width_2, depth_2
-    torch.manual_seed(seed + 3)
-    components["text_encoder_2"] = CLIPTextModelWithProjection(config_2)
-    torch.manual_seed(seed)
-    width_1 = components["text_encoder"].config.hidden_size
-    components["unet"] = UNet2DConditionModel(**{**TINY_UNET_CONFIG, "cross_attention_dim": width_1 + width_2})
-    folder = Path(folder)
-    StableDiffusionXLPipeline(**components, add_watermarker=False).save_pretrained(folder, safe_serialization=True)
-    return folder

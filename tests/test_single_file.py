@@ -34,7 +34,6 @@ from .single_file import (
     VAE_PREFIX,
     XL_BASE_DETECTION_KEY,
     write_single_file_sdxl,
-    write_tiny_sdxl_distinct_encoders,
 )
 
 MODELS = {
@@ -84,25 +83,16 @@ def tiny(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def distinct(tmp_path_factory):
-    """The tiny SDXL with a wider, deeper text_encoder_2 (as in real SDXL), and its single file."""
-    root = tmp_path_factory.mktemp("single-file-distinct")
-    folder = write_tiny_sdxl_distinct_encoders(root / "tiny")
-    return folder, write_single_file_sdxl(folder, root / "tiny.safetensors")
-
-
-@pytest.fixture(scope="module")
-def pipes(distinct):
-    folder, path = distinct
+def pipes(tiny):
+    folder, path = tiny
     reference = StableDiffusionXLPipeline.from_pretrained(str(folder), local_files_only=True)
     reference.set_progress_bar_config(disable=True)
     return reference, load_single_file(path, folder)
 
 
-@pytest.mark.parametrize("which", ["tiny", "distinct"])
-def test_diffusers_conversion_gives_back_every_tensor(which, request):
+def test_diffusers_conversion_gives_back_every_tensor(tiny):
     """The mapping, component by component, through diffusers' own ldm -> diffusers functions."""
-    folder, path = request.getfixturevalue(which)
+    folder, path = tiny
     checkpoint = load_file(str(path))
     assert all(k.startswith((UNET_PREFIX, VAE_PREFIX, CLIP_L_PREFIX, OPEN_CLIP_PREFIX)) for k in checkpoint)
 
@@ -120,9 +110,9 @@ def test_diffusers_conversion_gives_back_every_tensor(which, request):
     assert_same_state(text_encoder_2.state_dict(), open_clip, "text_encoder_2")
 
 
-def test_original_key_names(distinct):
+def test_original_key_names(tiny):
     """Names diffusers would also accept elsewhere, pinned to where the original SDXL file has them."""
-    checkpoint = load_file(str(distinct[1]))
+    checkpoint = load_file(str(tiny[1]))
     expected = {
         "model.diffusion_model.input_blocks.0.0.weight": (32, 4, 3, 3),
         "model.diffusion_model.input_blocks.1.0.in_layers.2.weight": (32, 32, 3, 3),
@@ -149,8 +139,8 @@ def test_original_key_names(distinct):
     assert "first_stage_model.decoder.up.0.upsample.conv.weight" not in checkpoint
 
 
-def test_detected_as_sdxl_base(distinct):
-    checkpoint = load_file(str(distinct[1]))
+def test_detected_as_sdxl_base(tiny):
+    checkpoint = load_file(str(tiny[1]))
     assert XL_BASE_DETECTION_KEY == CHECKPOINT_KEY_NAMES["xl_base"] and XL_BASE_DETECTION_KEY in checkpoint
     for kind in ("clip_sdxl", "open_clip_sdxl", "inpainting"):  # the keys the two text encoders are told by
         assert CHECKPOINT_KEY_NAMES[kind] in checkpoint
@@ -174,30 +164,3 @@ def test_from_single_file_reproduces_the_folder_pipeline(pipes):
     ]
     assert images[0].shape == images[1].shape == (1, 64, 64, 3)
     assert np.abs(images[0] - images[1]).max() <= 1e-5  # 0.0 in practice: the same weights, the same modules
-
-
-def test_write_tiny_sdxl_file_unet_vae_clip_l(tiny):
-    folder, path = tiny
-    loaded = load_single_file(path, folder)
-    for name in ("unet", "vae", "text_encoder"):
-        assert_same_state(folder_state(folder, name), getattr(loaded, name).state_dict(), name)
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_tiny_sdxl makes both text encoders 32 wide; diffusers' create_diffusers_clip_model_from_ldm "
-    "then fills text_encoder_2 from the CLIP-L keys and leaves text_projection on the meta device",
-)
-def test_write_tiny_sdxl_file_text_encoder_2(tiny):
-    folder, path = tiny
-    loaded = load_single_file(path, folder)
-    assert_same_state(folder_state(folder, "text_encoder_2"), loaded.text_encoder_2.state_dict(), "text_encoder_2")
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="write_tiny_sdxl's text_encoder_2 has 5 blocks; diffusers calls a file SDXL base only when it "
-    "holds conditioner.embedders.1.model.transformer.resblocks.9.* (it says 'v1')",
-)
-def test_write_tiny_sdxl_file_detected_as_sdxl_base(tiny):
-    assert infer_diffusers_model_type(load_file(str(tiny[1]))) == "xl_base"
