@@ -433,6 +433,7 @@ def _area_matrix(n_in: int, n_out: int) -> np.ndarray:
         start = (i * n_in) // n_out
         end = -(-((i + 1) * n_in) // n_out)
         weights[i, start:end] = 1.0 / (end - start)
+    weights.flags.writeable = False  # shared through the cache
     return weights
 
 
