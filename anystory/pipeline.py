@@ -33,6 +33,7 @@ from .weights import (
     PUBLIC_IMAGE_ENCODER,
     PUBLIC_IP_ADAPTER,
     CheckpointError,
+    ModelLoadError,
     hub_call,
     ip_adapter_block_keys,
     load_adapter_weights,
@@ -199,6 +200,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         base = str(base)
         if Path(base).is_file():
             pipe = cls._from_single_file(base, single_file_config, dtype, **kwargs)
+        elif dtype == torch.float16 and not Path(base).is_dir() and "variant" not in kwargs:
+            try:  # half the download where the repo has fp16 files (SDXL base does)
+                pipe = hub_call(super().from_pretrained, base, dtype=dtype, variant="fp16", **kwargs)
+            except (ValueError, OSError, ModelLoadError):
+                pipe = hub_call(super().from_pretrained, base, dtype=dtype, **kwargs)
         else:
             pipe = hub_call(super().from_pretrained, base, dtype=dtype, **kwargs)
         pipe.base_model = base
