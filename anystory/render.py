@@ -19,7 +19,7 @@ import io
 import math
 import os
 import re
-import tempfile
+import secrets
 import time
 import unicodedata
 import zipfile
@@ -533,25 +533,23 @@ def select_route_maps(
 # -- files ------------------------------------------------------------------------------------
 
 
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
 def _atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Run `write(temporary_path)` then move the result onto `path` in one step."""
+    """Run `write(temporary_path)` then move the result onto `path` in one step.
+
+    The temporary file sits in the same folder (so `os.replace` is atomic) and is created with
+    the usual permissions (0o666 less the umask), unlike `tempfile.mkstemp`'s 0o600.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    os.close(handle)
-    temporary_path = Path(temporary)
+    while True:
+        temporary_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
+        try:
+            os.close(os.open(temporary_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         write(temporary_path)
-        os.chmod(temporary_path, 0o666 & ~_UMASK)
         os.replace(temporary_path, path)
     except BaseException:
         try:

@@ -568,3 +568,22 @@ def test_selection_over_a_pipeline_record_matches_the_pipelines_final_map(tmp_pa
     image = Image.new("RGB", (96, 128), (90, 90, 90))
     shown = overlay(image, final[0], ["girl", "dog", "robot"])  # a torch tensor is fine too
     assert shown.width == 96 and shown.height > 128
+
+
+def test_a_failed_export_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
+    path = export_png(Image.new("RGB", (8, 8), "red"), tmp_path / "panel.png")
+    before = path.read_bytes()
+
+    def crash(self, fp, *args, **kwargs):
+        Path(fp).write_bytes(b"half a fi")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", crash)
+    for export in (
+        lambda: export_png(Image.new("RGB", (8, 8), "blue"), path),
+        lambda: export_pdf([Image.new("RGB", (8, 8))], tmp_path / "panel.png"),
+    ):
+        with pytest.raises(OSError, match="disk full"):
+            export()
+        assert path.read_bytes() == before
+        assert [p.name for p in tmp_path.iterdir()] == ["panel.png"]
