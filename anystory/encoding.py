@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import safetensors.torch
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -89,20 +90,35 @@ class SubjectEncoding:
                     tensors[f"reference.{block}.{name}"] = tensor
         return {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write to a safetensors file (temp name + rename, so a crash never leaves half a file)."""
-        path = Path(path)
-        metadata = {
+    def _metadata(self) -> dict[str, str]:
+        return {
             "format": "anystory.SubjectEncoding",
             "format_version": str(FORMAT_VERSION),
             "encoder_id": self.encoder_id,
             "num_blocks": str(self.num_blocks),
             "info": json.dumps(self.info),
         }
+
+    def to_bytes(self) -> bytes:
+        """The safetensors bytes of `save`, for storage that writes bytes itself."""
+        return safetensors.torch.save(self.state_dict(), metadata=self._metadata())
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write to a safetensors file (temp name + rename, so a crash never leaves half a file)."""
+        path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        save_file(self.state_dict(), str(tmp), metadata=metadata)
+        save_file(self.state_dict(), str(tmp), metadata=self._metadata())
         os.replace(tmp, path)
         return path
+
+    @classmethod
+    def from_bytes(cls, data: bytes, source: str = "encoding") -> SubjectEncoding:
+        try:
+            tensors = safetensors.torch.load(data)
+            metadata = _read_metadata(data)
+        except Exception as err:
+            raise ValueError(f"{source} is not a readable SubjectEncoding: {err}") from err
+        return cls._from_parts(tensors, metadata, source)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SubjectEncoding:
@@ -113,6 +129,10 @@ class SubjectEncoding:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
         except Exception as err:  # safetensors raises several types for truncated / foreign files
             raise ValueError(f"{path} is not a readable SubjectEncoding file: {err}") from err
+        return cls._from_parts(tensors, metadata, str(path))
+
+    @classmethod
+    def _from_parts(cls, tensors: dict, metadata: dict, path: str) -> SubjectEncoding:
         if metadata.get("format") != "anystory.SubjectEncoding":
             raise ValueError(f"{path} is a safetensors file but not a SubjectEncoding")
         version = int(metadata.get("format_version", "0"))
@@ -137,3 +157,11 @@ class SubjectEncoding:
             encoder_id=metadata.get("encoder_id", ""),
             info=json.loads(metadata.get("info", "{}")),
         )
+
+
+def _read_metadata(data: bytes) -> dict[str, str]:
+    """The `__metadata__` of a safetensors byte string (8-byte little-endian header length, JSON)."""
+    header_length = int.from_bytes(data[:8], "little")
+    if header_length <= 0 or header_length > len(data) - 8:
+        raise ValueError("truncated header")
+    return json.loads(data[8 : 8 + header_length]).get("__metadata__", {}) or {}

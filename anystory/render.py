@@ -561,7 +561,13 @@ def _atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
 
 
 def save_route_maps(path: Path, final: np.ndarray, record: list[dict] | None = None) -> None:
-    """Keep a panel's routes next to its image, in one compressed .npz that loads without pickle.
+    """Keep a panel's routes next to its image, in one compressed .npz that loads without pickle."""
+    data = route_maps_bytes(final, record)
+    _atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
+
+
+def route_maps_bytes(final: np.ndarray, record: list[dict] | None = None) -> bytes:
+    """The bytes of a route-map file (see `save_route_maps`), for storage that writes bytes.
 
     The record is stored grouped by grid: one-hot gates as a stacked array of slot indices
     (uint8 when S <= 256), anything else as the stacked arrays themselves, plus the steps,
@@ -600,11 +606,9 @@ def save_route_maps(path: Path, final: np.ndarray, record: list[dict] | None = N
         else:
             arrays[prefix + "gates"] = stacked
 
-    def write(temporary: Path) -> None:
-        with open(temporary, "wb") as handle:
-            np.savez_compressed(handle, **arrays)
-
-    _atomic_write(path, write)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    return buffer.getvalue()
 
 
 def load_route_maps(path: Path) -> tuple[np.ndarray, list[dict] | None]:

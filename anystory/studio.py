@@ -1,0 +1,516 @@
+"""The Studio: the one service the UI and scripts call — library + stories + pipeline + one GPU.
+
+    studio = Studio.open("./data", preview=True)             # or Studio(data_dir, pipeline)
+    mia = studio.add_character("Mia", "a young woman with a red scarf", Image.open("mia.png"))
+    story = studio.create_story("The walk")
+    panel = studio.add_panel(story.id, "[Mia] walks in the rain")
+    version = studio.generate_panel(panel.id)                 # image + route maps, kept as a version
+    studio.export_story(story.id, "pdf", "walk.pdf")
+
+Encode once: a character is encoded when it is added (or its picture changes) and the encoding
+is stored; generations read it from disk through a memory cache. Encodings made by other weights
+are detected as stale and re-encoded on first use, with a note.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from . import images as imgs
+from . import render
+from .library import Character, Library
+from .storage import StudioDatabase
+from .story import Panel, Stories, Story, Version, resolve_mentions
+
+DEFAULT_DATA_DIR = "./data"
+EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
+PREVIEW_PANEL = {"width": 128, "height": 128, "steps": 8, "guidance": 5.0}
+REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
+
+
+class StudioError(ValueError):
+    """Something the user asked for cannot be done; the message says why and what to do."""
+
+
+class CharacterInUse(StudioError):
+    pass
+
+
+class GenerationCancelled(StudioError):
+    pass
+
+
+@dataclass
+class PanelPlan:
+    """What one panel asks of the pipeline, resolved from its prompt and ticked characters."""
+
+    prompt: str  # with [Name] replaced by descriptions
+    character_ids: list[int]
+    phrases: list[str]  # each character's words in `prompt` (for the prompt router)
+    warnings: list[str] = field(default_factory=list)
+
+
+class Studio:
+    def __init__(self, data_dir: str | os.PathLike, pipeline, *, preview: bool = False, keep_route_record: bool = True):
+        self.data_dir = Path(data_dir)
+        self.database = StudioDatabase(self.data_dir)
+        self.library = Library(self.database)
+        self.stories = Stories(self.database)
+        self.pipeline = pipeline
+        self.preview = preview
+        self.keep_route_record = keep_route_record
+        self.panel_defaults = dict(PREVIEW_PANEL if preview else REAL_PANEL, router=pipeline.default_router)
+        self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
+        self.notes: list[str] = []  # messages for the user from the last operation
+        self._encodings: dict[int, tuple[str, str, object]] = {}  # id -> (updated, encoder_id, encoding)
+        self._gpu = threading.RLock()  # one model call (encode or generate) at a time
+        self._state = threading.Lock()
+        self._busy: set[int] = set()  # characters used by the running generation
+        self.exports_dir = self.data_dir / "exports"
+
+    @classmethod
+    def open(
+        cls,
+        data_dir: str | os.PathLike = DEFAULT_DATA_DIR,
+        *,
+        model: str | None = None,
+        adapter: str | None = None,
+        preview: bool = False,
+        offload: bool = False,
+        **pipeline_kwargs,
+    ) -> Studio:
+        """Load the model (the tiny offline one in preview mode) and open the data folder."""
+        from .pipeline import DEFAULT_BASE, AnyStoryPipeline
+
+        data_dir = Path(data_dir)
+        if preview:
+            from .tiny import write_tiny_ip_adapter, write_tiny_sdxl
+
+            models = data_dir / "models"
+            folder = models / "tiny-sdxl"
+            if not (folder / "model_index.json").exists():
+                write_tiny_sdxl(folder)
+            ip_adapter = models / "tiny-ip-adapter-plus.safetensors"
+            if not ip_adapter.exists():
+                write_tiny_ip_adapter(folder, ip_adapter)
+            pipeline = AnyStoryPipeline.from_pretrained(
+                str(folder), adapter=adapter, ip_adapter=str(ip_adapter), local_files_only=True, **pipeline_kwargs
+            )
+        else:
+            pipeline = AnyStoryPipeline.from_pretrained(model or DEFAULT_BASE, adapter=adapter, **pipeline_kwargs)
+            if offload:
+                pipeline.enable_model_cpu_offload()
+        pipeline.set_progress_bar_config(disable=True)
+        return cls(data_dir, pipeline, preview=preview)
+
+    @property
+    def model_id(self) -> str:
+        p = self.pipeline
+        return f"{p.base_model}|{p.mode}|{p.encoder_id}"
+
+    # -- characters ------------------------------------------------------------------------------
+
+    def _prepare_picture(self, image, mask) -> tuple[Image.Image, Image.Image, list[str]]:
+        picture = imgs.read_image(image, "image")
+        warnings = []
+        if mask is not None:
+            mask_image, warning = imgs.read_mask(mask, picture.size)
+        else:
+            alpha = imgs.alpha_mask(picture)
+            mask_image, warning = imgs.read_mask(alpha if alpha is not None else Image.new("L", picture.size, 255), picture.size)
+            if alpha is None:
+                warning = "no mask and no transparency: the whole picture is the character"
+        if warning:
+            warnings.append(warning)
+        return picture, mask_image, warnings
+
+    def _encode(self, picture: Image.Image, mask: Image.Image):
+        try:
+            with self._gpu:  # the pipeline swaps attention processors while encoding: not re-entrant
+                encoding = self.pipeline.encode_subject(picture, mask)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        self.encode_count += 1
+        return encoding
+
+    def add_character(self, name: str, description: str, image, mask=None) -> Character:
+        """Check the picture and mask, encode once, store everything in one transaction."""
+        picture, mask_image, self.notes = self._prepare_picture(image, mask)
+        encoding = self._encode(picture, mask_image)
+        character = self.library.add_character(
+            name,
+            description,
+            imgs.png_bytes(picture),
+            imgs.png_bytes(mask_image),
+            imgs.png_bytes(imgs.thumbnail(picture, mask_image)),
+            encoding.to_bytes(),
+            self.pipeline.encoder_id,
+        )
+        self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
+        return character
+
+    def update_character(self, id_or_name, *, name=None, description=None, image=None, mask=None) -> Character:
+        """Rename / re-describe; a new picture or mask is re-encoded at once."""
+        character = self.library.get_character(id_or_name)
+        self.notes = []
+        if image is None and mask is None:
+            return self.library.update_character(character.id, name=name, description=description)
+        picture = image if image is not None else Image.open(character.image_path)
+        if mask is None and image is None:
+            mask = Image.open(character.mask_path)
+        picture, mask_image, self.notes = self._prepare_picture(picture, mask)
+        encoding = self._encode(picture, mask_image)
+        self.library.update_character(
+            character.id,
+            name=name,
+            description=description,
+            image_png=imgs.png_bytes(picture),
+            mask_png=imgs.png_bytes(mask_image),
+            thumbnail_png=imgs.png_bytes(imgs.thumbnail(picture, mask_image)),
+        )
+        character = self.library.set_encoding(character.id, encoding.to_bytes(), self.pipeline.encoder_id)
+        self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
+        return character
+
+    def characters(self, search: str | None = None) -> list[Character]:
+        return self.library.characters(search)
+
+    def get_character(self, id_or_name) -> Character:
+        return self.library.get_character(id_or_name)
+
+    def panels_using(self, id_or_name) -> list[tuple[Story, Panel]]:
+        character = self.library.get_character(id_or_name)
+        return [(self.stories.get_story(p.story_id), p) for p in self.stories.panels_using_character(character.id)]
+
+    def delete_character(self, id_or_name, force: bool = False) -> None:
+        """Refuses while a generation uses the character, and (unless forced) while panels do."""
+        character = self.library.get_character(id_or_name)
+        with self._state:
+            if character.id in self._busy:
+                raise CharacterInUse(f"{character.name} is used by the generation running now; try again when it ends")
+            users = self.panels_using(character.id)
+            if users and not force:
+                where = ", ".join(f"“{story.title}” panel {panel.position + 1}" for story, panel in users)
+                raise CharacterInUse(f"{character.name} is used by {where}; delete anyway to remove it from them")
+            for _, panel in users:  # untick it; a [Name] left in a prompt is reported at generation
+                if character.id in panel.characters:
+                    kept = [c for c in panel.characters if c != character.id]
+                    self.stories.update_panel(panel.id, characters=kept)
+            self.library.delete_character(character.id)
+            self._encodings.pop(character.id, None)
+
+    def stale_characters(self) -> list[Character]:
+        """Characters whose stored encoding was made by other weights than the loaded ones."""
+        return [c for c in self.library.characters() if c.encoder_id != self.pipeline.encoder_id or not c.has_encoding]
+
+    def character_encoding(self, id_or_name):
+        """The stored encoding (memory cache); stale or missing ones are re-encoded, with a note."""
+        from .encoding import SubjectEncoding
+
+        character = self.library.get_character(id_or_name)
+        cached = self._encodings.get(character.id)
+        if cached and cached[0] == character.updated and cached[1] == self.pipeline.encoder_id:
+            return cached[2]
+        if character.encoder_id != self.pipeline.encoder_id or not character.has_encoding:
+            return self._reencode(character, f"{character.name} was encoded by other weights; encoded again")
+        try:
+            encoding = SubjectEncoding.from_bytes(self.library.read_encoding(character.id), character.name)
+        except (ValueError, OSError):
+            return self._reencode(character, f"{character.name}'s stored encoding was unreadable; encoded again")
+        self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
+        return encoding
+
+    def reencode_character(self, id_or_name) -> Character:
+        character = self.library.get_character(id_or_name)
+        self._reencode(character, f"{character.name} encoded again")
+        return self.library.get_character(character.id)
+
+    def _reencode(self, character: Character, note: str):
+        picture = imgs.read_image(character.image_path)
+        mask, _ = imgs.read_mask(Image.open(character.mask_path), picture.size)
+        encoding = self._encode(picture, mask)
+        character = self.library.set_encoding(character.id, encoding.to_bytes(), self.pipeline.encoder_id)
+        self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
+        self.notes.append(note)
+        return encoding
+
+    def mask_preview(self, image, mask=None) -> tuple[Image.Image, list[str]]:
+        picture, mask_image, warnings = self._prepare_picture(image, mask)
+        return imgs.mask_preview(picture, mask_image), warnings
+
+    def export_characters(self, path, ids: list[int] | None = None) -> Path:
+        return self.library.export_characters(path, ids)
+
+    def import_characters(self, path, on_clash: str = "rename") -> list[Character]:
+        imported = self.library.import_characters(path, on_clash)
+        stale = [c.name for c in imported if c.encoder_id != self.pipeline.encoder_id]
+        self.notes = [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
+        return imported
+
+    # -- stories and panels ----------------------------------------------------------------------
+
+    def create_story(self, title: str = "Untitled story") -> Story:
+        return self.stories.create_story(title)
+
+    def add_panel(self, story_id: int, prompt: str = "", **settings) -> Panel:
+        """A new panel with this Studio's defaults (size, steps, router) unless given."""
+        return self.stories.add_panel(story_id, prompt, **{**self.panel_defaults, **settings})
+
+    def update_panel(self, panel_id: int, **fields) -> Panel:
+        return self.stories.update_panel(panel_id, **fields)
+
+    def move_panel(self, panel_id: int, new_position: int) -> list[Panel]:
+        return self.stories.move_panel(panel_id, new_position)
+
+    def set_active_version(self, panel_id: int, version_id: int) -> Panel:
+        return self.stories.set_active_version(panel_id, version_id)
+
+    def plan_panel(self, panel: Panel) -> PanelPlan:
+        """[Name] -> description; ticked-but-unnamed characters are appended to the prompt so each
+        subject has words of its own; every subject must still exist."""
+        try:
+            prompt, mentions = resolve_mentions(panel.prompt, self.library.mention_map())
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        ids, phrases = [], []
+        for mention in mentions:
+            if mention.character_id not in ids:
+                ids.append(mention.character_id)
+                phrases.append(prompt[mention.start : mention.end])
+        known = {c.id: c for c in self.library.characters()}
+        for character_id in panel.characters:
+            if character_id in ids:
+                continue
+            if character_id not in known:
+                raise StudioError(f"a character ticked for this panel (#{character_id}) was deleted; untick it")
+            words = known[character_id].description.strip() or known[character_id].name
+            prompt = f"{prompt.rstrip().rstrip(',')}, {words}" if prompt.strip() else words
+            ids.append(character_id)
+            phrases.append(words)
+        plan = PanelPlan(prompt=prompt, character_ids=ids, phrases=phrases)
+        limit = self.pipeline.anystory_config.max_subjects
+        if len(ids) > limit:
+            raise StudioError(f"this panel has {len(ids)} characters; at most {limit} can share a picture")
+        tokens = len(self.pipeline.tokenizer(prompt).input_ids)
+        window = self.pipeline.tokenizer.model_max_length
+        if tokens > window:
+            plan.warnings.append(
+                f"the prompt is {tokens - 2} tokens; the text encoder reads the first {window - 2}, the rest is ignored"
+            )
+        return plan
+
+    def _router_arguments(self, panel: Panel, plan: PanelPlan) -> dict:
+        router = panel.router
+        if router == "learned" and self.pipeline.default_router != "learned":
+            router = "prompt"
+            plan.warnings.append("these weights have no trained router: the prompt router placed the characters")
+        arguments = {"router": router}
+        if router == "prompt":
+            arguments["subject_phrases"] = plan.phrases
+        if router == "layout":
+            missing = [self.library.get_character(c).name for c in plan.character_ids if c not in panel.layout]
+            if missing:
+                raise StudioError(f"router 'layout' needs a box for every character; none for {', '.join(missing)}")
+            arguments["layout"] = [panel.layout[c] for c in plan.character_ids]
+        return arguments
+
+    def generate_panel(
+        self,
+        panel_id: int,
+        *,
+        new_seed: bool = False,
+        progress: Callable[[float, str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Version:
+        """Generate one panel and keep it as its new active version.
+
+        A failure or a cancel leaves the panel's earlier versions as they were and marks the
+        panel failed with the reason.
+        """
+        import torch
+
+        if new_seed:
+            self.stories.update_panel(panel_id, seed=int(np.random.default_rng().integers(0, 2**31 - 1)))
+        panel = self.stories.get_panel(panel_id)
+        plan = self.plan_panel(panel)
+        with self._gpu:
+            self.notes = list(plan.warnings)
+            subjects = [self.character_encoding(c) for c in plan.character_ids]
+            arguments = self._router_arguments(panel, plan)
+            if plan.character_ids:
+                arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
+                arguments["return_route_record"] = self.keep_route_record
+
+            def on_step(pipe, step, timestep, tensors):
+                if cancel is not None and cancel.is_set():
+                    raise GenerationCancelled("generation cancelled; the panel keeps its earlier versions")
+                if progress is not None:
+                    progress((step + 1) / panel.steps, f"step {step + 1} of {panel.steps}")
+                return {}
+
+            with self._state:
+                self._busy = set(plan.character_ids)
+            try:
+                output = self.pipeline(
+                    plan.prompt,
+                    subjects=subjects,
+                    num_inference_steps=panel.steps,
+                    guidance_scale=panel.guidance,
+                    width=panel.width,
+                    height=panel.height,
+                    generator=torch.Generator().manual_seed(panel.seed),
+                    callback_on_step_end=on_step,
+                    **arguments,
+                )
+            except GenerationCancelled as err:
+                self.stories.mark_failed(panel_id, str(err))
+                raise
+            except Exception as err:
+                reason = _friendly_failure(err)
+                self.stories.mark_failed(panel_id, reason)
+                raise StudioError(reason) from err
+            finally:
+                with self._state:
+                    self._busy = set()
+
+            image = output.images[0]
+            route_maps = None
+            if output.route_maps is not None:
+                record = output.route_record
+                route_maps = render.route_maps_bytes(output.route_maps[0].numpy(), _record_for_image(record, 0))
+            settings = {
+                **panel.generation_settings(),
+                "model_prompt": plan.prompt,
+                "subjects": plan.character_ids,
+                "subject_names": [self.library.get_character(c).name for c in plan.character_ids],
+                "router_used": arguments["router"] if plan.character_ids else None,
+                "notes": list(self.notes),
+            }
+            return self.stories.add_version(
+                panel_id, settings, self.model_id, imgs.png_bytes(image), route_maps, route_maps_suffix=".npz"
+            )
+
+    def generate_story(self, story_id: int, *, only_outdated: bool = True, progress=None, cancel=None) -> list[Version]:
+        """Generate every panel that has no up-to-date image (all of them with only_outdated=False)."""
+        versions = []
+        panels = [p for p in self.stories.panels(story_id) if not only_outdated or p.status != "ready"]
+        for number, panel in enumerate(panels):
+
+            def panel_progress(fraction, text, number=number):
+                if progress is not None:
+                    progress((number + fraction) / len(panels), f"panel {number + 1} of {len(panels)}: {text}")
+
+            versions.append(self.generate_panel(panel.id, progress=panel_progress, cancel=cancel))
+        return versions
+
+    def reroll_panel(self, panel_id: int, **kwargs) -> Version:
+        """A new seed for one panel; the other panels keep theirs."""
+        return self.generate_panel(panel_id, new_seed=True, **kwargs)
+
+    # -- looking at results ----------------------------------------------------------------------
+
+    def version_image(self, version_id: int) -> Image.Image:
+        return Image.open(self.stories.get_version(version_id).image_path).convert("RGB")
+
+    def version_overlay(
+        self, version_id: int, opacity: float = 0.45, steps: tuple[int, int] | None = None, grid: tuple[int, int] | None = None
+    ) -> Image.Image:
+        """The routes of a version over its image: one colour per character, legend with names."""
+        version = self.stories.get_version(version_id)
+        image = self.version_image(version_id)
+        if version.route_map_path is None:
+            raise StudioError("this panel has no characters, so no routes to show")
+        final, record = render.load_route_maps(version.route_map_path)
+        maps = final
+        if record is not None and (steps is not None or grid is not None):
+            maps = render.select_route_maps(record, steps=steps, grid=grid)
+        return render.overlay(image, maps, version.settings.get("subject_names", []), opacity=opacity)
+
+    def route_record_choices(self, version_id: int) -> tuple[list[tuple[int, int]], list[int]]:
+        """(grids, steps) kept for a version, for choosing the overlay's resolution and step range."""
+        version = self.stories.get_version(version_id)
+        if version.route_map_path is None:
+            return [], []
+        _, record = render.load_route_maps(version.route_map_path)
+        if not record:
+            return [], []
+        return render.record_grids(record), render.record_steps(record)
+
+    # -- exports ---------------------------------------------------------------------------------
+
+    def export_story(
+        self, story_id: int, fmt: str, path: str | os.PathLike | None = None, *, overlay: bool = False, captions: bool = True
+    ) -> list[Path]:
+        """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
+        "project" (an archive that imports back). Returns the files written."""
+        if fmt not in EXPORT_FORMATS:
+            raise StudioError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
+        story = self.stories.get_story(story_id)
+        stem = render.safe_filename(story.title)
+        suffix = {"strip": ".png", "grid": ".png", "pdf": ".pdf", "cbz": ".cbz", "project": ".zip"}[fmt]
+        path = Path(path) if path else self.exports_dir / f"{stem}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if fmt == "project":
+            return [self.stories.export_project(story_id, path)]
+        pictures, texts = [], []
+        for panel in self.stories.panels(story_id):
+            if panel.active_version_id is None:
+                continue
+            version = panel.active_version_id
+            pictures.append(self.version_overlay(version) if overlay and self._has_routes(version) else self.version_image(version))
+            texts.append(_caption(panel.prompt))
+        if not pictures:
+            raise StudioError("no panel of this story has an image yet: generate first")
+        captions_or_none = texts if captions else None
+        if fmt == "strip":
+            return [render.export_png(render.strip(pictures, captions_or_none), path)]
+        if fmt == "cbz":
+            return [render.export_cbz(pictures, path, title=story.title)]
+        pages = render.page_grid(pictures, captions=captions_or_none)
+        if fmt == "pdf":
+            return [render.export_pdf(pages, path, title=story.title)]
+        if len(pages) == 1:
+            return [render.export_png(pages[0], path)]
+        return [render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)]
+
+    def _has_routes(self, version_id: int) -> bool:
+        return self.stories.get_version(version_id).route_map_path is not None
+
+    def import_project(self, path) -> Story:
+        story = self.stories.import_project(path)
+        stale = [c.name for c in self.stale_characters()]
+        self.notes = [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
+        return story
+
+
+def _record_for_image(record: list[dict] | None, index: int) -> list[dict] | None:
+    if record is None:
+        return None
+    return [{**entry, "gates": entry["gates"][index].numpy()} for entry in record]
+
+
+def _caption(prompt: str) -> str:
+    """The writer's prompt with [Name] shown as Name."""
+    from .story import iter_mentions
+
+    caption, cursor = [], 0
+    for start, end, name in iter_mentions(prompt):
+        caption.append(prompt[cursor:start] + name)
+        cursor = end
+    caption.append(prompt[cursor:])
+    return "".join(caption).strip()
+
+
+def _friendly_failure(err: Exception) -> str:
+    text = str(err) or type(err).__name__
+    if "out of memory" in text.lower() or type(err).__name__ == "OutOfMemoryError":
+        return "the GPU ran out of memory: try a smaller size, fewer characters, or start the app with --offload"
+    return f"generation failed: {text}"
+

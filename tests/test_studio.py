@@ -1,0 +1,345 @@
+"""The Studio service: encode once, bad input, generation, versions, routes, exports."""
+
+import io
+import threading
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from anystory import AnyStoryPipeline
+from anystory.images import ImageInputError
+from anystory.studio import CharacterInUse, GenerationCancelled, Studio, StudioError
+from anystory.tiny import synthetic_subject, write_tiny_ip_adapter
+
+
+@pytest.fixture(scope="session")
+def public_pipe(tiny_folder, tmp_path_factory):
+    ip_file = write_tiny_ip_adapter(tiny_folder, tmp_path_factory.mktemp("ip") / "ip.safetensors")
+    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def studio(public_pipe, tmp_path):
+    studio = Studio(tmp_path / "data", public_pipe, preview=True)
+    studio.panel_defaults.update(width=64, height=64, steps=3)
+    return studio
+
+
+def png(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def cast(studio):
+    mia = studio.add_character("Mia", "a young woman with a red scarf", png(synthetic_subject(1)))
+    rex = studio.add_character("Rex", "a small brown dog", png(synthetic_subject(2)))
+    return mia, rex
+
+
+# -- encode once ---------------------------------------------------------------------------------
+
+
+def test_eight_panels_with_two_characters_encode_twice(studio):
+    mia, rex = cast(studio)
+    story = studio.create_story("The walk")
+    for i in range(8):
+        studio.add_panel(story.id, f"[Mia] and [Rex] at the park, scene {i}")
+    studio.generate_story(story.id)
+    assert studio.encode_count == 2
+    assert all(p.status == "ready" for p in studio.stories.panels(story.id))
+
+
+def test_a_new_studio_reads_encodings_from_disk(studio, public_pipe):
+    mia, _ = cast(studio)
+    again = Studio(studio.data_dir, public_pipe, preview=True)
+    again.character_encoding("mia")
+    assert again.encode_count == 0
+
+
+def test_stale_encoding_is_encoded_again_with_a_note(studio):
+    mia, _ = cast(studio)
+    studio.library.set_encoding(mia.id, studio.library.read_encoding(mia.id), "other-weights")
+    assert [c.name for c in studio.stale_characters()] == ["Mia"]
+    studio.notes = []
+    studio.character_encoding(mia.id)
+    assert studio.encode_count == 3 and "encoded again" in studio.notes[0]
+    assert studio.stale_characters() == []
+
+
+# -- characters: bad input -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "empty"),
+        (b"this is not a picture at all", "not a readable picture"),
+        (png(synthetic_subject(1))[:200], "not a readable picture"),
+        (png(Image.new("RGB", (1, 1))), "too small"),
+        (b"\x89PNG" + b"0" * (21 * 2**20), "the limit is 20 MB"),
+    ],
+)
+def test_bad_pictures_are_refused_and_nothing_is_written(studio, data, message):
+    with pytest.raises(ImageInputError, match=message):
+        studio.add_character("Mia", "", data)
+    assert studio.characters() == [] and studio.encode_count == 0
+
+
+def test_decompression_bomb_is_refused_before_decoding(studio):
+    bomb = png(Image.new("1", (9000, 9000)))  # tiny file, 81 megapixels
+    assert len(bomb) < 2**20
+    with pytest.raises(ImageInputError, match="megapixels"):
+        studio.add_character("Mia", "", bomb)
+
+
+def test_large_pictures_are_downscaled(studio):
+    big = Image.new("RGB", (5000, 1000), (10, 200, 30))
+    character = studio.add_character("Wide", "", png(big))
+    assert max(Image.open(character.image_path).size) == 4096
+
+
+def test_masks(studio):
+    picture = synthetic_subject(1, alpha=False)
+    with pytest.raises(ImageInputError, match="mask is empty"):
+        studio.add_character("Mia", "", png(picture), mask=png(Image.new("L", picture.size, 0)))
+    with pytest.raises(ImageInputError, match="must match"):
+        studio.add_character("Mia", "", png(picture), mask=png(Image.new("L", (20, 20), 255)))
+    studio.add_character("Mia", "", png(picture), mask=png(Image.new("L", picture.size, 255)))
+    assert "whole picture" in studio.notes[0]
+    preview, _ = studio.mask_preview(png(synthetic_subject(2)))
+    assert preview.size == synthetic_subject(2).size
+
+
+def test_names(studio):
+    cast(studio)
+    with pytest.raises(ValueError, match="Mia"):
+        studio.add_character("mia", "", png(synthetic_subject(3)))
+    with pytest.raises(ValueError):
+        studio.add_character("   ", "", png(synthetic_subject(3)))
+    odd = studio.add_character('Zoë "Z" / 🐉', "a dragon", png(synthetic_subject(3)))
+    assert studio.get_character(odd.id).name == 'Zoë "Z" / 🐉'
+
+
+def test_failed_encoding_writes_nothing(studio, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("encoder crashed")
+
+    monkeypatch.setattr(studio.pipeline, "encode_subject", broken)
+    with pytest.raises(RuntimeError):
+        studio.add_character("Mia", "", png(synthetic_subject(1)))
+    assert studio.characters() == []
+    assert not any((studio.data_dir / "characters").glob("*/*"))
+
+
+def test_concurrent_adds(studio):
+    errors = []
+
+    def add(name, seed):
+        try:
+            studio.add_character(name, "", png(synthetic_subject(seed)))
+        except Exception as err:  # noqa: BLE001
+            errors.append(err)
+
+    threads = [threading.Thread(target=add, args=(f"C{i}", i)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and sorted(c.name for c in studio.characters()) == ["C0", "C1"]
+
+
+# -- deleting ------------------------------------------------------------------------------------
+
+
+def test_delete_names_the_panels_that_use_the_character(studio):
+    mia, rex = cast(studio)
+    story = studio.create_story("The walk")
+    studio.add_panel(story.id, "[Mia] alone")
+    panel = studio.add_panel(story.id, "a park", characters=[rex.id])
+    with pytest.raises(CharacterInUse, match="“The walk” panel 2"):
+        studio.delete_character(rex.id)
+    studio.delete_character(rex.id, force=True)
+    assert studio.stories.get_panel(panel.id).characters == []
+
+
+def test_delete_while_a_generation_uses_it(studio):
+    mia, _ = cast(studio)
+    studio._busy = {mia.id}
+    with pytest.raises(CharacterInUse, match="running now"):
+        studio.delete_character(mia.id, force=True)
+
+
+def test_deleted_character_named_in_a_prompt(studio):
+    mia, rex = cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Rex] runs")
+    studio.delete_character(rex.id, force=True)
+    with pytest.raises(StudioError, match=r"\[Rex\].*known characters: Mia"):
+        studio.generate_panel(panel.id)
+
+
+# -- generation ----------------------------------------------------------------------------------
+
+
+def test_generation_keeps_versions_with_routes(studio):
+    mia, rex = cast(studio)
+    story = studio.create_story("The walk")
+    panel = studio.add_panel(story.id, "[Mia] walks [Rex] in the rain")
+    first = studio.generate_panel(panel.id)
+    assert first.settings["model_prompt"] == "a young woman with a red scarf walks a small brown dog in the rain"
+    assert first.settings["subject_names"] == ["Mia", "Rex"] and first.settings["router_used"] == "prompt"
+    overlay = studio.version_overlay(first.id)
+    assert overlay.height > 64  # the image plus a legend
+    grids, steps = studio.route_record_choices(first.id)
+    assert grids and steps == [0, 1, 2]
+    studio.version_overlay(first.id, steps=(1, 3), grid=grids[-1])
+
+    second = studio.reroll_panel(panel.id)
+    assert second.settings["seed"] != first.settings["seed"]
+    assert [v.id for v in studio.stories.versions(panel.id)] == [first.id, second.id]
+    assert studio.set_active_version(panel.id, first.id).active_version_id == first.id
+
+
+def test_reroll_keeps_the_other_panels(studio):
+    cast(studio)
+    story = studio.create_story("s")
+    a = studio.add_panel(story.id, "[Mia] reads")
+    b = studio.add_panel(story.id, "[Rex] sleeps")
+    studio.generate_story(story.id)
+    before = studio.stories.get_panel(a.id)
+    studio.reroll_panel(b.id)
+    assert studio.stories.get_panel(a.id).active_version_id == before.active_version_id
+    assert len(studio.stories.versions(a.id)) == 1 and len(studio.stories.versions(b.id)) == 2
+
+
+def test_generate_all_skips_up_to_date_panels(studio):
+    cast(studio)
+    story = studio.create_story("s")
+    a = studio.add_panel(story.id, "[Mia] reads")
+    studio.add_panel(story.id, "[Rex] sleeps")
+    assert len(studio.generate_story(story.id)) == 2
+    assert studio.generate_story(story.id) == []
+    studio.update_panel(a.id, prompt="[Mia] writes")
+    assert [v.panel_id for v in studio.generate_story(story.id)] == [a.id]
+
+
+def test_ticked_characters_join_the_prompt(studio):
+    mia, rex = cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] in a garden", characters=[rex.id])
+    plan = studio.plan_panel(panel)
+    assert plan.prompt == "a young woman with a red scarf in a garden, a small brown dog"
+    assert plan.character_ids == [mia.id, rex.id] and plan.phrases[1] == "a small brown dog"
+
+
+def test_long_prompt_warns(studio):
+    cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] " + "walks slowly " * 60)
+    assert "the rest is ignored" in studio.plan_panel(panel).warnings[0]
+
+
+def test_layout_router_needs_boxes(studio):
+    mia, rex = cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] and [Rex]", router="layout", layout={mia.id: [0, 0, 0.5, 1]})
+    with pytest.raises(StudioError, match="none for Rex"):
+        studio.generate_panel(panel.id)
+    studio.update_panel(panel.id, layout={mia.id: [0, 0, 0.5, 1], rex.id: [0.5, 0, 1, 1]})
+    version = studio.generate_panel(panel.id)
+    assert version.settings["router_used"] == "layout"
+
+
+def test_cancel_keeps_earlier_versions(studio):
+    cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] reads")
+    first = studio.generate_panel(panel.id)
+    stop = threading.Event()
+    stop.set()
+    with pytest.raises(GenerationCancelled):
+        studio.generate_panel(panel.id, cancel=stop)
+    after = studio.stories.get_panel(panel.id)
+    assert after.status == "failed" and "cancelled" in after.error
+    assert after.active_version_id == first.id and len(studio.stories.versions(panel.id)) == 1
+
+
+def test_failure_is_marked_with_its_reason(studio, monkeypatch):
+    cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] reads")
+
+    def oom(*args, **kwargs):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2 GiB")
+
+    monkeypatch.setattr(type(studio.pipeline), "__call__", oom)
+    with pytest.raises(StudioError, match="smaller size"):
+        studio.generate_panel(panel.id)
+    assert "smaller size" in studio.stories.get_panel(panel.id).error
+
+
+def test_progress_is_reported(studio):
+    cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] reads")
+    seen = []
+    studio.generate_panel(panel.id, progress=lambda f, text: seen.append(f))
+    assert seen == pytest.approx([1 / 3, 2 / 3, 1.0])
+
+
+def test_panel_without_characters(studio):
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "an empty street")
+    version = studio.generate_panel(panel.id)
+    assert version.route_map_path is None
+    with pytest.raises(StudioError, match="no routes"):
+        studio.version_overlay(version.id)
+
+
+# -- exports -------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def generated(studio):
+    cast(studio)
+    story = studio.create_story("The walk / part 1")
+    for prompt in ("[Mia] reads", "[Rex] sleeps", "[Mia] and [Rex] play"):
+        studio.add_panel(story.id, prompt)
+    studio.generate_story(story.id)
+    return story
+
+
+def test_exports(studio, generated, tmp_path):
+    (strip,) = studio.export_story(generated.id, "strip")
+    assert strip.parent == studio.data_dir / "exports" and "/" not in strip.name
+    assert Image.open(strip).width > 3 * 64
+    (pdf,) = studio.export_story(generated.id, "pdf", tmp_path / "walk.pdf", overlay=True)
+    assert pdf.read_bytes().count(b"/Type /Page\n") + pdf.read_bytes().count(b"/Type /Page ") >= 1
+    (cbz,) = studio.export_story(generated.id, "cbz", tmp_path / "walk.cbz")
+    with zipfile.ZipFile(cbz) as archive:
+        pages = [n for n in archive.namelist() if n.endswith(".png")]
+        assert len(pages) == 3 and Image.open(archive.open(pages[0])).size == (64, 64)
+    (grid,) = studio.export_story(generated.id, "grid", tmp_path / "grid.png", captions=False)
+    assert Image.open(grid).size == (1654, 2339)
+    with pytest.raises(StudioError, match="unknown export format"):
+        studio.export_story(generated.id, "gif")
+
+
+def test_project_archive_imports_into_an_empty_folder(studio, generated, tmp_path, public_pipe):
+    (archive,) = studio.export_story(generated.id, "project", tmp_path / "walk.zip")
+    other = Studio(tmp_path / "other", public_pipe, preview=True)
+    story = other.import_project(archive)
+    assert story.title == generated.title
+    ours, theirs = studio.stories.panels(generated.id), other.stories.panels(story.id)
+    assert [p.prompt for p in ours] == [p.prompt for p in theirs]
+    for a, b in zip(ours, theirs):
+        va, vb = studio.stories.active_version(a.id), other.stories.active_version(b.id)
+        assert va.image_path.read_bytes() == vb.image_path.read_bytes()
+    assert other.encode_count == 0 and other.stale_characters() == []
+    assert np.array_equal(np.asarray(other.version_overlay(theirs[2].active_version_id)),
+                          np.asarray(studio.version_overlay(ours[2].active_version_id)))  # fmt: skip
