@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anystory import AnyStoryPipeline  # noqa: E402
-from anystory.tiny import synthetic_subject, write_tiny_sdxl  # noqa: E402
+from anystory.tiny import synthetic_subject, write_tiny_ip_adapter, write_tiny_sdxl  # noqa: E402
 
 
 def main() -> None:
@@ -32,25 +32,37 @@ def main() -> None:
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
     with tempfile.TemporaryDirectory() as tmp:
-        pipe = AnyStoryPipeline.from_pretrained(str(write_tiny_sdxl(Path(tmp) / "tiny")), local_files_only=True)
-    pipe.set_progress_bar_config(disable=True)
-    subjects = [pipe.encode_subject(synthetic_subject(seed)) for seed in (1, 2)]
-    runs = {0: [], 2: []}
+        folder = write_tiny_sdxl(Path(tmp) / "tiny")
+        ip_adapter = write_tiny_ip_adapter(folder, Path(tmp) / "ip.safetensors")
+        pipes = {
+            "init (learned router)": AnyStoryPipeline.from_pretrained(str(folder), adapter="init", local_files_only=True),
+            "public (prompt router)": AnyStoryPipeline.from_pretrained(str(folder), ip_adapter=str(ip_adapter), local_files_only=True),
+        }
     common = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent")
-    pipe("warm-up", subjects=subjects, **common)
-    pipe("warm-up", **common)
-    for _ in range(args.repeats):
-        for n in runs:
-            start = time.perf_counter()
-            pipe("a girl and her dog", subjects=subjects[:n], generator=torch.Generator().manual_seed(0), **common)
-            runs[n].append((time.perf_counter() - start) / args.steps)
-    base = statistics.median(runs[0])
+    prompt = "a girl and her dog"
     print(f"tiny SDXL, {args.size}x{args.size}, {args.steps} steps, CFG on, median of {args.repeats}, torch threads {torch.get_num_threads()}")
-    print("| subjects | ms / step | ratio |")
-    print("|---|---|---|")
-    for n, times in runs.items():
-        median = statistics.median(times)
-        print(f"| {n} | {median * 1000:.1f} | {median / base:.2f}x |")
+    print("| mode | subjects | ms / step | ratio |")
+    print("|---|---|---|---|")
+    for mode, pipe in pipes.items():
+        pipe.set_progress_bar_config(disable=True)
+        subjects = [pipe.encode_subject(synthetic_subject(seed)) for seed in (1, 2)]
+        extra = {"subject_phrases": ["a girl", "her dog"]} if pipe.default_router == "prompt" else {}
+        runs = {0: [], 2: []}
+
+        def run(n: int) -> None:
+            arguments = {**extra, "subject_phrases": extra["subject_phrases"][:n]} if extra and n else {}
+            pipe(prompt, subjects=subjects[:n], generator=torch.Generator().manual_seed(0), **arguments, **common)
+
+        run(0), run(2)  # warm-up
+        for _ in range(args.repeats):
+            for n in runs:  # alternate, so load changes hit both
+                start = time.perf_counter()
+                run(n)
+                runs[n].append((time.perf_counter() - start) / args.steps)
+        base = statistics.median(runs[0])
+        for n, times in runs.items():
+            median = statistics.median(times)
+            print(f"| {mode} | {n} | {median * 1000:.1f} | {median / base:.2f}x |")
 
 
 if __name__ == "__main__":
