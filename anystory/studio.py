@@ -241,6 +241,18 @@ class Studio:
         self.notes.append(note)
         return encoding
 
+    def encoding_status(self, character: Character) -> str:
+        """"ready", "stale" (made by other weights than the loaded ones), "missing" or "failed"."""
+        if not character.has_encoding:
+            return "missing"
+        if character.encoder_id != self.pipeline.encoder_id:
+            return "stale"
+        return character.status
+
+    def auto_mask(self, image) -> Image.Image:
+        """A mask found by automatic matting (optional rembg); ImageInputError says when it is missing."""
+        return imgs.auto_mask(imgs.read_image(image, "image"))
+
     def mask_preview(self, image, mask=None) -> tuple[Image.Image, list[str]]:
         picture, mask_image, warnings = self._prepare_picture(image, mask)
         return imgs.mask_preview(picture, mask_image), warnings
@@ -269,7 +281,23 @@ class Studio:
     def move_panel(self, panel_id: int, new_position: int) -> list[Panel]:
         return self.stories.move_panel(panel_id, new_position)
 
-    def set_active_version(self, panel_id: int, version_id: int) -> Panel:
+    def set_active_version(self, panel_id: int, version_id: int, *, restore_settings: bool = False) -> Panel:
+        """Make a kept version the panel's image. With restore_settings the panel also gets back the
+        settings that made it (seed, prompt, ...), so "ready" means the settings match the image;
+        the cast settings come back only while the version's characters are still the same ones."""
+        if restore_settings:
+            version = self.stories.get_version(version_id)
+            if version.panel_id != panel_id:
+                raise StudioError(f"version {version_id} belongs to panel {version.panel_id}, not panel {panel_id}")
+            settings = version.settings
+            keys = ["seed", "steps", "guidance", "width", "height", "router"]
+            names = {c.id: c.name for c in self.library.characters()}
+            subjects = settings.get("subjects", [])
+            if [names.get(c) for c in subjects] == list(settings.get("subject_names", [])):
+                keys += ["prompt", "characters", "strengths", "layout"]
+            restored = {key: settings[key] for key in keys if key in settings}
+            if restored:
+                self.stories.update_panel(panel_id, **restored)
         return self.stories.set_active_version(panel_id, version_id)
 
     def plan_panel(self, panel: Panel) -> PanelPlan:
@@ -432,6 +460,12 @@ class Studio:
         if record is not None and (steps is not None or grid is not None):
             maps = render.select_route_maps(record, steps=steps, grid=grid)
         return render.overlay(image, maps, version.settings.get("subject_names", []), opacity=opacity)
+
+    def version_legend(self, version_id: int) -> list[tuple[str, str]]:
+        """(name, "#rrggbb") of each overlay colour: the version's characters, then the background."""
+        names = self.stories.get_version(version_id).settings.get("subject_names", [])
+        colours = render.palette(len(names)) + [render.BACKGROUND_COLOUR]
+        return [(name, "#%02x%02x%02x" % colour) for name, colour in zip([*names, "background"], colours)]
 
     def route_record_choices(self, version_id: int) -> tuple[list[tuple[int, int]], list[int]]:
         """(grids, steps) kept for a version, for choosing the overlay's resolution and step range."""

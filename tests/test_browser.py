@@ -1,0 +1,190 @@
+"""A real browser (Debian chromium via Playwright) drives the app through the writer's loop.
+
+Preview-mode Studio on a temporary data folder: add two characters in the Characters tab, write a
+two-panel story naming both, generate all, look at both images and the overlay legend, re-roll
+panel 2 and switch its active version, export a PDF, export and re-import the project archive,
+then restart the app on the same folder and find everything there. Screenshots go to
+test-artifacts/ (gitignored). Without /usr/bin/chromium the test FAILS: CI installs it.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from .ui_support import ARTIFACTS, CAST, IGNORE_GRADIO_WARNINGS, gradio_temp, launch, preview_pipe, preview_studio
+
+__all__ = ["gradio_temp", "preview_pipe"]  # fixtures used by name
+pytestmark = IGNORE_GRADIO_WARNINGS
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+SLOW = 60_000  # ms: generous waits for a busy CI machine
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        pytest.fail(
+            f"{CHROMIUM} is missing: the browser test needs Debian's chromium "
+            "(apt-get install -y chromium chromium-driver; .ci/run installs it). Never `playwright install`."
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"browser-{name}.png"), full_page=True)
+
+
+def open_page(browser, url: str):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(SLOW)
+    page.goto(url)
+    page.locator("#preview-banner").wait_for()
+    return page
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    page.locator(f"#{elem_id} textarea, #{elem_id} input").first.fill(text)
+
+
+def add_character(page, name: str, description: str, picture: Path) -> None:
+    from playwright.sync_api import expect
+
+    title = page.locator("#character-form-title")
+    if "New character" not in title.inner_text():
+        page.locator("#new-character").click()
+        expect(title).to_contain_text("New character")
+    fill(page, "character-name", name)
+    fill(page, "character-description", description)
+    page.locator("#character-picture input[type=file]").set_input_files(str(picture))
+    expect(page.locator("#character-picture img")).to_be_visible()
+    page.locator("#save-character").click()
+    expect(page.locator("#characters-status")).to_contain_text(f"added {name}")
+
+
+def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_path):
+    from playwright.sync_api import expect
+
+    data_dir = tmp_path / "data"
+    studio = preview_studio(data_dir, preview_pipe)
+    demo, url = launch(studio)
+    try:
+        page = open_page(browser, url)
+        expect(page.locator("#preview-banner")).to_contain_text("Preview mode: tiny random model, images are not meaningful")
+
+        # -- Characters tab: two characters; a missing optional package is a clear message --
+        add_character(page, "Mia", "a young girl with a red scarf", CAST / "mia.png")
+        page.locator("#auto-mask").click()
+        expect(page.locator("#characters-status")).to_contain_text("rembg")
+        add_character(page, "Rex", "a small brown dog", CAST / "rex.png")
+        gallery = page.locator("#cast-gallery")
+        expect(gallery).to_contain_text("Mia · ready")
+        expect(gallery).to_contain_text("Rex · ready")
+        shot(page, "1-characters")
+
+        # -- Storyboard: a two-panel story naming both --
+        page.locator("#tab-storyboard-button, button[role=tab]:has-text('Storyboard')").first.click()
+        fill(page, "story-title", "The walk")
+        page.locator("#create-story").click()
+        status = page.locator("#storyboard-status")
+        expect(status).to_contain_text("created “The walk”")
+        fill(page, "panel-prompt", "[Mia] walks [Rex] in the park")
+        page.locator("#save-panel").click()
+        expect(status).to_contain_text("saved panel 1")
+        page.locator("#add-panel").click()
+        expect(status).to_contain_text("added panel 2")
+        fill(page, "panel-prompt", "[Rex] sleeps next to [Mia]")
+        page.locator("#generate-all").click()
+        expect(status).to_contain_text("generated 2 panel(s)")
+        strip = page.locator("#panel-strip")
+        expect(strip.locator("img")).to_have_count(2)
+        expect(strip).to_contain_text("1 · ready")
+        expect(strip).to_contain_text("2 · ready")
+        expect(page.locator("#active-image img")).to_be_visible()
+        expect(page.locator("#overlay-image img")).to_be_visible()
+        legend = page.locator("#overlay-legend")
+        expect(legend).to_contain_text("Rex")
+        expect(legend).to_contain_text("Mia")
+        expect(legend).to_contain_text("background")
+        shot(page, "2-generated")
+
+        # -- Re-roll panel 2, then make its first version active again --
+        panels = studio.stories.panels(studio.stories.stories()[0].id)
+        first_version = panels[1].active_version_id
+        page.locator("#reroll-panel").click()
+        expect(status).to_contain_text("re-rolled panel 2")
+        versions = page.locator("#version-gallery")
+        expect(versions.locator("img")).to_have_count(2)
+        assert studio.stories.get_panel(panels[1].id).active_version_id != first_version
+        versions.locator("img").first.click()
+        expect(page.locator("#inspected-version")).to_contain_text("Inspecting v1 (not active)")
+        page.locator("#make-active").click()
+        expect(status).to_contain_text("made it the active version")
+        expect(page.locator("#inspected-version")).to_contain_text("Inspecting v1 (the active version)")
+        restored = studio.stories.get_panel(panels[1].id)
+        assert restored.active_version_id == first_version and restored.status == "ready"
+        assert restored.seed == panels[1].seed  # the settings that made v1 are back
+        expect(page.locator("#panel-seed input")).to_have_value(str(panels[1].seed))
+        assert studio.stories.get_panel(panels[0].id).active_version_id == panels[0].active_version_id
+        shot(page, "3-versions")
+
+        # -- Export a PDF, then the project archive, and import it back --
+        page.locator("#export-format").get_by_text("PDF", exact=True).click()
+        page.locator("#export-story").click()
+        expect(status).to_contain_text("exported The walk.pdf")
+        expect(page.locator("#exported-files a").first).to_have_attribute("href", re.compile(r"The%20walk\.pdf$"))
+        pdf = data_dir / "exports" / "The walk.pdf"
+        assert pdf.read_bytes().startswith(b"%PDF")
+        page.locator("#export-format").get_by_text("Project archive", exact=False).click()
+        page.locator("#export-story").click()
+        expect(status).to_contain_text("exported The walk.zip")
+        page.locator("#project-archive input[type=file]").set_input_files(str(data_dir / "exports" / "The walk.zip"))
+        page.locator("#import-project").click()
+        expect(status).to_contain_text("imported “The walk”")
+        expect(page.locator("#panel-strip img")).to_have_count(2)
+        shot(page, "4-imported")
+        assert [s.title for s in studio.stories.stories()] == ["The walk", "The walk"]
+        page.close()
+    finally:
+        demo.close()
+
+    # -- Restart on the same data folder: everything is still there --
+    studio = preview_studio(data_dir, preview_pipe)
+    demo, url = launch(studio)
+    try:
+        page = open_page(browser, url)
+        expect(page.locator("#cast-gallery")).to_contain_text("Mia · ready")
+        expect(page.locator("#cast-gallery")).to_contain_text("Rex · ready")
+        page.locator("button[role=tab]:has-text('Storyboard')").first.click()
+        expect(page.locator("#panel-strip img")).to_have_count(2)
+        expect(page.locator("#panel-strip")).to_contain_text("2 · ready")
+        page.locator("#panel-strip img").nth(1).click()
+        expect(page.locator("#inspected-version")).to_contain_text(re.compile(r"Inspecting v1 \(the active version\)"))
+        expect(page.locator("#overlay-legend")).to_contain_text("Mia")
+        shot(page, "5-restarted")
+        stories = studio.stories.stories()
+        assert [s.title for s in stories] == ["The walk", "The walk"]
+        for story in stories:
+            assert [p.status for p in studio.stories.panels(story.id)] == ["ready", "ready"]
+        assert studio.encode_count == 0  # encodings were read from disk, not made again
+        page.close()
+    finally:
+        demo.close()
