@@ -188,3 +188,31 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         page.close()
     finally:
         demo.close()
+
+
+def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, tmp_path):
+    from playwright.sync_api import expect
+
+    from ui.characters import add_example_cast
+
+    studio = preview_studio(tmp_path / "data", preview_pipe)
+    add_example_cast(studio)
+    story = studio.create_story("Slow")
+    panel = studio.add_panel(story.id, "[Rex] runs", steps=1000)
+    demo, url = launch(studio)
+    try:
+        page = open_page(browser, url)
+        page.locator("button[role=tab]:has-text('Storyboard')").first.click()
+        expect(page.locator("#panel-prompt textarea")).to_have_value("[Rex] runs")
+        page.locator("#generate-panel").click()
+        expect(page.locator("#active-image")).to_contain_text(re.compile(r"step \d+ of 1000"))  # the progress bar
+        page.locator("#cancel-generation").click()
+        status = page.locator("#storyboard-status")
+        expect(status).to_contain_text("generation cancelled; the panel keeps its earlier versions")
+        expect(page.locator("#panel-status")).to_contain_text("failed")
+        shot(page, "6-cancelled")
+        after = studio.stories.get_panel(panel.id)
+        assert after.status == "failed" and after.active_version_id is None
+        page.close()
+    finally:
+        demo.close()

@@ -18,6 +18,7 @@ from anystory.story import ROUTERS, mentioned_names
 from .common import CancelEvents, error_markdown, error_message, escape, gpu, notes_markdown, progress_reporter, shows_errors
 
 ALL_LAYERS = "all layers"
+DISPLAY_MIN_SIDE = 320  # px: smaller images are enlarged on screen (not in exports)
 EXPORT_CHOICES = [
     ("PNG strip", "strip"),
     ("PNG page grid", "grid"),
@@ -71,6 +72,14 @@ def random_seed() -> int:
 def short(text: str, length: int = 48) -> str:
     text = " ".join(text.split())
     return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def for_display(picture: Image.Image, min_side: int = DISPLAY_MIN_SIDE) -> Image.Image:
+    """Small panels (preview mode) enlarged by a whole factor, pixels kept sharp, so they can be seen."""
+    factor = -(-min_side // max(picture.size))
+    if factor <= 1:
+        return picture
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
 
 
 def legend_html(entries: list[tuple[str, str]]) -> str:
@@ -269,7 +278,7 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             if (first, last) != (low, high):
                 step_range = (first, last + 1)
         picture = studio.version_overlay(version_id, float(opacity_value), steps=step_range, grid=chosen_grid)
-        view = {overlay_image: picture, legend: legend_html(studio.version_legend(version_id))}
+        view = {overlay_image: for_display(picture), legend: legend_html(studio.version_legend(version_id))}
         if grids:
             view[record_row] = gr.update(visible=True)
             view[grid] = gr.update(choices=[ALL_LAYERS, *grid_labels], value=grid_value)
@@ -335,7 +344,7 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
                 router: panel.router,
                 per_character: gr.update(value=table_rows(panel)),
                 panel_status: panel_status_text(panel),
-                active_image: studio.version_image(panel.active_version_id) if panel.active_version_id else None,
+                active_image: for_display(studio.version_image(panel.active_version_id)) if panel.active_version_id else None,
                 versions: [
                     (studio.version_image(v.id), f"v{n + 1} · seed {v.settings.get('seed')}" + (" · active" if v.id == panel.active_version_id else ""))
                     for n, v in enumerate(kept)
@@ -468,7 +477,7 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         return {status: notes_markdown([], f"deleted panel {position + 1} and its versions"), **view(story_id)}
 
     def run_generation(story_id, form, request, progress, work, *, needs_panel: bool = True) -> dict:
-        """Save the form, run `work(panel_id, progress_callback, cancel_event)`, show the result."""
+        """Save the form, run `work(story_id, panel_id, progress_callback, cancel_event)`, show the result."""
         panel_id = form[0]
         try:
             if story_id is None:
@@ -477,7 +486,7 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
                 save_form(*form)
             event = cancels.start(request)
             try:
-                done = work(panel_id, progress_reporter(progress), event)
+                done = work(story_id, panel_id, progress_reporter(progress), event)
             finally:
                 cancels.finish(request)
             return {status: notes_markdown(studio.notes, done), **view(story_id, panel_id)}
@@ -490,29 +499,34 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
                 refreshed = {}
             return {**refreshed, status: error_markdown(message)}
 
-    @gpu
-    def generate_one(story_id, *form, request: gr.Request = None, progress=gr.Progress()) -> dict:
-        def work(panel_id, report, event):
-            version = studio.generate_panel(panel_id, progress=report, cancel=event)
-            return f"generated panel {studio.stories.get_panel(panel_id).position + 1} (seed {version.settings['seed']})"
+    def generation_handler(name: str, work, *, needs_panel: bool = True):
+        """A queued handler that saves the panel form, then runs `work`. Its parameters are spelled
+        out: gradio hands gr.Request and gr.Progress only to positional parameters."""
 
-        return run_generation(story_id, form, request, progress, work)
+        @gpu
+        def handler(story_id, panel_id, prompt_text, ticked_ids, seed_value, steps_value, guidance_value, width_value,
+                    height_value, router_value, rows, request: gr.Request, progress=gr.Progress()) -> dict:  # fmt: skip
+            form = (panel_id, prompt_text, ticked_ids, seed_value, steps_value, guidance_value, width_value, height_value, router_value, rows)  # fmt: skip
+            return run_generation(story_id, form, request, progress, work, needs_panel=needs_panel)
 
-    @gpu
-    def reroll_one(story_id, *form, request: gr.Request = None, progress=gr.Progress()) -> dict:
-        def work(panel_id, report, event):
-            version = studio.reroll_panel(panel_id, progress=report, cancel=event)
-            return f"re-rolled panel {studio.stories.get_panel(panel_id).position + 1} with seed {version.settings['seed']}"
+        handler.__name__ = handler.__qualname__ = name
+        return handler
 
-        return run_generation(story_id, form, request, progress, work)
+    def generate_panel_work(story_id, panel_id, report, event) -> str:
+        version = studio.generate_panel(panel_id, progress=report, cancel=event)
+        return f"generated panel {studio.stories.get_panel(panel_id).position + 1} (seed {version.settings['seed']})"
 
-    @gpu
-    def generate_every(story_id, *form, request: gr.Request = None, progress=gr.Progress()) -> dict:
-        def work(panel_id, report, event):
-            made = studio.generate_story(story_id, progress=report, cancel=event)
-            return f"generated {len(made)} panel(s); up-to-date panels were kept" if made else "every panel is up to date"
+    def reroll_panel_work(story_id, panel_id, report, event) -> str:
+        version = studio.reroll_panel(panel_id, progress=report, cancel=event)
+        return f"re-rolled panel {studio.stories.get_panel(panel_id).position + 1} with seed {version.settings['seed']}"
 
-        return run_generation(story_id, form, request, progress, work, needs_panel=False)
+    def generate_story_work(story_id, panel_id, report, event) -> str:
+        made = studio.generate_story(story_id, progress=report, cancel=event)
+        return f"generated {len(made)} panel(s); up-to-date panels were kept" if made else "every panel is up to date"
+
+    generate_one = generation_handler("generate_one", generate_panel_work)
+    reroll_one = generation_handler("reroll_one", reroll_panel_work)
+    generate_every = generation_handler("generate_every", generate_story_work, needs_panel=False)
 
     def stop(request: gr.Request) -> str:
         if cancels.cancel(request):
