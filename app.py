@@ -39,10 +39,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--model",
         default=None,
-        help="SDXL base: a hub id, a diffusers folder or one .safetensors file (default stabilityai/stable-diffusion-xl-base-1.0)",
+        help="SDXL base: a hub id, a diffusers folder or one .safetensors file "
+        "(default stabilityai/stable-diffusion-xl-base-1.0)",
     )
-    parser.add_argument("--adapter", default=None, help="an AnyStory checkpoint folder (default: public IP-Adapter weights)")
-    parser.add_argument("--offload", action="store_true", help="move model parts to the GPU only while used (less memory)")
+    parser.add_argument(
+        "--adapter", default=None, help="an AnyStory checkpoint folder (default: public IP-Adapter weights)"
+    )
+    parser.add_argument(
+        "--offload", action="store_true", help="move model parts to the GPU only while used (less memory)"
+    )
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off unless asked)")
     return parser.parse_args(argv)
 

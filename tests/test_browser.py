@@ -88,7 +88,9 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
     demo, url = launch(studio)
     try:
         page = open_page(browser, url)
-        expect(page.locator("#preview-banner")).to_contain_text("Preview mode: tiny random model, images are not meaningful")
+        expect(page.locator("#preview-banner")).to_contain_text(
+            "Preview mode: tiny random model, images are not meaningful"
+        )
 
         # -- Characters tab: two characters; a missing optional package is a clear message --
         add_character(page, "Mia", "a young girl with a red scarf", CAST / "mia.png")

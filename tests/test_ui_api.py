@@ -35,8 +35,12 @@ def app(gradio_temp, preview_pipe, tmp_path_factory):
 def cast(app):
     """Mia and Rex, added through the API."""
     _, client, _ = app
-    mia = client.predict("Mia", "a young girl with a red scarf", handle_file(str(CAST / "mia.png")), None, api_name="/add_character")
-    rex = client.predict("Rex", "a small brown dog", handle_file(str(CAST / "rex.png")), None, api_name="/add_character")
+    mia = client.predict(
+        "Mia", "a young girl with a red scarf", handle_file(str(CAST / "mia.png")), None, api_name="/add_character"
+    )
+    rex = client.predict(
+        "Rex", "a small brown dog", handle_file(str(CAST / "rex.png")), None, api_name="/add_character"
+    )
     return mia, rex
 
 
@@ -138,7 +142,9 @@ def test_errors_come_back_as_clear_messages(app, cast, tmp_path):
 
 def test_delete_character_names_the_panels_that_use_it(app, cast, tmp_path):
     studio, client, _ = app
-    bolt = client.predict("Bolt", "a friendly silver robot", handle_file(str(CAST / "bolt.png")), None, api_name="/add_character")
+    bolt = client.predict(
+        "Bolt", "a friendly silver robot", handle_file(str(CAST / "bolt.png")), None, api_name="/add_character"
+    )
     story = client.predict("Robots", api_name="/create_story")
     client.predict(story["id"], "[Bolt] beeps", "{}", api_name="/add_panel")
     with pytest.raises(AppError, match="Bolt is used by “Robots” panel 1; delete anyway"):

@@ -45,7 +45,9 @@ def gradio_temp(tmp_path_factory):
 def preview_pipe(tiny_folder, tmp_path_factory):
     """The tiny SDXL in public-weights mode, loaded through the real loading path."""
     ip_file = write_tiny_ip_adapter(tiny_folder, tmp_path_factory.mktemp("ip") / "ip.safetensors")
-    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True)
+    pipe = AnyStoryPipeline.from_pretrained(
+        str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -63,5 +65,7 @@ def launch(studio: Studio):
 
     demo = build_app(studio)
     port = free_port()
-    demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options(studio))
+    demo.launch(
+        prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options(studio)
+    )
     return demo, f"http://127.0.0.1:{port}/"

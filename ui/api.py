@@ -52,7 +52,9 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
             "name": character.name,
             "description": character.description,
             "status": studio.encoding_status(character),
-            "used_in": [f"{story.title} panel {panel.position + 1}" for story, panel in studio.panels_using(character.id)],
+            "used_in": [
+                f"{story.title} panel {panel.position + 1}" for story, panel in studio.panels_using(character.id)
+            ],
         }
 
     def names_of(ids) -> dict[int, str]:
@@ -95,7 +97,11 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
         }
 
     def story_dict(story) -> dict:
-        return {"id": story.id, "title": story.title, "panels": [panel_dict(p) for p in studio.stories.panels(story.id)]}
+        return {
+            "id": story.id,
+            "title": story.title,
+            "panels": [panel_dict(p) for p in studio.stories.panels(story.id)],
+        }
 
     def parse_settings(settings: Any) -> dict:
         """A JSON object (text or dict) of panel settings, with characters named by name or id."""
@@ -107,7 +113,7 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
             except json.JSONDecodeError as err:
                 raise ValueError(f"settings must be a JSON object: {err}") from err
         if not isinstance(settings, dict):
-            raise ValueError("settings must be a JSON object, e.g. {\"seed\": 3, \"characters\": [\"Mia\"]}")
+            raise ValueError('settings must be a JSON object, e.g. {"seed": 3, "characters": ["Mia"]}')
         unknown = sorted(set(settings) - set(SETTING_KEYS))
         if unknown:
             raise ValueError(f"unknown panel settings {', '.join(unknown)}; settings are {', '.join(SETTING_KEYS)}")
@@ -144,7 +150,11 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
     def update_character(character: str, name: str, description: str, image: str | None, mask: str | None) -> dict:
         """Rename / re-describe (empty text keeps the old value); a new picture or mask is encoded again."""
         updated = studio.update_character(
-            character_ref(character), name=name or None, description=description if description else None, image=image, mask=mask
+            character_ref(character),
+            name=name or None,
+            description=description if description else None,
+            image=image,
+            mask=mask,
         )
         return {**character_dict(updated), "notes": list(studio.notes)}
 
@@ -258,8 +268,18 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
     # -- registration: gr.api for JSON-only endpoints, hidden components where files travel --
 
     model = {"concurrency_id": "model"}
-    for fn in (list_characters, delete_character, list_stories, create_story, get_story, add_panel, update_panel,
-               move_panel, delete_panel, set_active_version):  # fmt: skip
+    for fn in (
+        list_characters,
+        delete_character,
+        list_stories,
+        create_story,
+        get_story,
+        add_panel,
+        update_panel,
+        move_panel,
+        delete_panel,
+        set_active_version,
+    ):
         gr.api(fn, api_name=fn.__name__)
     gr.api(generate_story, api_name="generate_story", **model)
 
@@ -268,7 +288,11 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
         character = gr.Textbox(label="character")
         image, mask = gr.File(label="image", type="filepath"), gr.File(label="mask", type="filepath")
         result = gr.JSON(label="result")
-        panel_id, version_id, story_id = gr.Number(label="panel_id", precision=0), gr.Number(label="version_id", precision=0), gr.Number(label="story_id", precision=0)
+        panel_id, version_id, story_id = (
+            gr.Number(label="panel_id", precision=0),
+            gr.Number(label="version_id", precision=0),
+            gr.Number(label="story_id", precision=0),
+        )
         new_seed = gr.Checkbox(label="new_seed", value=False)
         picture = gr.Image(label="image", format="png", type="pil")
         legend = gr.JSON(label="legend")
@@ -280,8 +304,17 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
         on_clash = gr.Textbox(label="on_clash", value="rename")
         one_file = gr.File(label="file")
 
-    gr.on([], add_character, [text["name"], text["description"], image, mask], result, api_name="add_character", **model)
-    gr.on([], update_character, [character, text["name"], text["description"], image, mask], result, api_name="update_character", **model)  # fmt: skip
+    gr.on(
+        [], add_character, [text["name"], text["description"], image, mask], result, api_name="add_character", **model
+    )
+    gr.on(
+        [],
+        update_character,
+        [character, text["name"], text["description"], image, mask],
+        result,
+        api_name="update_character",
+        **model,
+    )
     gr.on([], reencode_character, [character], result, api_name="reencode_character", **model)
     gr.on([], generate_panel, [panel_id, new_seed], [picture, result], api_name="generate_panel", **model)
     gr.on([], version_overlay, [version_id, opacity], [picture, legend], api_name="version_overlay")

@@ -1,7 +1,7 @@
 """The whole app: a banner in preview mode, the Characters and Storyboard tabs, the named API.
 
-    demo = build_app(studio)            # studio: anystory.studio.Studio
-    demo.launch(**launch_options(studio))
+demo = build_app(studio)            # studio: anystory.studio.Studio
+demo.launch(**launch_options(studio))
 """
 
 from __future__ import annotations

@@ -113,7 +113,9 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
     """Lay out the Characters tab inside the current Blocks and wire its handlers."""
     status = gr.Markdown(elem_id="characters-status")
     with gr.Row(visible=False) as example_row:
-        gr.Markdown("Your cast is empty. Start with ours: Mia (a girl with a red scarf), Rex (a brown dog) and Bolt (a robot).")
+        gr.Markdown(
+            "Your cast is empty. Start with ours: Mia (a girl with a red scarf), Rex (a brown dog) and Bolt (a robot)."
+        )
         add_examples = gr.Button("Add the example cast", variant="secondary", elem_id="add-example-cast")
     with gr.Row(equal_height=False):
         with gr.Column(scale=3):
@@ -132,7 +134,8 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
                 datatype=["str", "str", "str", "str"],
                 interactive=False,
                 wrap=True,
-                label="Encodings (ready: stored for the loaded weights · stale: made by other weights, encoded again on first use · missing)",
+                label="Encodings (ready: stored for the loaded weights · stale: made by other weights, "
+                "encoded again on first use · missing)",
                 elem_id="cast-table",
             )
             with gr.Row():
@@ -214,7 +217,18 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
 
     tab = CharactersTab(studio, status, gallery, table, shown_ids, example_row, search)
     cast_outputs = [gallery, table, shown_ids, example_row]
-    form = [selected, form_title, name, description, picture, mask_source, mask_upload, mask_painter, mask_preview, save]
+    form = [
+        selected,
+        form_title,
+        name,
+        description,
+        picture,
+        mask_source,
+        mask_upload,
+        mask_painter,
+        mask_preview,
+        save,
+    ]
 
     def blank_form() -> dict:
         return {
@@ -279,7 +293,10 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
         return {status: "", confirm_box: gr.update(visible=False), **blank_form()}
 
     def show_mask_tools(source: str) -> dict:
-        return {upload_box: gr.update(visible=source == MASK_UPLOADED), paint_box: gr.update(visible=source == MASK_PAINTED)}
+        return {
+            upload_box: gr.update(visible=source == MASK_UPLOADED),
+            paint_box: gr.update(visible=source == MASK_PAINTED),
+        }
 
     def picture_to_painter(path: str | None) -> dict:
         if path is None:
@@ -306,7 +323,10 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
         if path is None:
             raise ValueError("upload a reference picture first")
         preview_image, warnings = studio.mask_preview(path, form_mask(source, character_id, upload, painting))
-        return {status: notes_markdown(warnings, "mask preview: the tinted part is left out"), mask_preview: preview_image}
+        return {
+            status: notes_markdown(warnings, "mask preview: the tinted part is left out"),
+            mask_preview: preview_image,
+        }
 
     @gpu
     @shows_errors(status)
@@ -399,9 +419,7 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
     mask_source.change(show_mask_tools, [mask_source], [upload_box, paint_box], show_progress="hidden", **private)
     picture.upload(picture_to_painter, [picture], [mask_painter, mask_preview], **private)
     picture.clear(picture_to_painter, [picture], [mask_painter, mask_preview], **private)
-    auto.click(
-        auto_mask, [picture], [status, mask_upload, mask_source, upload_box, paint_box, mask_preview], **private
-    )
+    auto.click(auto_mask, [picture], [status, mask_upload, mask_source, upload_box, paint_box, mask_preview], **private)
     mask_inputs = [selected, picture, mask_source, mask_upload, mask_painter]
     preview.click(preview_mask, mask_inputs, [status, mask_preview], **private)
     save.click(
@@ -419,4 +437,3 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
     import_cast.click(import_the_cast, [archive, on_clash, search], [status, archive, *cast_outputs], **private)
     add_examples.click(add_examples_now, [search], [status, *cast_outputs], concurrency_id="model", **private)
     return tab
-

@@ -33,7 +33,9 @@ def error_message(err: BaseException) -> str:
     text = str(err).strip()
     if not isinstance(err, USER_ERRORS):
         log.exception("unexpected error in a UI handler")
-        return f"unexpected error ({type(err).__name__}): {text}" if text else f"unexpected error ({type(err).__name__})"
+        return (
+            f"unexpected error ({type(err).__name__}): {text}" if text else f"unexpected error ({type(err).__name__})"
+        )
     return text or type(err).__name__
 
 

@@ -15,7 +15,16 @@ from PIL import Image, ImageDraw
 from anystory.library import name_key
 from anystory.story import ROUTERS, mentioned_names
 
-from .common import CancelEvents, error_markdown, error_message, escape, gpu, notes_markdown, progress_reporter, shows_errors
+from .common import (
+    CancelEvents,
+    error_markdown,
+    error_message,
+    escape,
+    gpu,
+    notes_markdown,
+    progress_reporter,
+    shows_errors,
+)
 
 ALL_LAYERS = "all layers"
 DISPLAY_MIN_SIDE = 320  # px: smaller images are enlarged on screen (not in exports)
@@ -118,7 +127,12 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
     status = gr.Markdown(elem_id="storyboard-status")
     with gr.Row(equal_height=True):
         story_pick = gr.Dropdown(label="Story", choices=[], value=None, scale=3, elem_id="story-pick")
-        title = gr.Textbox(label="Title", placeholder="a title for a new story, or a new title for this one", scale=3, elem_id="story-title")
+        title = gr.Textbox(
+            label="Title",
+            placeholder="a title for a new story, or a new title for this one",
+            scale=3,
+            elem_id="story-title",
+        )
         create_story = gr.Button("New story", variant="primary", scale=1, elem_id="create-story")
         rename_story = gr.Button("Rename", scale=1, elem_id="rename-story")
     strip = gr.Gallery(
@@ -149,14 +163,25 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             )
             with gr.Row():
                 seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="panel-seed")
-                steps = gr.Number(defaults["steps"], label="Steps", precision=0, minimum=1, maximum=1000, elem_id="panel-steps")
-                guidance = gr.Number(defaults["guidance"], label="Guidance", minimum=0, maximum=100, step=0.5, elem_id="panel-guidance")
+                steps = gr.Number(
+                    defaults["steps"], label="Steps", precision=0, minimum=1, maximum=1000, elem_id="panel-steps"
+                )
+                guidance = gr.Number(
+                    defaults["guidance"], label="Guidance", minimum=0, maximum=100, step=0.5, elem_id="panel-guidance"
+                )
             with gr.Row():
                 aspect = gr.Dropdown(
-                    label="Aspect", choices=[(f"{a} ({w}×{h})", a) for a, (w, h) in sizes.items()], value=None, elem_id="panel-aspect"
+                    label="Aspect",
+                    choices=[(f"{a} ({w}×{h})", a) for a, (w, h) in sizes.items()],
+                    value=None,
+                    elem_id="panel-aspect",
                 )
-                width = gr.Number(defaults["width"], label="Width", precision=0, minimum=64, step=8, elem_id="panel-width")
-                height = gr.Number(defaults["height"], label="Height", precision=0, minimum=64, step=8, elem_id="panel-height")
+                width = gr.Number(
+                    defaults["width"], label="Width", precision=0, minimum=64, step=8, elem_id="panel-width"
+                )
+                height = gr.Number(
+                    defaults["height"], label="Height", precision=0, minimum=64, step=8, elem_id="panel-height"
+                )
             router = gr.Radio(
                 list(ROUTERS),
                 value=defaults["router"],
@@ -171,7 +196,8 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
                 column_count=len(TABLE_HEADERS),
                 type="array",
                 interactive=True,
-                label="Per character: strength (0-10, 1 = normal) and layout box (x0, y0, x1, y1 as fractions; blank = none)",
+                label="Per character: strength (0-10, 1 = normal) and layout box "
+                "(x0, y0, x1, y1 as fractions; blank = none)",
                 elem_id="panel-table",
             )
             save_panel = gr.Button("Save panel", elem_id="save-panel")
@@ -182,7 +208,9 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
                 cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-generation")
         with gr.Column(scale=1):
             panel_status = gr.Markdown(elem_id="panel-status")
-            active_image = gr.Image(label="Active version", interactive=False, format="png", height=300, elem_id="active-image")
+            active_image = gr.Image(
+                label="Active version", interactive=False, format="png", height=300, elem_id="active-image"
+            )
             versions = gr.Gallery(
                 label="Versions (click one to inspect it)",
                 columns=5,
@@ -196,26 +224,39 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             inspected_text = gr.Markdown(elem_id="inspected-version")
             make_active = gr.Button("Make this version active", elem_id="make-active")
             overlay_image = gr.Image(
-                label="Routes overlay (who is where)", interactive=False, format="png", height=340, elem_id="overlay-image"
+                label="Routes overlay (who is where)",
+                interactive=False,
+                format="png",
+                height=340,
+                elem_id="overlay-image",
             )
             legend = gr.HTML(elem_id="overlay-legend")
             opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Overlay opacity", elem_id="overlay-opacity")
             with gr.Row(visible=False) as record_row:
-                grid = gr.Dropdown(label="Layer resolution", choices=[ALL_LAYERS], value=ALL_LAYERS, elem_id="overlay-grid")
+                grid = gr.Dropdown(
+                    label="Layer resolution", choices=[ALL_LAYERS], value=ALL_LAYERS, elem_id="overlay-grid"
+                )
                 step_from = gr.Slider(0, 1, value=0, step=1, label="From step", elem_id="overlay-step-from")
                 step_to = gr.Slider(0, 1, value=1, step=1, label="To step", elem_id="overlay-step-to")
     with gr.Accordion("Export and import", open=True):
         with gr.Row(equal_height=False):
             with gr.Column():
-                export_format = gr.Radio(EXPORT_CHOICES, value="pdf", label="Export the active versions as", elem_id="export-format")
+                export_format = gr.Radio(
+                    EXPORT_CHOICES, value="pdf", label="Export the active versions as", elem_id="export-format"
+                )
                 with gr.Row():
                     export_overlay = gr.Checkbox(label="with route overlays", value=False)
                     export_captions = gr.Checkbox(label="with captions", value=True)
                 export = gr.Button("Export", elem_id="export-story")
-                exported = gr.File(label="Exported files", file_count="multiple", interactive=False, elem_id="exported-files")
+                exported = gr.File(
+                    label="Exported files", file_count="multiple", interactive=False, elem_id="exported-files"
+                )
             with gr.Column():
                 project_archive = gr.File(
-                    label="Project archive to import (.zip)", file_types=[".zip"], type="filepath", elem_id="project-archive"
+                    label="Project archive to import (.zip)",
+                    file_types=[".zip"],
+                    type="filepath",
+                    elem_id="project-archive",
                 )
                 import_project = gr.Button("Import project", elem_id="import-project")
 
@@ -224,10 +265,33 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
     panel_ids = gr.State([])
 
     view_outputs = [
-        story_pick, strip, panel_ids, panel_pick, prompt, ticked, seed, steps, guidance, aspect, width, height,
-        router, per_character, panel_status, active_image, versions, version_ids, inspected, inspected_text,
-        overlay_image, legend, record_row, grid, step_from, step_to,
-    ]  # fmt: skip
+        story_pick,
+        strip,
+        panel_ids,
+        panel_pick,
+        prompt,
+        ticked,
+        seed,
+        steps,
+        guidance,
+        aspect,
+        width,
+        height,
+        router,
+        per_character,
+        panel_status,
+        active_image,
+        versions,
+        version_ids,
+        inspected,
+        inspected_text,
+        overlay_image,
+        legend,
+        record_row,
+        grid,
+        step_from,
+        step_to,
+    ]
     form_inputs = [panel_pick, prompt, ticked, seed, steps, guidance, width, height, router, per_character]
     overlay_inputs = [inspected, opacity, grid, step_from, step_to]
 
@@ -255,7 +319,9 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             rows.append([character.name, panel.strengths.get(character.id, 1.0), *(box if box else [None] * 4)])
         return rows
 
-    def overlay_view(version_id: int | None, opacity_value: float = 0.45, grid_value=ALL_LAYERS, first=None, last=None) -> dict:
+    def overlay_view(
+        version_id: int | None, opacity_value: float = 0.45, grid_value=ALL_LAYERS, first=None, last=None
+    ) -> dict:
         """Overlay image, legend and the record controls for one version."""
         empty = {overlay_image: None, legend: "", record_row: gr.update(visible=False)}
         if version_id is None:
@@ -298,12 +364,21 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         cast_choices = [(c.name, c.id) for c in studio.characters()]
         if story_id is None:
             return {
-                **out, strip: [], panel_ids: [], panel_pick: gr.update(choices=[], value=None),
-                prompt: "", ticked: gr.update(choices=cast_choices, value=[]), per_character: [],
-                panel_status: "Create a story to start: type a title and click **New story**.", active_image: None,
-                versions: [], version_ids: [], inspected: None, inspected_text: "", **overlay_view(None),
-            }  # fmt: skip
-        story = studio.stories.get_story(story_id)
+                **out,
+                strip: [],
+                panel_ids: [],
+                panel_pick: gr.update(choices=[], value=None),
+                prompt: "",
+                ticked: gr.update(choices=cast_choices, value=[]),
+                per_character: [],
+                panel_status: "Create a story to start: type a title and click **New story**.",
+                active_image: None,
+                versions: [],
+                version_ids: [],
+                inspected: None,
+                inspected_text: "",
+                **overlay_view(None),
+            }
         panels = studio.stories.panels(story_id)
         ids = [p.id for p in panels]
         if panel_id not in ids:
@@ -320,10 +395,18 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         out.update({strip: items, panel_ids: ids, panel_pick: gr.update(choices=labels, value=panel_id)})
         if panel_id is None:
             return {
-                **out, prompt: "", ticked: gr.update(choices=cast_choices, value=[]), per_character: [],
-                panel_status: "This story has no panels: click **+ Panel**.", active_image: None,
-                versions: [], version_ids: [], inspected: None, inspected_text: "", **overlay_view(None),
-            }  # fmt: skip
+                **out,
+                prompt: "",
+                ticked: gr.update(choices=cast_choices, value=[]),
+                per_character: [],
+                panel_status: "This story has no panels: click **+ Panel**.",
+                active_image: None,
+                versions: [],
+                version_ids: [],
+                inspected: None,
+                inspected_text: "",
+                **overlay_view(None),
+            }
         panel = studio.stories.get_panel(panel_id)
         cast_ids = {character_id for _, character_id in cast_choices}
         known = ", ".join(name for name, _ in cast_choices) or "none yet (add some in the Characters tab)"
@@ -344,9 +427,15 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
                 router: panel.router,
                 per_character: gr.update(value=table_rows(panel)),
                 panel_status: panel_status_text(panel),
-                active_image: for_display(studio.version_image(panel.active_version_id)) if panel.active_version_id else None,
+                active_image: for_display(studio.version_image(panel.active_version_id))
+                if panel.active_version_id
+                else None,
                 versions: [
-                    (studio.version_image(v.id), f"v{n + 1} · seed {v.settings.get('seed')}" + (" · active" if v.id == panel.active_version_id else ""))
+                    (
+                        studio.version_image(v.id),
+                        f"v{n + 1} · seed {v.settings.get('seed')}"
+                        + (" · active" if v.id == panel.active_version_id else ""),
+                    )
                     for n, v in enumerate(kept)
                 ],
                 version_ids: kept_ids,
@@ -377,7 +466,18 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         router_used = settings.get("router_used") or "none"
         return f"Inspecting **v{number}** ({state}) · seed {settings.get('seed')} · router {router_used}"
 
-    def save_form(panel_id, prompt_text, ticked_ids, seed_value, steps_value, guidance_value, width_value, height_value, router_value, rows):
+    def save_form(
+        panel_id,
+        prompt_text,
+        ticked_ids,
+        seed_value,
+        steps_value,
+        guidance_value,
+        width_value,
+        height_value,
+        router_value,
+        rows,
+    ):
         """Write the form into the panel (a real change outdates its image)."""
         if panel_id is None:
             raise ValueError("pick or add a panel first")
@@ -392,9 +492,17 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             box = [number_or_none(v) for v in list(row[2:6]) + [None] * (6 - len(row))]
             if any(v is not None for v in box):
                 if any(v is None for v in box):
-                    raise ValueError(f"the layout box of {character.name} needs all four numbers x0, y0, x1, y1 (or none)")
+                    raise ValueError(
+                        f"the layout box of {character.name} needs all four numbers x0, y0, x1, y1 (or none)"
+                    )
                 layout[character.id] = box
-        for value, what in ((seed_value, "seed"), (steps_value, "steps"), (guidance_value, "guidance"), (width_value, "width"), (height_value, "height")):  # fmt: skip
+        for value, what in (
+            (seed_value, "seed"),
+            (steps_value, "steps"),
+            (guidance_value, "guidance"),
+            (width_value, "width"),
+            (height_value, "height"),
+        ):
             if value is None:
                 raise ValueError(f"the panel needs a {what}")
         return studio.update_panel(
@@ -429,7 +537,11 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
     def new_story(story_title) -> dict:
         story = studio.create_story(story_title or "Untitled story")
         panel = studio.add_panel(story.id, "", seed=random_seed())
-        return {status: notes_markdown([], f"created “{story.title}” with one empty panel"), title: "", **view(story.id, panel.id)}
+        return {
+            status: notes_markdown([], f"created “{story.title}” with one empty panel"),
+            title: "",
+            **view(story.id, panel.id),
+        }
 
     @shows_errors(status)
     def rename(story_id, story_title) -> dict:
@@ -504,9 +616,33 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         out: gradio hands gr.Request and gr.Progress only to positional parameters."""
 
         @gpu
-        def handler(story_id, panel_id, prompt_text, ticked_ids, seed_value, steps_value, guidance_value, width_value,
-                    height_value, router_value, rows, request: gr.Request, progress=gr.Progress()) -> dict:  # fmt: skip
-            form = (panel_id, prompt_text, ticked_ids, seed_value, steps_value, guidance_value, width_value, height_value, router_value, rows)  # fmt: skip
+        def handler(
+            story_id,
+            panel_id,
+            prompt_text,
+            ticked_ids,
+            seed_value,
+            steps_value,
+            guidance_value,
+            width_value,
+            height_value,
+            router_value,
+            rows,
+            request: gr.Request,
+            progress=gr.Progress(),
+        ) -> dict:
+            form = (
+                panel_id,
+                prompt_text,
+                ticked_ids,
+                seed_value,
+                steps_value,
+                guidance_value,
+                width_value,
+                height_value,
+                router_value,
+                rows,
+            )
             return run_generation(story_id, form, request, progress, work, needs_panel=needs_panel)
 
         handler.__name__ = handler.__qualname__ = name
@@ -563,14 +699,21 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             raise ValueError("pick a story first")
         files = studio.export_story(story_id, fmt, overlay=bool(with_overlay), captions=bool(with_captions))
         names = ", ".join(f.name for f in files)
-        return {status: notes_markdown(studio.notes if fmt == "project" else [], f"exported {names}"), exported: [str(f) for f in files]}
+        return {
+            status: notes_markdown(studio.notes if fmt == "project" else [], f"exported {names}"),
+            exported: [str(f) for f in files],
+        }
 
     @shows_errors(status)
     def import_now(path) -> dict:
         if path is None:
             raise ValueError("choose a project archive (.zip) first")
         story = studio.import_project(path)
-        return {status: notes_markdown(studio.notes, f"imported “{story.title}”"), project_archive: None, **view(story.id)}
+        return {
+            status: notes_markdown(studio.notes, f"imported “{story.title}”"),
+            project_archive: None,
+            **view(story.id),
+        }
 
     # -- wiring (UI events are private; the named API lives in ui/api.py) --
 
@@ -600,7 +743,9 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
     step_from.release(redraw_overlay, overlay_inputs, overlay_outputs, show_progress="hidden", **private)
     step_to.release(redraw_overlay, overlay_inputs, overlay_outputs, show_progress="hidden", **private)
     aspect.input(pick_aspect, [aspect], [width, height], **private)
-    export.click(export_now, [story_pick, export_format, export_overlay, export_captions], [status, exported], **private)
+    export.click(
+        export_now, [story_pick, export_format, export_overlay, export_captions], [status, exported], **private
+    )
     import_project.click(import_now, [project_archive], [status, project_archive, *view_outputs], **private)
 
     return StoryboardTab(refresh=show, inputs=[story_pick, panel_pick], outputs=with_status)
