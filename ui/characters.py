@@ -298,10 +298,13 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
             paint_box: gr.update(visible=source == MASK_PAINTED),
         }
 
-    def picture_to_painter(path: str | None) -> dict:
+    def picture_to_painter(path: str | None, source: str) -> dict:
+        """A new picture: paint over it, and its own alpha replaces the saved mask (sizes may differ)."""
+        source = MASK_FROM_ALPHA if source == MASK_SAVED else source
         if path is None:
-            return {mask_painter: None, mask_preview: None}
-        return {mask_painter: {"background": load_picture(path), "layers": [], "composite": None}, mask_preview: None}
+            return {mask_painter: None, mask_preview: None, mask_source: source}
+        painter = {"background": load_picture(path), "layers": [], "composite": None}
+        return {mask_painter: painter, mask_preview: None, mask_source: source}
 
     @shows_errors(status)
     def auto_mask(path: str | None) -> dict:
@@ -417,8 +420,9 @@ def build_characters_tab(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST
     gallery.select(pick_character, [shown_ids], [status, confirm_box, *form], **private)
     new.click(start_new, None, [status, confirm_box, *form], **private)
     mask_source.change(show_mask_tools, [mask_source], [upload_box, paint_box], show_progress="hidden", **private)
-    picture.upload(picture_to_painter, [picture], [mask_painter, mask_preview], **private)
-    picture.clear(picture_to_painter, [picture], [mask_painter, mask_preview], **private)
+    new_picture_outputs = [mask_painter, mask_preview, mask_source]
+    picture.upload(picture_to_painter, [picture, mask_source], new_picture_outputs, **private)
+    picture.clear(picture_to_painter, [picture, mask_source], new_picture_outputs, **private)
     auto.click(auto_mask, [picture], [status, mask_upload, mask_source, upload_box, paint_box, mask_preview], **private)
     mask_inputs = [selected, picture, mask_source, mask_upload, mask_painter]
     preview.click(preview_mask, mask_inputs, [status, mask_preview], **private)

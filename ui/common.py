@@ -69,7 +69,7 @@ def shows_errors(status: gr.components.Component) -> Callable:
                 return handler(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - every error becomes a message
                 message = error_message(err)
-                gr.Warning(message)
+                gr.Warning(html.escape(message))
                 return {status: error_markdown(message)}
 
         return wrapper

@@ -360,7 +360,9 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         stories = studio.stories.stories()
         if story_id is None or story_id not in {s.id for s in stories}:
             story_id = stories[-1].id if stories else None
-        out: dict = {story_pick: gr.update(choices=[(s.title, s.id) for s in stories], value=story_id)}
+        titles = [s.title for s in stories]
+        labels = [(s.title if titles.count(s.title) == 1 else f"{s.title} · #{s.id}", s.id) for s in stories]
+        out: dict = {story_pick: gr.update(choices=labels, value=story_id)}
         cast_choices = [(c.name, c.id) for c in studio.characters()]
         if story_id is None:
             return {
@@ -409,6 +411,7 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
             }
         panel = studio.stories.get_panel(panel_id)
         cast_ids = {character_id for _, character_id in cast_choices}
+        named = {c.name for c in panel_cast(panel) if c.id not in panel.characters}
         known = ", ".join(name for name, _ in cast_choices) or "none yet (add some in the Characters tab)"
         kept = studio.stories.versions(panel_id)
         kept_ids = [v.id for v in kept]
@@ -417,7 +420,10 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
         out.update(
             {
                 prompt: gr.update(value=panel.prompt, info=f"Name characters as [Name]. Known: {known}"),
-                ticked: gr.update(choices=cast_choices, value=[c for c in panel.characters if c in cast_ids]),
+                ticked: gr.update(
+                    choices=[(f"{name} (named)" if name in named else name, cid) for name, cid in cast_choices],
+                    value=[c for c in panel.characters if c in cast_ids],
+                ),
                 seed: panel.seed,
                 steps: panel.steps,
                 guidance: panel.guidance,
