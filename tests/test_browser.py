@@ -40,7 +40,9 @@ def browser():
             f"{CHROMIUM} is missing: the browser test needs Debian's chromium "
             "(apt-get install -y chromium chromium-driver; .ci/run installs it). Never `playwright install`."
         )
-    from playwright.sync_api import sync_playwright
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=SLOW)
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
