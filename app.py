@@ -34,7 +34,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=os.environ.get("ANYSTORY_DATA", DEFAULT_DATA_DIR),
         help="folder for the cast, stories, versions and exports (default: $ANYSTORY_DATA or ./data)",
     )
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument(
+        "--host",
+        default=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),  # Hugging Face Spaces sets 0.0.0.0 there
+        help="address to listen on (default 127.0.0.1, or $GRADIO_SERVER_NAME)",
+    )
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (default 7860)")
     parser.add_argument(
         "--model",

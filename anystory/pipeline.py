@@ -198,6 +198,10 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         device = torch.device(device) if device is not None else auto_device
         dtype = torch_dtype or (auto_dtype if device.type == "cuda" else torch.float32)
         base = str(base)
+        looks_local = base.startswith((".", "/", "~")) or base.count("/") > 1 or "\\" in base
+        if looks_local and not Path(base).expanduser().exists():
+            raise ModelLoadError(f"{base} does not exist: pass an SDXL folder, a .safetensors file or a hub id (user/name)")
+        base = str(Path(base).expanduser()) if looks_local else base
         if Path(base).is_file():
             pipe = cls._from_single_file(base, single_file_config, dtype, **kwargs)
         elif dtype == torch.float16 and not Path(base).is_dir() and "variant" not in kwargs:

@@ -89,6 +89,7 @@ def hub_call(function, repo: str, *args, **kwargs):
     """Run a hub download/loading call, turning network and access errors into clear advice."""
     from huggingface_hub.errors import (
         GatedRepoError,
+        HFValidationError,
         LocalEntryNotFoundError,
         OfflineModeIsEnabled,
         RepositoryNotFoundError,
@@ -100,6 +101,10 @@ def hub_call(function, repo: str, *args, **kwargs):
         raise ModelLoadError(
             f"{repo} is gated: accept its licence on the Hugging Face website and log in "
             f"(`hf auth login`), or pass a local path. ({err})"
+        ) from err
+    except HFValidationError as err:
+        raise ModelLoadError(
+            f"{repo} is neither an existing local folder or file nor a hub id (user/name): check the path."
         ) from err
     except RepositoryNotFoundError as err:
         raise ModelLoadError(f"{repo} was not found on the hub: check the id, or pass a local folder or file.") from err

@@ -247,6 +247,11 @@ def test_unreachable_hub_model_gives_advice():
         AnyStoryPipeline.from_pretrained("no-such-user/no-such-model", adapter="init")
 
 
+def test_missing_local_path_gives_advice():
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        AnyStoryPipeline.from_pretrained("./no/such/folder", adapter="init")
+
+
 def test_single_file_base(tiny_folder, tmp_path, plain):
     from .single_file import write_single_file_sdxl
 
