@@ -85,6 +85,10 @@ class InjectionContext:
     # filled while running
     last_gates: torch.Tensor | None = None
     last_grid: tuple[int, int] | None = None
+    # Gates of each site in this forward, by block index: attn1 of block l reads site l-1's. Kept
+    # per site (not just the latest) so that a gradient-checkpointed block, recomputed during
+    # backward, sees the same routes it saw in the forward pass.
+    site_gates: dict = field(default_factory=dict)
     votes: torch.Tensor | None = None
     vote_count: int = 0
     record: list[dict] = field(default_factory=list)
@@ -123,6 +127,7 @@ class InjectionContext:
         """Called before every UNet forward: block 1 of a pass has no previous map."""
         self.latent_hw = latent_hw
         self.last_gates, self.last_grid = None, None
+        self.site_gates = {}
         rows = batch // 2 if self.cfg else batch
         if self.votes is None:
             self.votes = torch.zeros(rows, self.num_slots, *latent_hw)
@@ -152,10 +157,13 @@ class InjectionContext:
         if self.record_steps:
             self.record.append({"step": self.step, "site": site_index, "grid": grid, "gates": hard.bool().cpu()})
 
-    def previous_routes(self, grid: tuple[int, int]) -> torch.Tensor | None:
-        if self.last_gates is None:
+    def previous_routes(self, grid: tuple[int, int], block: int) -> torch.Tensor | None:
+        """The routes of the cross-attention that ran before block `block`'s: block - 1's as its
+        processor recorded them, else the latest published (routes published by hand)."""
+        gates, source = self.site_gates.get(block - 1, (self.last_gates, self.last_grid))
+        if gates is None:
             return None
-        return resize_routes(self.last_gates, self.last_grid, grid, self.routing.exclusive)
+        return resize_routes(gates, source, grid, self.routing.exclusive)
 
     def reference_tokens(self, block: int, site: ReferenceAttnProcessor):
         """Stacked K~, V~ [N*T, d] and the token validity mask [N, T] of one block, or None."""
@@ -219,6 +227,7 @@ class RoutedCrossAttnProcessor(nn.Module):
             ctx.routing.observe(query[first_cond:], key[first_cond:], attn.scale, grid, ctx)
         gates = ctx.routing.gates(self, hidden_states[first_cond:], grid, ctx)  # [Bc, N+1, hw]
         ctx.publish_routes(self.index, gates, grid)
+        ctx.site_gates[self.index] = (ctx.last_gates, grid)  # for the next block's attn1
 
         if ctx.clip_active:
             out = out + self._image_attention(query, gates, first_cond, ctx, attn.heads)
@@ -281,7 +290,7 @@ class ReferenceAttnProcessor(nn.Module):
         _check_supported(attn, hidden_states)
         batch, tokens, _ = hidden_states.shape
         grid = grid_of(tokens, ctx.latent_hw)
-        routes = ctx.previous_routes(grid)
+        routes = ctx.previous_routes(grid, self.index)
         reference = ctx.reference_tokens(self.index, self)
         if routes is None or reference is None or attention_mask is not None:
             return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)

@@ -5,7 +5,8 @@
   (one query of width d_r) over the CLIP image encoder's penultimate hidden states.
 - `ReferenceNet`: a copy of the UNet without cross-attention, with a 5-channel conv_in (latent +
   mask, the new channel zero-initialised), run once at t = 0.
-- `reference_features`: the hidden state entering attn1 (after its norm) of every block.
+- `reference_features` / `capture_reference_features`: the hidden state entering attn1 (after its
+  norm) of every block, without / with gradients.
 """
 
 from __future__ import annotations
@@ -210,8 +211,7 @@ class _CaptureAttn1:
         return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-@torch.no_grad()
-def reference_features(
+def capture_reference_features(
     unet: UNet2DConditionModel,
     latents: torch.Tensor,
     encoder_hidden_states: torch.Tensor,
@@ -219,21 +219,22 @@ def reference_features(
 ) -> list[torch.Tensor]:
     """Run `unet` once at t = 0 and return G^l for every block in execution order ([B, T_l, C_l]).
 
-    The pass stops after the last block's attn1: nothing later is needed.
+    Gradients follow the caller's grad mode (training runs it with grad; `reference_features` is
+    the no-grad form). The pass stops after the last block's attn1, since nothing later is needed,
+    except under gradient checkpointing with grad on: there a checkpointed block is re-run during
+    backward, and a re-run that raised would break the backward pass.
     """
     blocks = transformer_blocks(unet)
     store: list = [None] * len(blocks)
+    stop_early = not (torch.is_grad_enabled() and getattr(unet, "is_gradient_checkpointing", False))
     saved = dict(unet.attn_processors)
-    capture = {}
-    for name in saved:
-        capture[name] = saved[name]
-    attn1_names = {}
-    for index, block in enumerate(blocks):
-        attn1_names[id(block.attn1)] = index
+    capture = dict(saved)
+    attn1_names = {id(block.attn1): index for index, block in enumerate(blocks)}
     for name, module in unet.named_modules():
         if id(module) in attn1_names:
             index = attn1_names[id(module)]
-            capture[f"{name}.processor"] = _CaptureAttn1(store, index, last=index == len(blocks) - 1)
+            last = stop_early and index == len(blocks) - 1
+            capture[f"{name}.processor"] = _CaptureAttn1(store, index, last=last)
     unet.set_attn_processor(capture)
     try:
         timestep = torch.zeros(latents.shape[0], device=latents.device)
@@ -243,6 +244,17 @@ def reference_features(
     finally:
         unet.set_attn_processor(dict(saved))
     return store
+
+
+@torch.no_grad()
+def reference_features(
+    unet: UNet2DConditionModel,
+    latents: torch.Tensor,
+    encoder_hidden_states: torch.Tensor,
+    added_cond_kwargs: dict,
+) -> list[torch.Tensor]:
+    """`capture_reference_features` without gradients (encoding for generation)."""
+    return capture_reference_features(unet, latents, encoder_hidden_states, added_cond_kwargs)
 
 
 def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:

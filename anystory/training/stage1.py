@@ -1,0 +1,22 @@
+"""Stage 1, the subject encoder: Subject QFormer, ReferenceNet, W~ and W' (oracle routes).
+
+    python -m anystory.training.stage1 --config stage1.json [--set key=value ...]
+    accelerate launch -m anystory.training.stage1 --config stage1.json     # multi-GPU / multi-node
+
+See docs/TRAINING.md for the config fields and the data format.
+"""
+
+from __future__ import annotations
+
+from .config import command_line
+from .trainer import train
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = command_line(1, argv)
+    folder, _ = train(config)
+    print(f"checkpoint: {folder}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,22 @@
+"""Stage 2, the router: Routing QFormer and per-layer routers (encoder frozen).
+
+    python -m anystory.training.stage2 --config stage2.json [--set key=value ...]
+    accelerate launch -m anystory.training.stage2 --config stage2.json     # multi-GPU / multi-node
+
+See docs/TRAINING.md for the config fields and the data format.
+"""
+
+from __future__ import annotations
+
+from .config import command_line
+from .trainer import train
+
+
+def main(argv: list[str] | None = None) -> None:
+    config = command_line(2, argv)
+    folder, _ = train(config)
+    print(f"checkpoint: {folder}")
+
+
+if __name__ == "__main__":
+    main()

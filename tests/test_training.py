@@ -1,0 +1,349 @@
+"""Training (issue 6): data format and its errors, both stages on the tiny SDXL, checkpoints, resume,
+gradient checkpointing, evaluation mechanics. A few steps each, at 64 px."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from anystory import AnyStoryPipeline
+from anystory.training.config import load_config
+from anystory.training.data import AugmentConfig, DatasetError, ManifestDataset, StreamBatchSampler, augment_reference, read_manifest
+from anystory.training.evaluate import routing_iou, subject_ious
+from anystory.training.step import stage_parameters
+from anystory.training.synthetic import SyntheticConfig, generate
+from anystory.training.trainer import Trainer, checkpoints
+from anystory.weights import adapter_state_dict
+
+RESOLUTION = 64
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory):
+    """Paired two-subject scenes (separate references) in the dataset format."""
+    return generate(tmp_path_factory.mktemp("data") / "scenes", SyntheticConfig(scenes=6, size=RESOLUTION, reference_size=48, seed=3))
+
+
+def config(tiny_folder, data, out, stage=1, **extra):
+    values = {
+        "base": str(tiny_folder), "data": str(data), "output_dir": str(out), "stage": stage,
+        "resolution": RESOLUTION, "max_steps": 2, "learning_rate": 1e-3, "checkpoint_every": 100,
+        "log_every": 1, "report_to": "none", "progress_bar": False, **extra,
+    }  # fmt: skip
+    return load_config(None, stage, values)
+
+
+@pytest.fixture(scope="module")
+def stage1_checkpoint(tiny_folder, scenes, tmp_path_factory):
+    trainer = Trainer(config(tiny_folder, scenes, tmp_path_factory.mktemp("s1") / "run", max_steps=1))
+    return trainer.run()
+
+
+def snapshot(pipe) -> dict[str, torch.Tensor]:
+    """Every tensor of every model of the pipeline (the UNet holds the AnyStory processors)."""
+    state = {}
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            state.update({f"{name}.{k}": v.detach().clone() for k, v in module.state_dict().items()})
+    return state
+
+
+def changed_keys(before: dict, after: dict) -> set[str]:
+    return {k for k in before if not torch.equal(before[k], after[k])}
+
+
+# -- data format ---------------------------------------------------------------------------------
+
+
+def test_synthetic_scenes_are_a_valid_dataset(scenes):
+    rows = read_manifest(scenes, check="full")
+    assert len(rows) == 6
+    for row in rows:
+        assert len(row.instances) == 2 and row.caption
+        masks = [np.asarray(Image.open(i.mask)) >= 128 for i in row.instances]
+        assert all(m.any() for m in masks) and not (masks[0] & masks[1]).any()  # visible masks
+        assert all(ref.image.is_file() and ref.mask.is_file() and ref.image != row.image for i in row.instances for ref in i.references)
+    again = generate(scenes.parent / "again", SyntheticConfig(scenes=6, size=RESOLUTION, reference_size=48, seed=3))
+    assert (again / "manifest.jsonl").read_text() == (scenes / "manifest.jsonl").read_text()
+    assert (Image.open(again / rows[0].image.relative_to(scenes)).tobytes() == Image.open(rows[0].image).tobytes())
+
+
+def _copy_with_row(scenes, tmp_path, edit) -> tuple:
+    folder = shutil.copytree(scenes, tmp_path / "copy")
+    lines = (folder / "manifest.jsonl").read_text().splitlines()
+    row = json.loads(lines[2])
+    edit(row, folder)
+    lines[2] = json.dumps(row)
+    (folder / "manifest.jsonl").write_text("\n".join(lines) + "\n")
+    return folder, row["id"]
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda row, folder: row["instances"][1].update(mask="masks/nowhere.png"), r"instances\[1\]\.mask: file not found"),
+        (lambda row, folder: row["instances"][0]["references"][0].update(image="gone.png"), r"references\[0\]\.image: file not found"),
+        (lambda row, folder: Image.new("L", (RESOLUTION + 3, RESOLUTION), 255).save(folder / row["instances"][0]["mask"]),
+         r"instances\[0\]\.mask is 67x64 but the image is 64x64"),
+        (lambda row, folder: row.update(instances=[]), "the image has no instances"),
+        (lambda row, folder: row.pop("image"), "the row has no 'image'"),
+    ],
+    ids=["missing-mask", "missing-reference", "mask-size", "no-instances", "no-image"],
+)  # fmt: skip
+def test_bad_rows_name_the_row(scenes, tmp_path, edit, message):
+    folder, row_id = _copy_with_row(scenes, tmp_path, edit)
+    with pytest.raises(DatasetError, match=message) as info:
+        read_manifest(folder)
+    assert "manifest.jsonl:3" in str(info.value) and repr(row_id) in str(info.value)
+
+
+def test_empty_instance_mask_names_the_row(scenes, tmp_path, pipe):
+    folder, row_id = _copy_with_row(scenes, tmp_path, lambda row, folder: Image.new("L", (RESOLUTION, RESOLUTION)).save(folder / row["instances"][1]["mask"]))
+    with pytest.raises(DatasetError, match=r"manifest.jsonl:3 .*instances\[1\]\.mask is empty"):
+        read_manifest(folder, check="full")
+    dataset = ManifestDataset(folder, pipe.feature_extractor, RESOLUTION, 64)  # "files": headers only
+    with pytest.raises(DatasetError, match=f"{row_id}.*is empty"):
+        dataset[2]
+
+
+def test_empty_dataset_and_bad_json(scenes, tmp_path):
+    folder = shutil.copytree(scenes, tmp_path / "copy")
+    (folder / "manifest.jsonl").write_text("\n\n")
+    with pytest.raises(DatasetError, match="the dataset is empty"):
+        read_manifest(folder)
+    (folder / "manifest.jsonl").write_text('{"image": "x.png", "instances": [\n')
+    with pytest.raises(DatasetError, match="manifest.jsonl:1: not valid JSON"):
+        read_manifest(folder)
+    with pytest.raises(DatasetError, match="no manifest"):
+        read_manifest(tmp_path)
+
+
+def test_self_references_and_too_many_instances(scenes, tmp_path):
+    folder, _ = _copy_with_row(scenes, tmp_path, lambda row, folder: [i.pop("references") for i in row["instances"]])
+    row = read_manifest(folder)[2]
+    assert all(i.references[0].image == row.image and i.references[0].mask == i.mask for i in row.instances)
+    with pytest.raises(DatasetError, match="2 instances; the model takes at most 1"):
+        read_manifest(folder, max_instances=1)
+
+
+def test_samples_and_augmentation(scenes, pipe):
+    dataset = ManifestDataset(scenes, pipe.feature_extractor, RESOLUTION, 64, augment=AugmentConfig(clip_drop=0.5))
+    sample = dataset[(0, 11)]
+    assert sample["pixels"].shape == (3, RESOLUTION, RESOLUTION) and sample["masks"].shape == (2, RESOLUTION, RESOLUTION)
+    assert sample["clip_pixels"].shape == (2, 3, 32, 32) and sample["reference_pixels"].shape == (2, 3, 64, 64)
+    assert set(sample["masks"].unique().tolist()) <= {0.0, 1.0}
+    assert torch.equal(dataset[(0, 11)]["reference_pixels"], sample["reference_pixels"])  # same draw, same sample
+    assert not torch.equal(dataset[(0, 12)]["reference_pixels"], sample["reference_pixels"])
+    assert torch.equal(dataset[(0, 12)]["pixels"], sample["pixels"])  # targets are never augmented
+    drops = [dataset[(0, seed)]["drop_clip"] for seed in range(40)]
+    assert 0 < sum(drops) < 40
+
+    import random
+
+    image = Image.new("RGB", (64, 64), (200, 30, 30))
+    mask = np.zeros((64, 64), np.float32)
+    mask[16:48, 16:48] = 1
+    every = AugmentConfig(rotation_prob=1, crop_prob=1, pad_prob=1)
+    out, out_mask = augment_reference(image, mask, random.Random(0), every)
+    assert out.size == (64, 64) and out_mask.shape == (64, 64)
+    assert 0 < (out_mask >= 0.5).sum() < 64 * 64 and not np.array_equal(out_mask, mask)
+
+
+def test_stream_sampler_resumes_and_shards():
+    full = StreamBatchSampler(5, 2, seed=1)
+    batches = [b for _, b in zip(range(6), full)]
+    assert [b for _, b in zip(range(3), StreamBatchSampler(5, 2, seed=1, start=3))] == batches[3:]
+    rows = [r for b in batches[:5] for r, _ in b]
+    assert sorted(rows[:5]) == list(range(5)) and sorted(rows[5:10]) == list(range(5))  # epochs are permutations
+    ranks = [[b for _, b in zip(range(2), StreamBatchSampler(5, 2, seed=1, rank=r, world=2))] for r in (0, 1)]
+    assert ranks[0] == batches[0:4:2] and ranks[1] == batches[1:4:2]
+
+
+def test_config_errors(tiny_folder, scenes, tmp_path):
+    with pytest.raises(ValueError, match=r"unknown keys \['learning_rat'\]"):
+        config(tiny_folder, scenes, tmp_path, learning_rat=1)
+    with pytest.raises(ValueError, match="stage 2 starts from a stage-1 checkpoint"):
+        config(tiny_folder, scenes, tmp_path, stage=2)
+    with pytest.raises(ValueError, match="unknown keys"):
+        config(tiny_folder, scenes, tmp_path, augment={"rotate": 1})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"base": "b", "data": "d", "output_dir": "o", "stage": 2, "init": "x"}))
+    with pytest.raises(ValueError, match="is a stage-2 config; this command trains stage 1"):
+        load_config(path, 1)
+    assert load_config(path, 2, {"augment.clip_drop": 0.0}).augment.clip_drop == 0.0
+
+
+# -- stage 1 -------------------------------------------------------------------------------------
+
+
+def test_stage1_trains_exactly_its_parts(tiny_folder, scenes, tmp_path):
+    trainer = Trainer(config(tiny_folder, scenes, tmp_path / "run", batch_size=2, gradient_accumulation_steps=2))
+    pipe = trainer.pipe
+    assert pipe.subject_encoder.routing_qformer is None  # a stage-1 model has no router
+    trained = set(trainer.trainable)
+    expected = set(stage_parameters(pipe, 1))
+    assert trained <= expected
+    assert {k for k in expected if not k.startswith("reference_net.")} - trained == {
+        "blocks.0.attn1.to_k_ref.weight", "blocks.0.attn1.to_v_ref.weight"}  # block 1 takes no reference
+    assert any(k.startswith("reference_net.") for k in trained)
+    assert "reference_net.conv_out.weight" not in trained  # after the last attn1: never reached
+
+    batch = trainer.encoder([trainer.dataset[(0, 1)], trainer.dataset[(1, 2)]], torch.Generator().manual_seed(0), (0, 1000))
+    losses = trainer.module(batch)
+    assert torch.isfinite(losses["loss"]) and "routing" not in losses
+    losses["loss"].backward()
+    trainer.module.release()
+    names = {id(p): k for k, p in trainer.trainable.items()}
+    for module in pipe.components.values():
+        if isinstance(module, torch.nn.Module):
+            for param in module.parameters():
+                assert (param.grad is not None) == (id(param) in names)
+    assert all(trainer.trainable[k].grad.abs().sum() > 0 for k in trained if "to_v_ip" in k)
+    for param in trainer.trainable.values():
+        param.grad = None
+
+    before = snapshot(pipe)
+    folder = trainer.run()
+    after = snapshot(pipe)
+    trained_ids = {id(p) for p in trainer.trainable.values()}
+    trained_state_keys = {k for k, v in _state_tensors(pipe).items() if id(v) in trained_ids}
+    assert changed_keys(before, after) == trained_state_keys  # all it trains moved, nothing else did
+
+    log = [json.loads(line) for line in (tmp_path / "run/logs/train.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2] and all(np.isfinite(r["loss"]) for r in log)
+
+    loaded = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(folder), local_files_only=True)
+    a, b = adapter_state_dict(pipe), adapter_state_dict(loaded)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert loaded.default_router == "prompt"
+
+
+def _state_tensors(pipe) -> dict[str, torch.Tensor]:
+    """Live state tensors of every model, keyed as in `snapshot`."""
+    state = {}
+    for name, module in pipe.components.items():
+        if isinstance(module, torch.nn.Module):
+            state.update({f"{name}.{k}": v for k, v in module.state_dict(keep_vars=True).items()})
+    return state
+
+
+# -- stage 2 -------------------------------------------------------------------------------------
+
+
+def test_stage2_trains_only_the_router(tiny_folder, scenes, stage1_checkpoint, tmp_path):
+    trainer = Trainer(config(tiny_folder, scenes, tmp_path / "run", stage=2, init=str(stage1_checkpoint)))
+    pipe = trainer.pipe
+    stage1 = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(stage1_checkpoint), local_files_only=True)
+    carried = adapter_state_dict(stage1)
+    now = adapter_state_dict(pipe)
+    assert all(torch.equal(carried[k], now[k]) for k in carried)  # the encoder is stage 1's
+    assert set(trainer.trainable) == set(stage_parameters(pipe, 2))
+    assert all(".router." in k or "routing_qformer" in k for k in trainer.trainable)
+
+    batch = trainer.encoder([trainer.dataset[(0, 1)]], torch.Generator().manual_seed(0), (0, 1000))
+    losses = trainer.module(batch)
+    assert set(losses) == {"loss", "diffusion", "routing"} and all(torch.isfinite(v) for v in losses.values())
+    losses["loss"].backward()
+    trainer.module.release()
+    for key, param in trainer.trainable.items():
+        assert param.grad is not None and param.grad.abs().sum() > 0, key
+        param.grad = None
+
+    before = snapshot(pipe)
+    folder = trainer.run()
+    changed = changed_keys(before, snapshot(pipe))
+    assert changed and all(".router." in k or "routing_qformer" in k for k in changed)
+
+    loaded = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(folder), local_files_only=True)
+    assert loaded.default_router == "learned"
+    a, b = adapter_state_dict(pipe), adapter_state_dict(loaded)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_and_resumed_run_ends_in_the_same_state(tiny_folder, scenes, stage1_checkpoint, tmp_path):
+    def run(out, **extra):
+        return Trainer(config(tiny_folder, scenes, out, stage=2, init=str(stage1_checkpoint), max_steps=4, **extra))
+
+    straight = run(tmp_path / "straight")
+    straight.run()
+    interrupted = run(tmp_path / "resumed", checkpoint_every=100)
+    interrupted.run(callback=lambda step, losses: step == 2)  # as SIGINT would: checkpoint, stop
+    assert [p.name for p in checkpoints(tmp_path / "resumed")] == ["checkpoint-2"]
+    resumed = run(tmp_path / "resumed", resume="latest")
+    assert resumed.step == 2
+    resumed.run()
+    a, b = adapter_state_dict(straight.pipe), adapter_state_dict(resumed.pipe)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    log = [json.loads(line)["step"] for line in (tmp_path / "resumed/logs/train.jsonl").read_text().splitlines()]
+    assert log == [1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("stage", [1, 2])
+def test_gradient_checkpointing_gives_the_same_gradients(tiny_folder, scenes, stage1_checkpoint, tmp_path, stage):
+    extra = {"init": str(stage1_checkpoint)} if stage == 2 else {}
+    grads = []
+    for checkpointing in (False, True):
+        trainer = Trainer(config(tiny_folder, scenes, tmp_path / str(checkpointing), stage=stage, gradient_checkpointing=checkpointing, **extra))
+        batch = trainer.encoder([trainer.dataset[(0, 1)]], torch.Generator().manual_seed(0), (0, 1000))
+        torch.manual_seed(0)  # the same Gumbel noise
+        trainer.model(batch)["loss"].backward()
+        trainer.module.release()
+        grads.append({k: p.grad.clone() for k, p in trainer.trainable.items()})
+    assert grads[0].keys() == grads[1].keys()
+    for key in grads[0]:
+        assert torch.allclose(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-4), key
+
+
+# -- evaluation ----------------------------------------------------------------------------------
+
+
+def test_subject_iou():
+    truth = torch.zeros(3, 4, 4)
+    truth[0, :, :2], truth[1, :, 2:] = 1, 1
+    assert subject_ious(truth, truth) == [1.0, 1.0]
+    swapped = truth[[1, 0, 2]]
+    assert subject_ious(swapped, truth) == [0.0, 0.0]
+    background = torch.zeros(3, 4, 4)
+    background[2] = 1
+    assert subject_ious(background, truth) == [0.0, 0.0]
+
+
+def test_routing_iou_runs_on_held_out_scenes(pipe, scenes):
+    dataset = ManifestDataset(scenes, pipe.feature_extractor, RESOLUTION, pipe.anystory_config.reference_size)
+    report = routing_iou(pipe, dataset, timesteps=(200, 600), max_scenes=2)
+    assert report.scenes == 2 and report.timesteps == [200, 600]
+    for values in (report.site_iou, report.map_iou, report.map_iou_ceiling):
+        assert all(0.0 <= values[t] <= 1.0 for t in (200, 600))
+    assert report.map_iou_ceiling[200] > 0.3
+    assert "| 200 |" in report.table()
+
+
+def test_similarity_metrics_on_tiny_random_models(pipe, scenes, tmp_path):
+    from transformers import (
+        BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, Dinov2Config, Dinov2Model,
+    )  # fmt: skip
+
+    from anystory.tiny import tiny_tokenizer
+    from anystory.training.evaluate import SimilarityModels, similarity
+
+    torch.manual_seed(0)
+    clip = CLIPModel(CLIPConfig(
+        text_config={"vocab_size": len(tiny_tokenizer()), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
+                     "num_attention_heads": 4, "max_position_embeddings": 77},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=16,
+    ))  # fmt: skip
+    clip.save_pretrained(tmp_path / "clip")
+    CLIPProcessor(CLIPImageProcessor(size=32, crop_size=32), tiny_tokenizer()).save_pretrained(tmp_path / "clip")
+    Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, image_size=32, patch_size=8)).save_pretrained(tmp_path / "dino")
+    BitImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}).save_pretrained(tmp_path / "dino")
+
+    models = SimilarityModels(str(tmp_path / "clip"), str(tmp_path / "dino"))
+    dataset = ManifestDataset(scenes, pipe.feature_extractor, RESOLUTION, pipe.anystory_config.reference_size)
+    report = similarity(pipe, dataset, models, router="layout", max_scenes=1, num_inference_steps=2)
+    assert report.images == 1
+    assert all(-1.0 <= v <= 1.0 for v in (report.clip_t, report.clip_i, report.dino))
