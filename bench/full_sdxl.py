@@ -116,7 +116,7 @@ def _text_config(tokenizer, hidden: int, layers: int, projection: int) -> CLIPTe
     )
 
 
-def full_components(dtype: torch.dtype = torch.bfloat16, image_layers: int = 2, text_layers: int = 2) -> dict:
+def full_components(dtype: torch.dtype = torch.bfloat16, image_layers: int = 32, text_layers: int = 2) -> dict:
     tokenizer = tiny_tokenizer()
     torch.manual_seed(2)
     text_encoder = CLIPTextModel(_text_config(tokenizer, 768, text_layers, 768)).to(dtype)
@@ -151,8 +151,8 @@ def full_components(dtype: torch.dtype = torch.bfloat16, image_layers: int = 2, 
     }
 
 
-def write_full_sdxl(folder: str | os.PathLike, image_layers: int = 2, dtype: torch.dtype = torch.bfloat16) -> Path:
-    """Write the full-size random SDXL as a diffusers folder (bf16 safetensors, ~5.5 GB)."""
+def write_full_sdxl(folder: str | os.PathLike, image_layers: int = 32, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """Write the full-size random SDXL as a diffusers folder (~6.5 GB in bf16/fp16); reused when complete."""
     folder = Path(folder)
     marker = folder / f".complete-image{image_layers}-{str(dtype).split('.')[-1]}"
     if marker.exists():
@@ -167,7 +167,10 @@ def write_full_sdxl(folder: str | os.PathLike, image_layers: int = 2, dtype: tor
     return folder
 
 
-def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device: str | torch.device, reference_size: int = 512):
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device, reference_size: int = 512):
     """`AnyStoryPipeline.from_pretrained(folder, adapter="init")` at the paper's sizes."""
     from anystory import AnyStoryPipeline
     from anystory.pipeline import AnyStoryConfig

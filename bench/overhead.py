@@ -1,25 +1,25 @@
 """What personalization costs over plain SDXL: time per image and peak memory, side by side.
 
-    HF_HUB_OFFLINE=1 .venv/bin/python bench/overhead.py                 # CPU: bf16, 256x256, 4 steps
-    HF_HUB_OFFLINE=1 python bench/overhead.py --compile --offload       # CUDA: fp16, 1024x1024, 25 steps
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/overhead.py                   # CPU: bf16, 256x256, 4 steps
+    HF_HUB_OFFLINE=1 python bench/overhead.py --compile --offload         # CUDA: fp16, 1024x1024, 25 steps
 
 The FULL SDXL UNet and VAE with random weights (speed and memory do not depend on the values),
 small text encoders of the right widths (they run once per image), written with save_pretrained
 and loaded by `AnyStoryPipeline.from_pretrained(folder, adapter="init")` (bench/full_sdxl.py).
 The plain pipeline is diffusers' `StableDiffusionXLPipeline` built from the SAME component
 objects: its UNet carries the AnyStory processors, which without an InjectionContext are exactly
-`AttnProcessor2_0` (the row "plain, stock processors" swaps diffusers' own in, to show that).
+`AttnProcessor2_0` (the row "plain, stock AttnProcessor2_0" swaps diffusers' own in to show it).
 
 Subjects are encoded once before timing (reference 512x512), as the Studio caches them. All runs
-alternate in one process (one round = every variant once), after one warm-up round; the table
-gives the median over rounds. Memory: on CUDA the peak allocated during the call (and the plain
-SDXL figure without the AnyStory weights that sit in the shared UNet); on CPU the peak RSS over
-the RSS before the call (VmHWM reset through /proc/self/clear_refs).
+alternate in one process (a round = every row once), after one warm-up round; the table gives the
+median over the rounds. Memory: on CUDA the peak allocated during the call, and its difference to
+plain SDXL WITHOUT the AnyStory weights that sit in the shared UNet (what a plain SDXL pipeline
+would hold); on CPU the peak RSS over the RSS before the call (VmHWM reset by /proc/self/clear_refs).
 
---compile (CUDA): regional torch.compile of what the processors do not touch (every ResnetBlock2D
-and every transformer block's feed-forward), on the shared UNet, so plain and AnyStory both get it.
---offload (CUDA): the memory rows again with `enable_model_cpu_offload()`.
---profile: torch profiler of one plain and one 2-subject run, by AnyStory region and by op.
+--compile (CUDA): the rows again with regional torch.compile of what the processors do not touch
+(every ResnetBlock2D and transformer feed-forward), on the shared UNet, so plain and AnyStory
+both get it. --offload (CUDA): peak memory with `enable_model_cpu_offload()`, for the first call
+after encoding and in steady state. --profile: torch profiler of a plain and a 2-subject run.
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from anystory.tiny import synthetic_subject  # noqa: E402
 from bench.full_sdxl import (  # noqa: E402
+    DTYPES,
     Timer,
     load_average,
     load_full_anystory,
@@ -48,75 +50,70 @@ from bench.full_sdxl import (  # noqa: E402
     rss_mb,
     write_full_sdxl,
 )
-from anystory.tiny import synthetic_subject  # noqa: E402
 
 PROMPT = "a girl and her dog walking in a park, storybook illustration"
 LAYOUT = [(0.0, 0.1, 0.34, 1.0), (0.33, 0.1, 0.67, 1.0), (0.66, 0.1, 1.0, 1.0)]
+TARGET_RATIO = {"cpu": 1.3, "cuda": 1.2}
+TARGET_MEMORY_GB = 1.5
 
 
-def anystory_weight_bytes(pipe, device: torch.device) -> int:
-    """Bytes of the AnyStory parts that live inside the UNet (processors: W~, W', routers) on `device`."""
+def anystory_weight_mb(pipe, device: torch.device) -> float:
+    """The AnyStory parts that live inside the UNet (processors: W~, W', routers) on `device`."""
     total = 0
     for proc in sum(pipe.anystory_processors(), []):
         for tensor in list(proc.parameters()) + list(proc.buffers()):
             if tensor.device.type == device.type:
                 total += tensor.numel() * tensor.element_size()
-    return total
+    return total / 2**20
 
 
-def encoding_bytes(encoding) -> int:
-    return sum(t.numel() * t.element_size() for t in encoding.state_dict().values())
+def encoding_mb(encoding) -> float:
+    return sum(t.numel() * t.element_size() for t in encoding.state_dict().values()) / 2**20
 
 
-def variants(pipe, plain, subjects, args) -> list[tuple[str, str, int, callable]]:
+@contextlib.contextmanager
+def stock_processors(unet):
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    saved = dict(unet.attn_processors)
+    unet.set_attn_processor(AttnProcessor2_0())
+    try:
+        yield
+    finally:
+        unet.set_attn_processor(saved)
+
+
+def table_rows(pipe, plain, subjects, args, device) -> list[tuple[str, str, int, callable]]:
     """(label, router, subjects, run(generator)) for every row of the table."""
     common = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type=args.output_type)
 
     def plain_run(generator):
         return plain(PROMPT, generator=generator, **common)
 
-    @contextlib.contextmanager
-    def stock_processors():
-        from diffusers.models.attention_processor import AttnProcessor2_0
-
-        saved = dict(pipe.unet.attn_processors)
-        pipe.unet.set_attn_processor(AttnProcessor2_0())
-        try:
-            yield
-        finally:
-            pipe.unet.set_attn_processor(saved)
-
     def plain_stock(generator):
-        with stock_processors():
+        with stock_processors(pipe.unet):
             return plain(PROMPT, generator=generator, **common)
 
     def anystory(n, **extra):
-        def run(generator):
-            return pipe(PROMPT, subjects=subjects[:n], generator=generator, **common, **extra)
+        return lambda generator: pipe(PROMPT, subjects=subjects[:n], generator=generator, **common, **extra)
 
-        return run
-
-    rows = [
-        ("plain SDXL (diffusers pipeline)", "-", 0, plain_run),
-        ("plain, stock AttnProcessor2_0", "-", 0, plain_stock),
-        ("AnyStory", "-", 0, anystory(0)),
-    ]
-    for n in args.subjects:
-        if n:
-            rows.append(("AnyStory", "learned", n, anystory(n, router="learned")))
+    rows = [("plain SDXL (diffusers pipeline)", "-", 0, plain_run)]
+    if not args.quick:
+        rows.append(("plain, stock AttnProcessor2_0", "-", 0, plain_stock))
+    rows.append(("AnyStory", "-", 0, anystory(0)))
+    rows += [("AnyStory", "learned", n, anystory(n, router="learned")) for n in args.subjects if n]
     if not args.quick:
         n = 2
+        off = dict(router="learned", clip_schedule=None, reference_schedule=None)
         rows += [
             ("AnyStory, layout router", "layout", n, anystory(n, router="layout", layout=LAYOUT[:n])),
             ("AnyStory, reference path off", "learned", n, anystory(n, router="learned", reference_schedule=None)),
             ("AnyStory, CLIP path off", "learned", n, anystory(n, router="learned", clip_schedule=None)),
-            (
-                "AnyStory, router only (both paths off)",
-                "learned",
-                n,
-                anystory(n, router="learned", clip_schedule=None, reference_schedule=None),
-            ),
+            ("AnyStory, router only (both paths off)", "learned", n, anystory(n, **off)),
         ]
+        if device.type == "cuda":  # the Studio keeps the route record: a copy to the host per site
+            record = dict(router="learned", return_route_record=True)
+            rows.append(("AnyStory, return_route_record (as the Studio)", "learned", n, anystory(n, **record)))
     return rows
 
 
@@ -129,91 +126,102 @@ def measure(rows, device: torch.device, repeats: int) -> dict:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
-                before = torch.cuda.memory_allocated()
+                before = torch.cuda.memory_allocated() / 2**20
             else:
                 before = rss_mb()
                 reset_peak_rss()
             with Timer(device) as timer:
                 run(torch.Generator("cpu").manual_seed(0))
-            if device.type == "cuda":
-                peak = torch.cuda.max_memory_allocated() / 2**20
-                delta = peak - before / 2**20
-            else:
-                peak = peak_rss_mb()
-                delta = peak - before
+            peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else peak_rss_mb()
             if round_index == 0:
                 continue  # warm-up
             results[i]["times"].append(timer.seconds)
             results[i]["peak"].append(peak)
-            results[i]["delta"].append(delta)
+            results[i]["delta"].append(peak - before)
         if round_index:
             print(f"  round {round_index}/{repeats} done, load {load_average()}", file=sys.stderr, flush=True)
     return results
 
 
-def print_table(rows, results, device, extra_mb: float) -> None:
+def print_table(rows, results, device, extra_mb: float) -> dict:
+    """The markdown table; returns {(label, router, n): (ratio, memory over plain SDXL in GB or None)}."""
     base = statistics.median(results[0]["times"])
-    if device.type == "cuda":
-        plain_peak = max(results[0]["peak"]) - extra_mb
-        print("| run | router | subjects | s / image (median) | min-max | vs plain | peak alloc GB | vs plain SDXL GB |")
-        print("|---|---|---|---|---|---|---|---|")
-    else:
-        print("| run | router | subjects | s / image (median) | min-max | vs plain | peak RSS over start MB |")
-        print("|---|---|---|---|---|---|---|")
+    cuda = device.type == "cuda"
+    header = "| run | router | subjects | s / image (median) | min-max | vs plain |"
+    header += " peak alloc GB | over plain SDXL GB |" if cuda else " peak RSS over start MB |"
+    print(header)
+    print("|" + "---|" * (header.count("|") - 1))
+    plain_peak = max(results[0]["peak"]) - extra_mb  # a plain SDXL pipeline holds no AnyStory weights
+    summary = {}
     for i, (label, router, n, _) in enumerate(rows):
         times = results[i]["times"]
         median = statistics.median(times)
         cells = [label, router, str(n), f"{median:.2f}", f"{min(times):.2f}-{max(times):.2f}", f"{median / base:.3f}x"]
-        if device.type == "cuda":
+        over = None
+        if cuda:
             peak = max(results[i]["peak"])
-            cells += [f"{peak / 1024:.2f}", f"{(peak - plain_peak) / 1024:+.2f}"]
+            over = (peak - plain_peak) / 1024
+            cells += [f"{peak / 1024:.2f}", f"{over:+.2f}"]
         else:
             cells += [f"{max(results[i]['delta']):.0f}"]
         print("| " + " | ".join(cells) + " |")
+        summary[(label, router, n)] = (median / base, over)
+    return summary
+
+
+def print_targets(summary, device) -> None:
+    key = ("AnyStory", "learned", 2)
+    if key not in summary:
+        return
+    ratio, over = summary[key]
+    limit = TARGET_RATIO[device.type]
+    print(f"\ntarget, 2 subjects <= {limit}x plain SDXL per image: {ratio:.3f}x -> {'MET' if ratio <= limit else 'MISSED'}")
+    if over is not None:
+        verdict = "MET" if over <= TARGET_MEMORY_GB else "MISSED"
+        print(f"target, GPU peak with 2 subjects <= plain SDXL + {TARGET_MEMORY_GB} GB: {over:+.2f} GB -> {verdict}")
 
 
 def profile(pipe, plain, subjects, args, device) -> None:
     """Where the time goes: AnyStory regions (record_function labels) and the top ops."""
-    from torch.profiler import ProfilerActivity, profile as torch_profile, record_function
+    from torch.profiler import ProfilerActivity, record_function
+    from torch.profiler import profile as torch_profile
 
     from anystory import attention, router
 
-    def labelled(cls, attr, label):
-        original = getattr(cls, attr)
+    patches = [
+        (attention.ReferenceAttnProcessor, "__call__", "attn1 (self + reference)"),
+        (attention.RoutedCrossAttnProcessor, "__call__", "attn2 (text + CLIP path + router)"),
+        (attention.RoutedCrossAttnProcessor, "_image_attention", "attn2: CLIP path"),
+        (router.SubjectRouter, "forward", "attn2: learned router"),
+        (attention.InjectionContext, "publish_routes", "attn2: publish routes (votes)"),
+        (attention.InjectionContext, "previous_routes", "attn1: previous routes, resized"),
+        (attention.InjectionContext, "reference_tokens", "attn1: reference K/V of the block"),
+    ]
 
+    def labelled(original, label):
         def wrapper(*a, **k):
-            with record_function(label):
+            with record_function("## " + label):
                 return original(*a, **k)
 
-        return original, wrapper
+        return wrapper
 
-    patches = [
-        (attention.ReferenceAttnProcessor, "__call__", "## attn1 (self + reference)"),
-        (attention.RoutedCrossAttnProcessor, "__call__", "## attn2 (text + CLIP path + router)"),
-        (attention.RoutedCrossAttnProcessor, "_image_attention", "## attn2: CLIP path"),
-        (router.SubjectRouter, "forward", "## attn2: learned router"),
-        (attention.InjectionContext, "publish_routes", "## publish_routes (votes)"),
-        (attention.InjectionContext, "previous_routes", "## attn1: previous routes resize"),
-        (attention.InjectionContext, "reference_tokens", "## attn1: gather reference K/V"),
-    ]
-    saved = []
-    for cls, attr, label in patches:
-        original, wrapper = labelled(cls, attr, label)
-        saved.append((cls, attr, original))
-        setattr(cls, attr, wrapper)
+    saved = [(cls, attr, getattr(cls, attr)) for cls, attr, _ in patches]
+    for (cls, attr, label), (_, _, original) in zip(patches, saved):
+        setattr(cls, attr, labelled(original, label))
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
     common = dict(num_inference_steps=args.steps, height=args.size, width=args.size, output_type="latent")
+    runs = (
+        ("plain", lambda g: plain(PROMPT, generator=g, **common)),
+        ("2 subjects, learned router", lambda g: pipe(PROMPT, subjects=subjects[:2], router="learned", generator=g, **common)),
+    )
     try:
-        for name, run in (
-            ("plain", lambda g: plain(PROMPT, generator=g, **common)),
-            ("2 subjects, learned router", lambda g: pipe(PROMPT, subjects=subjects[:2], router="learned", generator=g, **common)),
-        ):
+        for name, run in runs:
             run(torch.Generator().manual_seed(0))
             with torch_profile(activities=activities) as prof:
                 run(torch.Generator().manual_seed(0))
             events = prof.key_averages()
-            print(f"\n### profile: {name} ({args.size}x{args.size}, {args.steps} steps, denoising only)")
+            print(f"\n### profile: {name} ({args.size}x{args.size}, {args.steps} steps, denoising only; load {load_average()})\n")
             print("| region | calls | total ms (inclusive) |")
             print("|---|---|---|")
             for event in sorted(events, key=lambda e: e.key):
@@ -228,8 +236,8 @@ def profile(pipe, plain, subjects, args, device) -> None:
 
 
 def regional_compile(unet) -> int:
-    """torch.compile every ResnetBlock2D and every transformer feed-forward (the AnyStory
-    processors stay eager); in place, so every pipeline sharing the UNet gets it."""
+    """torch.compile every ResnetBlock2D and every transformer feed-forward (the AnyStory processors
+    stay eager), in place, so every pipeline sharing the UNet gets it."""
     from diffusers.models.attention import FeedForward
     from diffusers.models.resnet import ResnetBlock2D
 
@@ -241,10 +249,34 @@ def regional_compile(unet) -> int:
     return count
 
 
+def offload_rows(pipe, images, args, device) -> None:
+    """Peak GPU memory under enable_model_cpu_offload(): the first call right after encoding, then
+    steady state. The plain row is AnyStoryPipeline with no subjects (diffusers' own __call__)."""
+    pipe.enable_model_cpu_offload()
+    common = dict(num_inference_steps=args.steps, height=args.size, width=args.size)
+    print("\n### enable_model_cpu_offload(): peak GPU memory, first call after encoding and steady\n")
+    print("| run | router | subjects | first call GB | steady GB | s / image (steady) |")
+    print("|---|---|---|---|---|---|")
+    for label, router, n in (("plain SDXL path (AnyStory, 0 subjects)", "-", 0), ("AnyStory", "learned", 2)):
+        fresh = [pipe.encode_subject(image) for image in images[:2]]  # encoders run under the hooks
+        peaks, times = [], []
+        for _ in range(3):
+            gc.collect()
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+            extra = dict(router=router) if n else {}
+            with Timer(device) as timer:
+                pipe(PROMPT, subjects=fresh[:n], generator=torch.Generator().manual_seed(0), **common, **extra)
+            peaks.append(torch.cuda.max_memory_allocated() / 2**30)
+            times.append(timer.seconds)
+        steady = statistics.median(peaks[1:])
+        print(f"| {label} | {router} | {n} | {peaks[0]:.2f} | {steady:.2f} | {statistics.median(times[1:]):.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: fp16 on CUDA, bf16 on CPU")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on CUDA, bf16 on CPU")
     parser.add_argument("--size", type=int, default=None, help="default: 1024 on CUDA, 256 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 25 on CUDA, 4 on CPU")
     parser.add_argument("--repeats", type=int, default=5)
@@ -261,75 +293,53 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("fp16" if cuda else "bf16")]
+    dtype = DTYPES[args.dtype or ("fp16" if cuda else "bf16")]
     args.size = args.size or (1024 if cuda else 256)
     args.steps = args.steps or (25 if cuda else 4)
     started = datetime.datetime.now().isoformat(timespec="minutes")
 
     with contextlib.ExitStack() as stack:
         folder = args.model_dir or stack.enter_context(tempfile.TemporaryDirectory()) + "/full-sdxl"
-        write_full_sdxl(folder, image_layers=2, dtype=dtype)
+        write_full_sdxl(folder, dtype=dtype)
         pipe = load_full_anystory(folder, dtype, device)
     plain = plain_twin(pipe)
 
     images = [synthetic_subject(seed, size=(384, 512)) for seed in (1, 2, 3)]
     subjects = [pipe.encode_subject(image) for image in images]  # once, before any timing
     pipe.background_encoding()
-    extra = anystory_weight_bytes(pipe, device) / 2**20
-    where = {name: str(getattr(pipe, name).device) for name in ("reference_net", "image_encoder", "subject_encoder")}
+    extra = anystory_weight_mb(pipe, device)
+    where = ", ".join(f"{name} on {getattr(pipe, name).device}" for name in ("reference_net", "image_encoder", "subject_encoder"))
 
-    print(f"## bench/overhead.py, {started}")
-    print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}" + (f", {torch.cuda.get_device_name()}" if cuda else ""))  # fmt: skip
+    machine = f"{platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}"
+    machine += f", {torch.cuda.get_device_name()}" if cuda else f", {torch.get_num_threads()} threads"
+    print(f"## bench/overhead.py, {started}\n")
+    print(f"machine: {machine}")
     print(f"full SDXL UNet + VAE, {str(dtype).split('.')[-1]}, {args.size}x{args.size}, {args.steps} steps, CFG 5.0, "
-          f"Euler, output {args.output_type}; median of {args.repeats} alternating rounds after 1 warm-up round")  # fmt: skip
-    print(f"subjects encoded before timing (reference 512x512): {encoding_bytes(subjects[0]) / 2**20:.0f} MB per encoding "
-          f"in memory; AnyStory weights inside the UNet (W~, W', 70 routers): {extra:.0f} MB; encoders after encoding: {where}")  # fmt: skip
+          f"Euler, output {args.output_type}; median of {args.repeats} alternating rounds after a warm-up round")  # fmt: skip
+    print(f"encodings made before timing (reference 512x512): {encoding_mb(subjects[0]):.0f} MB each; AnyStory "
+          f"weights inside the UNet (W~, W', 70 routers): {extra:.0f} MB; after encoding: {where}")  # fmt: skip
     print(f"load average before: {load_average()}")
 
-    rows = variants(pipe, plain, subjects, args)
+    rows = table_rows(pipe, plain, subjects, args, device)
     results = measure(rows, device, args.repeats)
     print(f"load average after: {load_average()}\n")
-    print_table(rows, results, device, extra)
+    print_targets(print_table(rows, results, device, extra), device)
 
     if cuda and args.compile:
         try:
             count = regional_compile(pipe.unet)
-            quick = [row for row in rows if row[0].startswith(("plain SDXL", "AnyStory")) and row[1] in ("-", "learned")]
-            quick = [row for row in quick if "off" not in row[0]]
-            results = measure(quick, device, args.repeats)
+            compiled = [row for row in rows if row[0] in ("plain SDXL (diffusers pipeline)", "AnyStory")]
+            results = measure(compiled, device, args.repeats)
             print(f"\n### with torch.compile (regional: {count} ResnetBlock2D / FeedForward modules)\n")
-            print_table(quick, results, device, extra)
+            print_targets(print_table(compiled, results, device, extra), device)
         except Exception as err:  # report and go on: compile support varies
             print(f"\ntorch.compile failed: {type(err).__name__}: {err}")
 
-    if cuda and args.offload:
-        pipe.enable_model_cpu_offload()
-        rows_offload = [
-            ("plain SDXL path (AnyStory, 0 subjects)", "-", 0),
-            ("AnyStory", "learned", 2),
-        ]
-        print("\n### enable_model_cpu_offload(): peak GPU memory (first call after encoding, then steady)\n")
-        print("| run | router | subjects | first call GB | steady GB | s / image |")
-        print("|---|---|---|---|---|---|")
-        fresh = [pipe.encode_subject(image) for image in images[:2]]  # encoders hooked now
-        for label, router, n in rows_offload:
-            peaks, times = [], []
-            for _ in range(3):
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats()
-                kwargs = dict(router=router) if n else {}
-                with Timer(device) as timer:
-                    pipe(PROMPT, subjects=fresh[:n], num_inference_steps=args.steps, height=args.size,
-                         width=args.size, generator=torch.Generator().manual_seed(0), **kwargs)  # fmt: skip
-                peaks.append(torch.cuda.max_memory_allocated() / 2**30)
-                times.append(timer.seconds)
-            print(f"| {label} | {router} | {n} | {peaks[0]:.2f} | {statistics.median(peaks[1:]):.2f} | {statistics.median(times):.2f} |")
-            if not n:
-                fresh = [pipe.encode_subject(image) for image in images[:2]]  # encode right before the 2-subject call
-
     if args.profile:
         profile(pipe, plain, subjects, args, device)
+
+    if cuda and args.offload:
+        offload_rows(pipe, images, args, device)
 
 
 if __name__ == "__main__":

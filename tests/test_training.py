@@ -315,9 +315,10 @@ def test_routing_iou_runs_on_held_out_scenes(pipe, scenes):
     dataset = ManifestDataset(scenes, pipe.feature_extractor, RESOLUTION, pipe.anystory_config.reference_size)
     report = routing_iou(pipe, dataset, timesteps=(200, 600), max_scenes=2)
     assert report.scenes == 2 and report.timesteps == [200, 600]
-    for values in (report.site_iou, report.map_iou, report.map_iou_ceiling):
+    for values in (report.map_iou, report.site_iou, report.latent_iou, report.latent_ceiling):
         assert all(0.0 <= values[t] <= 1.0 for t in (200, 600))
-    assert report.map_iou_ceiling[200] > 0.3
+    assert len(report.by_site[200]) == len(pipe.anystory_processors()[1])
+    assert report.latent_ceiling[200] > 0.3
     assert "| 200 |" in report.table()
 
 

@@ -1,0 +1,186 @@
+"""Benchmark: stage 2 takes the held-out routing IoU from chance to >= 0.8 on the tiny SDXL, on CPU.
+
+    python -m anystory.training.proof [--out DIR] [--threads 1]
+
+1. The tiny SDXL (`anystory.tiny`) and synthetic scenes (`synthetic.py`): paired 1-2 subject scenes
+   for stage 1, two-subject scenes for stage 2, and held-out two-subject scenes (another seed: new
+   layouts, sizes, rotations, backgrounds and references of the same identity pool).
+2. The base: the random tiny VAE and UNet carry no image content, so they get a brief fit on the
+   training scenes (tiny_base.py): a base model is pretrained in AnyStory's setting too.
+3. Stage 1 (subject encoder, oracle routes): its diffusion loss, start and end.
+4. Stage 2 (router): routing IoU on the held-out scenes with the untrained router, then training
+   within a CPU-time budget (15 minutes), then the IoU again. IoU is measured on the noised
+   target latent at t = 200, 400, 600 of 1000 (see evaluate.py for the figures).
+
+CPU time is this process's user + system time (`resource.getrusage`); with --threads 1 it is close
+to wall time. The figures print as a table and go to OUT/proof.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..tiny import write_tiny_sdxl
+from .config import load_config
+from .data import ManifestDataset
+from .evaluate import DEFAULT_TIMESTEPS, routing_iou
+from .synthetic import SyntheticConfig, generate
+from .tiny_base import fit_unet, fit_vae, load_images
+from .trainer import Trainer
+
+
+@dataclass
+class ProofConfig:
+    size: int = 256  # the router grid of the tiny UNet is size / 16
+    reference_size: int = 96
+    scale: tuple[float, float] = (0.45, 0.65)  # sprite side / image side
+    stage1_scenes: int = 300
+    stage2_scenes: int = 400
+    heldout_scenes: int = 50
+    vae_steps: int = 2400
+    unet_steps: int = 3000
+    stage1_steps: int = 300
+    stage1_lr: float = 1e-4
+    stage2_max_steps: int = 8000
+    stage2_cpu_minutes: float = 15.0
+    stage2_lr: float = 1e-3
+    timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
+    target_iou: float = 0.8
+    seed: int = 0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+@dataclass
+class Clock:
+    """CPU and wall seconds of named phases."""
+
+    phases: dict = field(default_factory=dict)
+
+    def run(self, name: str, function, *args, **kwargs):
+        cpu, wall = cpu_seconds(), time.time()
+        result = function(*args, **kwargs)
+        self.phases[name] = {"cpu_s": round(cpu_seconds() - cpu, 1), "wall_s": round(time.time() - wall, 1)}
+        print(f"[{name}] {self.phases[name]['cpu_s']} s CPU, {self.phases[name]['wall_s']} s wall", flush=True)
+        return result
+
+
+def _train_config(out: Path, base: Path, data: Path, stage: int, **extra):
+    values = {"base": str(base), "data": str(data), "output_dir": str(out), "stage": stage, "report_to": "none",
+              "cache_latents": True, "checkpoint_every": 10**9, "log_every": 10, **extra}  # fmt: skip
+    return load_config(None, stage, values)
+
+
+def run(config: ProofConfig, out: Path) -> dict:
+    clock = Clock()
+    data, base = out / "data", out / "tiny-sdxl"
+
+    def make_data():
+        common = dict(size=config.size, reference_size=config.reference_size, scale=config.scale)
+        generate(data / "stage1", SyntheticConfig(scenes=config.stage1_scenes, subjects=(1, 2), seed=config.seed + 1, **common))
+        generate(data / "stage2", SyntheticConfig(scenes=config.stage2_scenes, subjects=(2, 2), seed=config.seed + 2, **common))
+        generate(data / "heldout", SyntheticConfig(scenes=config.heldout_scenes, subjects=(2, 2), seed=config.seed + 99, **common))
+        write_tiny_sdxl(base, seed=config.seed)
+
+    clock.run("data + tiny SDXL", make_data)
+    images, captions = load_images([data / "stage1", data / "stage2"])
+    vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
+    unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed)
+
+    stage1 = Trainer(_train_config(out / "stage1", base, data / "stage1", 1, resolution=config.size,
+                                   max_steps=config.stage1_steps, learning_rate=config.stage1_lr, seed=config.seed))  # fmt: skip
+    stage1_checkpoint = clock.run("stage 1", stage1.run)
+    log = [json.loads(line) for line in (out / "stage1/logs/train.jsonl").read_text().splitlines()]
+    tenth = max(1, len(log) // 10)
+    stage1_loss = (float(np.mean([r["diffusion"] for r in log[:tenth]])), float(np.mean([r["diffusion"] for r in log[-tenth:]])))
+
+    trainer = Trainer(_train_config(out / "stage2", base, data / "stage2", 2, init=str(stage1_checkpoint), resolution=config.size,
+                                    max_steps=config.stage2_max_steps, learning_rate=config.stage2_lr, seed=config.seed,
+                                    augment={"enabled": False}))  # fmt: skip
+    heldout = ManifestDataset(data / "heldout", trainer.pipe.feature_extractor, config.size, trainer.pipe.anystory_config.reference_size)
+    before = clock.run("routing IoU before", routing_iou, trainer.pipe, heldout, config.timesteps, config.seed)
+    print(before.table(), flush=True)
+
+    budget, start = config.stage2_cpu_minutes * 60, cpu_seconds()
+    state = {"steps": 0}
+
+    def within_budget(step: int, losses: dict) -> bool:
+        state["steps"] = step
+        return cpu_seconds() - start >= budget  # True stops the run (with a checkpoint)
+
+    stage2_checkpoint = clock.run("stage 2", trainer.run, within_budget)
+    after = clock.run("routing IoU after", routing_iou, trainer.pipe, heldout, config.timesteps, config.seed)
+    print(after.table(), flush=True)
+
+    passed = all(after.map_iou[t] >= config.target_iou for t in config.timesteps)
+    report = {
+        "config": asdict(config),
+        "threads": torch.get_num_threads(),
+        "phases": clock.phases,
+        "base": {**vae, **unet},
+        "stage1": {"steps": config.stage1_steps, "diffusion_loss_start": stage1_loss[0], "diffusion_loss_end": stage1_loss[1],
+                   "checkpoint": str(stage1_checkpoint)},  # fmt: skip
+        "stage2": {"steps": state["steps"], "cpu_s": clock.phases["stage 2"]["cpu_s"], "checkpoint": str(stage2_checkpoint)},
+        "routing_iou_before": asdict(before),
+        "routing_iou_after": asdict(after),
+        "passed": passed,
+    }
+    (out / "proof.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def summary(report: dict) -> str:
+    before, after, config = report["routing_iou_before"], report["routing_iou_after"], report["config"]
+    lines = [
+        f"stage 1: diffusion loss {report['stage1']['diffusion_loss_start']:.4f} -> {report['stage1']['diffusion_loss_end']:.4f} "
+        f"({report['stage1']['steps']} steps)",
+        f"stage 2: {report['stage2']['steps']} steps in {report['stage2']['cpu_s'] / 60:.1f} CPU minutes "
+        f"(budget {config['stage2_cpu_minutes']})",
+        "",
+        "| t | map IoU before | map IoU after | site IoU before | site IoU after | latent-grid IoU after (ceiling) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for t in config["timesteps"]:
+        lines.append(
+            f"| {t} | {before['map_iou'][t]:.3f} | {after['map_iou'][t]:.3f} | {before['site_iou'][t]:.3f} | "
+            f"{after['site_iou'][t]:.3f} | {after['latent_iou'][t]:.3f} ({after['latent_ceiling'][t]:.3f}) |"
+        )
+    verdict = "PASS" if report["passed"] else "FAIL"
+    lines.append(f"\n{verdict}: map IoU after >= {config['target_iou']} at every t (held-out scenes: {after['scenes']})")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", help="keep everything here (default: a temporary folder, removed after)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time ~ wall time)")
+    parser.add_argument("--stage2-cpu-minutes", type=float, default=ProofConfig.stage2_cpu_minutes)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, seed=args.seed)
+    out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-proof-"))
+    try:
+        report = run(config, out)
+    finally:
+        if not args.out:
+            shutil.rmtree(out, ignore_errors=True)
+    print(summary(report))
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
