@@ -13,6 +13,7 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+from safetensors.torch import load as safetensors_from_bytes
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -114,7 +115,7 @@ class SubjectEncoding:
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "encoding") -> SubjectEncoding:
         try:
-            tensors = safetensors.torch.load(data)
+            tensors = safetensors_from_bytes(data)  # safetensors: plain tensors, no pickle
             metadata = _read_metadata(data)
         except Exception as err:
             raise ValueError(f"{source} is not a readable SubjectEncoding: {err}") from err
