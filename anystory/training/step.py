@@ -2,15 +2,13 @@
 an `InjectionContext`, the losses of METHOD.md §4.
 
 The frozen models (VAE, text encoders, CLIP image encoder) run first, without gradients, in
-`encode_inputs`; `TrainingModule` (what DDP wraps) holds the parts that train and computes the loss.
+`InputEncoder`; `TrainingModule` (what DDP wraps) holds the parts that train and computes the loss.
 InjectionContext serves one set of subjects per UNet call, so each sample of a batch is its own
 UNet call (batch 1); the trainer runs forward and backward sample by sample, which also keeps one
 sample's graph in memory at a time.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,10 +31,9 @@ def stage_parameters(pipe, stage: int) -> dict[str, nn.Parameter]:
     """The parameters stage `stage` trains, by checkpoint key (in checkpoint order)."""
     if stage not in STAGE_PARTS:
         raise ValueError(f"stage must be 1 or 2, got {stage}")
-    prefixes = STAGE_PARTS[stage]
     chosen = {}
     for key, tensor in adapter_tensors(pipe):
-        if isinstance(tensor, nn.Parameter) and any(key.startswith(p) or p in key for p in prefixes):
+        if isinstance(tensor, nn.Parameter) and any(part in key for part in STAGE_PARTS[stage]):
             chosen[key] = tensor
     if not chosen:
         raise ValueError(f"this pipeline has nothing for stage {stage} to train (stage 2 needs a router)")
@@ -49,11 +46,6 @@ def null_conditions(unet, device, dtype) -> tuple[torch.Tensor, dict]:
     pooled = unet.config.projection_class_embeddings_input_dim - time_ids * unet.config.addition_time_embed_dim
     text = torch.zeros(1, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
     return text, {"text_embeds": torch.zeros(1, pooled, device=device, dtype=dtype), "time_ids": torch.zeros(1, time_ids, device=device, dtype=dtype)}
-
-
-@dataclass
-class NoiseConfig:
-    timesteps: tuple[int, int] = (0, 1000)  # training timesteps drawn uniformly from [start, stop)
 
 
 class InputEncoder:

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 SHAPES = ("disc", "square", "triangle", "star", "ring", "cross", "diamond", "hexagon")
+COMPACT_SHAPES = ("disc", "square", "triangle", "diamond", "hexagon")  # no part thinner than ~1/4 of the sprite
 TEXTURES = ("stripes", "checker", "dots", "solid")
 HUE_NAMES = ("red", "orange", "yellow", "lime", "green", "teal", "cyan", "azure", "blue", "violet", "magenta", "pink")
 
@@ -37,16 +38,16 @@ class Identity:
     name: str
 
 
-def identity(index: int) -> Identity:
+def identity(index: int, shapes: tuple[str, ...] = SHAPES) -> Identity:
     """Identity `index`: a two-tone texture in one hue (hues spread by the golden ratio), so that
-    colour, texture and shape all tell identities apart; shapes and textures cycle."""
+    colour, texture and shape all tell identities apart; `shapes` and textures cycle."""
     rng = np.random.RandomState(7919 * index + 1)
     hue = (index * 0.618033988749895) % 1.0
     light = colorsys.hsv_to_rgb(hue, 0.9, 0.95)
     dark = colorsys.hsv_to_rgb(hue, rng.uniform(0.5, 0.8), rng.uniform(0.35, 0.55))
     colors = tuple(tuple(int(c * 255) for c in rgb) for rgb in (light, dark))
-    shape = SHAPES[index % len(SHAPES)]
-    texture = TEXTURES[(index // len(SHAPES) + index) % len(TEXTURES)]
+    shape = shapes[index % len(shapes)]
+    texture = TEXTURES[(index // len(shapes) + index) % len(TEXTURES)]
     name = f"{HUE_NAMES[int(hue * len(HUE_NAMES)) % len(HUE_NAMES)]} {texture} {shape}"
     return Identity(index, shape, texture, colors, float(rng.uniform(0.15, 0.3)), name)
 
@@ -152,21 +153,23 @@ def paste(canvas: np.ndarray, sprite: np.ndarray, mask: np.ndarray, top: int, le
 def scene(
     identities: list[Identity], size: int, rng: np.random.RandomState, scale: tuple[float, float] = (0.35, 0.55)
 ) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Paste each identity once, without overlap where 100 tries allow; visible masks."""
+    """Paste each identity once, without overlap where 100 places allow (the sprite shrinks by 10%
+    after every 20 failed places); visible masks (a later sprite occludes earlier ones)."""
     canvas = background(size, rng)
     taken = np.zeros((size, size), bool)
     masks = []
     for subject in identities:
+        side, angle = int(rng.uniform(*scale) * size), rng.uniform(0, 2 * math.pi)
+        sprite, mask = render(subject, side, angle, rng)
         for attempt in range(100):
-            side = int(rng.uniform(*scale) * size)
-            sprite, mask = render(subject, side, rng.uniform(0, 2 * math.pi), rng)
             top, left = rng.randint(0, size - side + 1), rng.randint(0, size - side + 1)
-            footprint = np.zeros_like(taken)
-            footprint[top : top + side, left : left + side] = mask
-            if not (footprint & taken).any() or attempt == 99:
+            if not (taken[top : top + side, left : left + side] & mask).any():
                 break
+            if attempt % 20 == 19 and attempt < 99:
+                side = max(8, int(side * 0.9))
+                sprite, mask = render(subject, side, angle, rng)
         full = paste(canvas, sprite, mask, top, left)
-        masks = [m & ~full for m in masks]  # a later sprite occludes earlier ones
+        masks = [m & ~full for m in masks]
         masks.append(full)
         taken |= full
     return canvas, masks
@@ -192,6 +195,7 @@ class SyntheticConfig:
     references_per_instance: int = 1
     self_reference: bool = False  # no separate references: each instance's crop of the target
     min_hue_gap: float = 0.15  # subjects of one scene differ in hue by at least this (of the colour circle)
+    shapes: tuple[str, ...] = SHAPES  # e.g. COMPACT_SHAPES where thin parts would fall between grid cells
     seed: int = 0
 
 
@@ -206,7 +210,10 @@ def generate(folder: str | Path, config: SyntheticConfig) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.RandomState(config.seed)
-    pool = [identity(i) for i in range(*config.identities)]
+    unknown = set(config.shapes) - set(SHAPES)
+    if unknown or not config.shapes:
+        raise ValueError(f"shapes must be some of {SHAPES}, got {config.shapes}")
+    pool = [identity(i, tuple(config.shapes)) for i in range(*config.identities)]
     if len(pool) < config.subjects[1]:
         raise ValueError(f"{len(pool)} identities cannot fill scenes of {config.subjects[1]} distinct subjects")
     rows = []
@@ -248,12 +255,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--references", type=int, default=1, help="separate references per instance")
     parser.add_argument("--self-reference", action="store_true", help="no separate references (stage-2 style)")
     parser.add_argument("--min-hue-gap", type=float, default=0.15, help="least hue difference of a scene's subjects (0..0.5)")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES, help="the shapes identities cycle through")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     config = SyntheticConfig(
         scenes=args.scenes, subjects=tuple(args.subjects), size=args.size, reference_size=args.reference_size,
         identities=tuple(args.identities), scale=tuple(args.scale), references_per_instance=args.references,
-        self_reference=args.self_reference, min_hue_gap=args.min_hue_gap, seed=args.seed,
+        self_reference=args.self_reference, min_hue_gap=args.min_hue_gap, shapes=tuple(args.shapes), seed=args.seed,
     )  # fmt: skip
     print(generate(args.folder, config))
 

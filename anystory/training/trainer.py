@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Callable
@@ -164,7 +164,9 @@ class Trainer:
             params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
             eps=config.adam_epsilon, weight_decay=config.weight_decay,
         )  # fmt: skip
-        self.lr_scheduler = get_scheduler(config.lr_scheduler, optimizer, config.lr_warmup_steps, config.max_steps)
+        self.lr_scheduler = get_scheduler(
+            config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
+        )
         self.model, self.optimizer = self.accelerator.prepare(self.module, optimizer)
         self.step = 0
         if self.resume_from is not None:
@@ -389,9 +391,3 @@ def train(config: TrainConfig, callback=None) -> tuple[Path, AnyStoryPipeline]:
     trainer = Trainer(config)
     folder = trainer.run(callback)
     return folder, trainer.pipe
-
-
-def dump_config(config: TrainConfig, path: str | Path) -> Path:
-    path = Path(path)
-    path.write_text(json.dumps(asdict(config), indent=1))
-    return path
