@@ -71,6 +71,17 @@ def test_synthetic_scenes_are_a_valid_dataset(scenes):
     assert (Image.open(again / rows[0].image.relative_to(scenes)).tobytes() == Image.open(rows[0].image).tobytes())
 
 
+def test_synthetic_shapes_option(tmp_path):
+    from anystory.training.synthetic import COMPACT_SHAPES, identity
+
+    folder = generate(tmp_path / "compact", SyntheticConfig(scenes=3, size=RESOLUTION, shapes=COMPACT_SHAPES, seed=1))
+    used = {identity(i.get("subject"), COMPACT_SHAPES).shape for line in (folder / "manifest.jsonl").read_text().splitlines()
+            for i in json.loads(line)["instances"]}  # fmt: skip
+    assert used <= set(COMPACT_SHAPES)
+    with pytest.raises(ValueError, match="shapes must be some of"):
+        generate(tmp_path / "bad", SyntheticConfig(scenes=1, shapes=("blob",)))
+
+
 def _copy_with_row(scenes, tmp_path, edit) -> tuple:
     folder = shutil.copytree(scenes, tmp_path / "copy")
     lines = (folder / "manifest.jsonl").read_text().splitlines()
@@ -174,6 +185,18 @@ def test_config_errors(tiny_folder, scenes, tmp_path):
     with pytest.raises(ValueError, match="is a stage-2 config; this command trains stage 1"):
         load_config(path, 1)
     assert load_config(path, 2, {"augment.clip_drop": 0.0}).augment.clip_drop == 0.0
+
+
+def test_command_line_with_config_file_and_overrides(tiny_folder, scenes, tmp_path, capsys):
+    from anystory.training import stage1
+
+    path = tmp_path / "stage1.json"
+    path.write_text(json.dumps({"base": str(tiny_folder), "data": str(scenes), "output_dir": "unused", "resolution": RESOLUTION,
+                                "report_to": "none", "progress_bar": False}))  # fmt: skip
+    stage1.main(["--config", str(path), "--output-dir", str(tmp_path / "out"), "--max-steps", "1", "--set", "augment.clip_drop=0.5"])
+    assert "checkpoint-1" in capsys.readouterr().out
+    state = json.loads((tmp_path / "out/checkpoint-1/trainer_state.json").read_text())
+    assert state["step"] == 1 and state["config"]["augment"]["clip_drop"] == 0.5
 
 
 # -- stage 1 -------------------------------------------------------------------------------------
