@@ -94,6 +94,7 @@ class InjectionContext:
     record: list[dict] = field(default_factory=list)
     _clip_kv: dict = field(default_factory=dict)
     _token_masks: dict = field(default_factory=dict)
+    _cache: dict = field(default_factory=dict)  # per-generation constants (inference only)
 
     def __post_init__(self):
         n = len(self.subjects)
@@ -136,14 +137,42 @@ class InjectionContext:
         """Index of the first conditional row."""
         return batch // 2 if self.cfg else 0
 
-    def slot_scales(self, device, dtype) -> torch.Tensor:
-        return torch.tensor([self.clip_scale * s for s in self.subject_scales] + [self.clip_scale], device=device, dtype=dtype)
+    def _constant(self, key, make):
+        """A value that stays the same for the whole generation, made once (made every time while
+        gradients are on: training may change the weights between calls)."""
+        if torch.is_grad_enabled():
+            return make()
+        if key not in self._cache:
+            self._cache[key] = make()
+        return self._cache[key]
 
-    def clip_kv(self, site: RoutedCrossAttnProcessor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K^_i = E_i W'_k, V^_i = E_i W'_v for every slot; projected once per generation per site."""
+    def slot_scales(self, device, dtype) -> torch.Tensor:
+        # Made once: a host-to-device copy at every site would also synchronise the GPU stream.
+        return self._constant(
+            ("slot_scales", device, dtype),
+            lambda: torch.tensor(
+                [self.clip_scale * s for s in self.subject_scales] + [self.clip_scale], device=device, dtype=dtype
+            ),
+        )
+
+    def reference_log_strength(self, device, dtype) -> torch.Tensor:
+        """gamma + log(strength_i) per subject (log 0 = -inf: that subject's reference is off),
+        computed in float32, given in `dtype`."""
+
+        def make():
+            strength = torch.tensor(self.subject_scales, device=device, dtype=torch.float32)
+            return (self.reference_bias + torch.log(strength)).to(dtype)
+
+        return self._constant(("reference_log_strength", device, dtype), make)
+
+    def clip_kv(self, site: RoutedCrossAttnProcessor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """K^_s = E_s W'_k, V^_s = E_s W'_v of every slot, split into heads [S, heads, T, d];
+        projected once per generation per site."""
         if site.index not in self._clip_kv or torch.is_grad_enabled():
-            tokens = self.clip_tokens.to(site.to_k_ip.weight.device, site.to_k_ip.weight.dtype)
-            self._clip_kv[site.index] = (site.to_k_ip(tokens), site.to_v_ip(tokens))
+            tokens = self.clip_tokens.to(site.to_k_ip.weight.device, site.to_k_ip.weight.dtype)  # [S, T, text]
+            keys = _split_heads(site.to_k_ip(tokens), heads).contiguous()
+            values = _split_heads(site.to_v_ip(tokens), heads).contiguous()
+            self._clip_kv[site.index] = (keys, values)
         return self._clip_kv[site.index]
 
     def publish_routes(self, site_index: int, gates: torch.Tensor, grid: tuple[int, int]) -> None:
@@ -166,25 +195,37 @@ class InjectionContext:
         return resize_routes(gates, source, grid, self.routing.exclusive)
 
     def reference_tokens(self, block: int, site: ReferenceAttnProcessor):
-        """Stacked K~, V~ [N*T, d] and the token validity mask [N, T] of one block, or None."""
-        keys, values, masks = [], [], []
-        for subject in self.subjects:
+        """One block's reference tokens that lie inside their subject's mask, all subjects stacked:
+        K~, V~ [T', d] and the subject of each token [T'] (long); None when a subject has no
+        reference or no token lies inside a mask. A token outside its subject's mask is never
+        attended to (its bias would be -inf everywhere), so it is left out rather than masked."""
+        return self._constant(("reference_tokens", block), lambda: self._gather_reference(block, site))
+
+    def _gather_reference(self, block: int, site: ReferenceAttnProcessor):
+        keys, values, owners = [], [], []
+        for slot, subject in enumerate(self.subjects):
             if not subject.has_reference:
                 return None
             kv = subject.reference_kv(block)
             if kv is None:
                 kv = site.project_reference(subject.reference_features[block])
-            keys.append(kv[0])
-            values.append(kv[1])
-            masks.append(self._token_mask(subject, kv[0].shape[0]))
-        return torch.cat(keys), torch.cat(values), torch.stack(masks)
+            inside = self._inside_tokens(subject, kv[0].shape[0], kv[0].device)
+            keys.append(kv[0].index_select(0, inside))
+            values.append(kv[1].index_select(0, inside))
+            owners.append(torch.full_like(inside, slot))
+        owner = torch.cat(owners)
+        if not owner.numel():
+            return None
+        return torch.cat(keys), torch.cat(values), owner
 
-    def _token_mask(self, subject: SubjectEncoding, tokens: int) -> torch.Tensor:
-        key = (id(subject), tokens)
+    def _inside_tokens(self, subject: SubjectEncoding, tokens: int, device) -> torch.Tensor:
+        """Indices of the reference tokens (of a block with `tokens` tokens) inside the subject's mask."""
+        key = (id(subject), tokens, device)
         if key not in self._token_masks:
             mask = subject.reference_mask.float()
             grid = grid_of(tokens, tuple(mask.shape))
-            self._token_masks[key] = F.adaptive_avg_pool2d(mask[None, None], grid).flatten() >= 0.5
+            inside = F.adaptive_avg_pool2d(mask[None, None], grid).flatten() >= 0.5
+            self._token_masks[key] = inside.to(device).nonzero().flatten()
         return self._token_masks[key]
 
 
@@ -236,25 +277,28 @@ class RoutedCrossAttnProcessor(nn.Module):
     def _image_attention(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
         """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5).
 
-        The unconditional rows see the background slot everywhere.
+        The unconditional rows see the background slot everywhere. The conditional rows attend to
+        every slot in one call (the slots as a batch); the gated sum then goes slot by slot.
         """
-        batch, tokens = query.shape[0], query.shape[2]
-        slot_keys, slot_values = ctx.clip_kv(self)
-        weights = query.new_zeros(batch, ctx.num_slots, tokens)
-        weights[:first_cond, -1] = 1
-        weights[first_cond:] = gates.to(query.dtype)
-        weights = weights * ctx.slot_scales(query.device, query.dtype)[None, :, None]
-        total = 0
-        for slot in range(ctx.num_slots):
-            rows = slice(0, batch) if slot == ctx.num_slots - 1 else slice(first_cond, batch)
-            k = _split_heads(slot_keys[slot][None].expand(batch, -1, -1)[rows], heads)
-            v = _split_heads(slot_values[slot][None].expand(batch, -1, -1)[rows], heads)
-            image = _merge_heads(F.scaled_dot_product_attention(query[rows], k, v)).to(query.dtype)
-            contribution = weights[rows, slot, :, None] * image
-            if rows.start:  # subject slots: only the conditional rows
-                contribution = torch.cat([contribution.new_zeros(first_cond, *contribution.shape[1:]), contribution])
-            total = total + contribution
-        return total
+        batch, _, tokens, dim = query.shape
+        slots = ctx.num_slots
+        slot_keys, slot_values = ctx.clip_kv(self, heads)  # [S, heads, T, d]
+        scales = ctx.slot_scales(query.device, query.dtype)
+        cond = batch - first_cond
+        q = query[first_cond:].unsqueeze(1).expand(-1, slots, -1, -1, -1).reshape(cond * slots, heads, tokens, dim)
+        k = slot_keys.unsqueeze(0).expand(cond, -1, -1, -1, -1).reshape(cond * slots, *slot_keys.shape[1:])
+        v = slot_values.unsqueeze(0).expand(cond, -1, -1, -1, -1).reshape(cond * slots, *slot_values.shape[1:])
+        image = F.scaled_dot_product_attention(q, k, v).to(query.dtype).view(cond, slots, heads, tokens, dim)
+        weights = (gates.to(query.dtype) * scales[None, :, None])[:, :, None, :, None]  # [Bc, S, 1, hw, 1]
+        total = image[:, 0] * weights[:, 0]
+        for slot in range(1, slots):
+            total = total.addcmul_(image[:, slot], weights[:, slot])
+        if first_cond:
+            k = slot_keys[-1:].expand(first_cond, -1, -1, -1)
+            v = slot_values[-1:].expand(first_cond, -1, -1, -1)
+            background = F.scaled_dot_product_attention(query[:first_cond], k, v).to(query.dtype) * scales[-1]
+            total = torch.cat([background, total])
+        return _merge_heads(total)
 
 
 class ReferenceAttnProcessor(nn.Module):
@@ -279,8 +323,16 @@ class ReferenceAttnProcessor(nn.Module):
         return self._shared_kv is None
 
     def project_reference(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """K~ = G W~_k, V~ = G W~_v."""
+        """K~ = G W~_k, V~ = G W~_v, on the features' device."""
         to_k, to_v = self._shared_kv or (self.to_k_ref, self.to_v_ref)
+        if to_k.weight.device != features.device:
+            # Model CPU offload: the UNet (and W~ with it) waits on the CPU while the ReferenceNet
+            # runs on the GPU. Project there, with the weights copied over.
+            return tuple(
+                F.linear(features.to(layer.weight.dtype), layer.weight.to(features.device),
+                         None if layer.bias is None else layer.bias.to(features.device))
+                for layer in (to_k, to_v)
+            )  # fmt: skip
         return to_k(features.to(to_k.weight.dtype)), to_v(features.to(to_v.weight.dtype))
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
@@ -294,7 +346,7 @@ class ReferenceAttnProcessor(nn.Module):
         reference = ctx.reference_tokens(self.index, self)
         if routes is None or reference is None or attention_mask is not None:
             return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        ref_keys, ref_values, token_masks = reference  # [N*T, d], [N*T, d], [N, T]
+        ref_keys, ref_values, owner = reference  # [T', d], [T', d], [T'] (the subject of each token)
         first_cond = ctx.cond_rows(batch)
 
         query = _split_heads(attn.to_q(hidden_states), attn.heads)
@@ -306,17 +358,15 @@ class ReferenceAttnProcessor(nn.Module):
         if first_cond:
             parts.append(F.scaled_dot_product_attention(query[:first_cond], key[:first_cond], value[:first_cond]))
 
-        # Conditional rows: keys [K, K~_1..K~_N] with bias gamma + log(strength_i) where the
-        # previous map routes the position to subject i and the token lies in i's mask, else -inf.
+        # Conditional rows: keys [K, K~_1..K~_N] (tokens inside each subject's mask) with bias
+        # gamma + log(strength_i) where the previous map routes the position to subject i, else -inf.
+        # Built in the query's dtype: the same values as casting at the end, half the memory.
         cond = batch - first_cond
         ref_k = _split_heads(ref_keys.to(key.dtype)[None].expand(cond, -1, -1), attn.heads)
         ref_v = _split_heads(ref_values.to(value.dtype)[None].expand(cond, -1, -1), attn.heads)
-        visible = routes[:, :-1, :, None].bool() & token_masks[None, :, None, :].to(routes.device)  # [Bc,N,hw,T]
-        strength = torch.tensor(ctx.subject_scales, device=query.device, dtype=torch.float32)
-        bias_per_subject = ctx.reference_bias + torch.log(strength)  # log(0) = -inf: subject off
-        ref_bias = torch.where(visible, bias_per_subject[None, :, None, None], -math.inf)
-        ref_bias = ref_bias.permute(0, 2, 1, 3).reshape(cond, tokens, -1)  # [Bc, hw, N*T]
-        bias = torch.cat([ref_bias.new_zeros(cond, tokens, tokens), ref_bias], dim=-1).to(query.dtype)
+        visible = routes[:, :-1].bool().index_select(1, owner).transpose(1, 2)  # [Bc, hw, T']
+        bias_per_token = ctx.reference_log_strength(query.device, query.dtype)[owner]  # log(0) = -inf: off
+        bias = F.pad(torch.where(visible, bias_per_token, -math.inf), (tokens, 0))  # 0 on the latent's own keys
         parts.append(
             F.scaled_dot_product_attention(
                 query[first_cond:],

@@ -376,17 +376,22 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     @contextmanager
     def _encoders_ready(self):
         """Encoders on the execution device while encoding; on CUDA, back to CPU afterwards
-        (generation never needs them), unless accelerate's offload hooks manage them."""
+        (generation never needs them). Under model CPU offload the hooks bring them to the GPU;
+        they go back at once too (the ReferenceNet and the QFormers are in no offload chain, so
+        they would otherwise stay on the GPU through the next generation)."""
+        from accelerate.hooks import CpuOffload
+
         device = self._execution_device
         modules = [m for m in (self.image_encoder, self.subject_encoder, self.reference_net) if m is not None]
         movable = [m for m in modules if getattr(m, "_hf_hook", None) is None]
+        offloaded = [m for m in modules if isinstance(getattr(m, "_hf_hook", None), CpuOffload)]
         for module in movable:
             module.to(device)
         try:
             yield
         finally:
             if device.type == "cuda" and self.release_encoders_after_use:
-                for module in movable:
+                for module in movable + offloaded:
                     module.to("cpu")
                 torch.cuda.empty_cache()
 

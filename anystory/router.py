@@ -48,19 +48,32 @@ class SubjectRouter(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def forward(self, latent: torch.Tensor, routing_embeddings: torch.Tensor) -> torch.Tensor:
-        """latent [B, hw, hidden], routing_embeddings [B or 1, N+1, d_r] -> logits [B, N+1, hw]."""
+    def prepare(self, routing_embeddings: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """The query side, which does not depend on the latent: R A_r and the refine queries."""
+        queries = self.coarse_r(routing_embeddings.to(dtype))
+        return queries, self._heads(self.refine_q(self.refine_norm(queries)))
+
+    def forward(
+        self,
+        latent: torch.Tensor,
+        routing_embeddings: torch.Tensor,
+        prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """latent [B, hw, hidden], routing_embeddings [B or 1, N+1, d_r] -> logits [B, N+1, hw].
+
+        `prepared`: `self.prepare(routing_embeddings, latent.dtype)`, made once per generation.
+        """
         batch = latent.shape[0]
-        queries = self.coarse_r(routing_embeddings.to(latent.dtype)).expand(batch, -1, -1)
+        queries, refine_queries = prepared if prepared is not None else self.prepare(routing_embeddings, latent.dtype)
+        queries = queries.expand(batch, -1, -1)
         keys = self.coarse_z(latent)
         coarse = queries @ keys.transpose(1, 2) / math.sqrt(self.router_dim)
 
         # Each query sees only the positions where its coarse map wins; an empty region sees all.
         region = F.one_hot(coarse.argmax(dim=1), coarse.shape[1]).transpose(1, 2).bool()
         region = region | ~region.any(dim=2, keepdim=True)
-        normed = self.refine_norm(queries)
         attended = F.scaled_dot_product_attention(
-            self._heads(self.refine_q(normed)),
+            refine_queries.expand(batch, -1, -1, -1),
             self._heads(self.refine_k(keys)),
             self._heads(self.refine_v(keys)),
             attn_mask=region[:, None],
@@ -122,11 +135,17 @@ class LearnedRouting:
         self.routing_embeddings = routing_embeddings[None]  # [1, N+1, d_r]
         self.gumbel, self.tau = gumbel, tau
         self.logits: list[tuple[int, torch.Tensor, tuple[int, int]]] = []  # kept for the routing loss
+        self._prepared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per site, inference only
 
     def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         if site.router is None:
             raise ValueError("router='learned' needs a checkpoint with trained router weights")
-        logits = site.router(latent, self.routing_embeddings)
+        if torch.is_grad_enabled():  # training: the router's weights change between calls
+            logits = site.router(latent, self.routing_embeddings)
+        else:
+            if site.index not in self._prepared:
+                self._prepared[site.index] = site.router.prepare(self.routing_embeddings, latent.dtype)
+            logits = site.router(latent, self.routing_embeddings, self._prepared[site.index])
         if self.gumbel:
             self.logits.append((site.index, logits, grid))
             return gumbel_routes(logits, self.tau)
