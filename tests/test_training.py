@@ -12,7 +12,7 @@ from PIL import Image
 from anystory import AnyStoryPipeline
 from anystory.training.config import load_config
 from anystory.training.data import AugmentConfig, DatasetError, ManifestDataset, StreamBatchSampler, augment_reference, read_manifest
-from anystory.training.evaluate import routing_iou, subject_ious
+from anystory.training.evaluate import diffusion_loss, routing_iou, subject_ious
 from anystory.training.step import stage_parameters
 from anystory.training.synthetic import SyntheticConfig, generate
 from anystory.training.trainer import Trainer, checkpoints
@@ -343,6 +343,19 @@ def test_routing_iou_runs_on_held_out_scenes(pipe, scenes):
     assert len(report.by_site[200]) == len(pipe.anystory_processors()[1])
     assert report.latent_ceiling[200] > 0.3
     assert "| 200 |" in report.table()
+
+
+def test_fixed_noise_diffusion_loss_compares_checkpoints(tiny_folder, scenes, tmp_path):
+    """The proof's stage-1 figure: the same number for the same weights, no change to them, and a
+    different number once training has moved them."""
+    trainer = Trainer(config(tiny_folder, scenes, tmp_path / "run", max_steps=3))
+    dataset = ManifestDataset(scenes, trainer.pipe.feature_extractor, RESOLUTION, trainer.pipe.anystory_config.reference_size)
+    before = snapshot(trainer.pipe)
+    first = diffusion_loss(trainer.pipe, dataset, 1, timesteps=(200, 600), max_scenes=2)
+    assert np.isfinite(first) and first == diffusion_loss(trainer.pipe, dataset, 1, timesteps=(200, 600), max_scenes=2)
+    assert not changed_keys(before, snapshot(trainer.pipe))
+    trainer.run()
+    assert diffusion_loss(trainer.pipe, dataset, 1, timesteps=(200, 600), max_scenes=2) != first
 
 
 def test_similarity_metrics_on_tiny_random_models(pipe, scenes, tmp_path):

@@ -150,6 +150,32 @@ def routing_iou(
     )
 
 
+@torch.no_grad()
+def diffusion_loss(
+    pipe, dataset: ManifestDataset, stage: int = 1, timesteps=(100, 300, 500, 700, 900), seed: int = 0,
+    max_scenes: int | None = None, noise_scheduler=None,
+) -> float:
+    """The training loss of `stage` without its randomness: every scene at every t with a fixed
+    noise, no augmentation or CLIP drop (stage 1: oracle routes; stage 2: hard learned routes and
+    the diffusion term only). For comparing checkpoints; a training log is too noisy for that."""
+    from diffusers import DDPMScheduler
+
+    noise_scheduler = noise_scheduler or DDPMScheduler.from_config(pipe.scheduler.config)
+    module = TrainingModule(pipe, stage, noise_scheduler)
+    encoder = InputEncoder(pipe)
+    losses = []
+    count = len(dataset) if max_scenes is None else min(max_scenes, len(dataset))
+    for index in range(count):
+        sample = dataset[(index, 0)]
+        sample["drop_clip"] = False
+        (item,) = encoder([sample], torch.Generator().manual_seed(seed * 100003 + index), (0, 1))
+        for t in timesteps:
+            item["timestep"] = torch.tensor([int(t)], device=item["latents"].device)
+            torch.manual_seed(seed * 100003 + index)  # the same Gumbel draw for every checkpoint
+            losses.append(module([item])["diffusion"].item())
+    return float(np.mean(losses))
+
+
 # -- similarity of generations -------------------------------------------------------------------
 
 
