@@ -275,7 +275,34 @@ class RoutedCrossAttnProcessor(nn.Module):
         return _finish(attn, out, hidden_states)
 
     def _image_attention(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
-        """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5).
+        """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5)."""
+        if ctx.routing.exclusive and query.device.type == "cpu" and not torch.is_grad_enabled():
+            return self._image_attention_by_owner(query, gates, first_cond, ctx, heads)
+        return self._image_attention_dense(query, gates, first_cond, ctx, heads)
+
+    def _image_attention_by_owner(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
+        """Eq. 5 when the gates are one-hot: each position attends to its own slot's tokens only
+        (1/S of the dense work, no gated sum). The positions of a slot are gathered, which needs
+        their count on the host: cheap on the CPU, a stream synchronisation per slot on CUDA,
+        where the dense form is used instead."""
+        batch, _, tokens, dim = query.shape
+        slot_keys, slot_values = ctx.clip_kv(self, heads)  # [S, heads, T, d]
+        scales = ctx.slot_scales(query.device, query.dtype)
+        owner = gates.argmax(dim=1)  # [Bc, hw]
+        if first_cond:  # unconditional rows: the background slot everywhere
+            owner = torch.cat([owner.new_full((first_cond, tokens), ctx.num_slots - 1), owner])
+        owner = owner.flatten()
+        flat = query.transpose(0, 1).reshape(heads, batch * tokens, dim)  # rows x positions as one axis
+        out = torch.empty_like(flat)
+        for slot in range(ctx.num_slots):
+            where = (owner == slot).nonzero().flatten()
+            if where.numel():
+                part = F.scaled_dot_product_attention(flat.index_select(1, where), slot_keys[slot], slot_values[slot])
+                out.index_copy_(1, where, part.to(flat.dtype) * scales[slot])
+        return _merge_heads(out.view(heads, batch, tokens, dim).transpose(0, 1))
+
+    def _image_attention_dense(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
+        """Eq. 5 for any gates (soft, straight-through or overlapping), all slots at every position.
 
         The unconditional rows see the background slot everywhere. The conditional rows attend to
         every slot in one call (the slots as a batch); the gated sum then goes slot by slot.

@@ -48,40 +48,39 @@ class SubjectRouter(nn.Module):
         b, n, _ = x.shape
         return x.view(b, n, self.heads, -1).transpose(1, 2)
 
-    def prepare(self, routing_embeddings: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """The query side, which does not depend on the latent: R A_r and the refine queries."""
+    def prepare(self, routing_embeddings: torch.Tensor, dtype: torch.dtype) -> tuple:
+        """What does not depend on the latent, made once per generation: R A_r, the refine queries,
+        and the latent-side projections fused (Z A_z with Z B_z, K with V: one matmul each)."""
         queries = self.coarse_r(routing_embeddings.to(dtype))
-        return queries, self._heads(self.refine_q(self.refine_norm(queries)))
+        latent_weight = torch.cat([self.coarse_z.weight, self.fine_z.weight])
+        latent_bias = torch.cat([self.coarse_z.bias, self.fine_z.bias])
+        key_value_weight = torch.cat([self.refine_k.weight, self.refine_v.weight])
+        return queries, self._heads(self.refine_q(self.refine_norm(queries))), latent_weight, latent_bias, key_value_weight
 
-    def forward(
-        self,
-        latent: torch.Tensor,
-        routing_embeddings: torch.Tensor,
-        prepared: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, routing_embeddings: torch.Tensor, prepared: tuple | None = None) -> torch.Tensor:
         """latent [B, hw, hidden], routing_embeddings [B or 1, N+1, d_r] -> logits [B, N+1, hw].
 
         `prepared`: `self.prepare(routing_embeddings, latent.dtype)`, made once per generation.
         """
         batch = latent.shape[0]
-        queries, refine_queries = prepared if prepared is not None else self.prepare(routing_embeddings, latent.dtype)
+        queries, refine_queries, latent_weight, latent_bias, key_value_weight = (
+            prepared if prepared is not None else self.prepare(routing_embeddings, latent.dtype)
+        )
         queries = queries.expand(batch, -1, -1)
-        keys = self.coarse_z(latent)
+        keys, fine_keys = F.linear(latent, latent_weight, latent_bias).split(self.router_dim, dim=-1)
         coarse = queries @ keys.transpose(1, 2) / math.sqrt(self.router_dim)
 
         # Each query sees only the positions where its coarse map wins; an empty region sees all.
         region = F.one_hot(coarse.argmax(dim=1), coarse.shape[1]).transpose(1, 2).bool()
         region = region | ~region.any(dim=2, keepdim=True)
+        refine_keys, refine_values = F.linear(keys, key_value_weight).split(self.router_dim, dim=-1)
         attended = F.scaled_dot_product_attention(
-            refine_queries.expand(batch, -1, -1, -1),
-            self._heads(self.refine_k(keys)),
-            self._heads(self.refine_v(keys)),
-            attn_mask=region[:, None],
+            refine_queries.expand(batch, -1, -1, -1), self._heads(refine_keys), self._heads(refine_values), attn_mask=region[:, None]
         )
         refined = queries + self.refine_out(attended.transpose(1, 2).reshape(queries.shape))
         refined = refined + self.ffn(refined)
 
-        return self.fine_r(refined) @ self.fine_z(latent).transpose(1, 2) / math.sqrt(self.router_dim)
+        return self.fine_r(refined) @ fine_keys.transpose(1, 2) / math.sqrt(self.router_dim)
 
 
 def hard_routes(logits: torch.Tensor) -> torch.Tensor:
@@ -135,7 +134,7 @@ class LearnedRouting:
         self.routing_embeddings = routing_embeddings[None]  # [1, N+1, d_r]
         self.gumbel, self.tau = gumbel, tau
         self.logits: list[tuple[int, torch.Tensor, tuple[int, int]]] = []  # kept for the routing loss
-        self._prepared: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # per site, inference only
+        self._prepared: dict[int, tuple] = {}  # per site, inference only
 
     def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         if site.router is None:

@@ -150,6 +150,25 @@ def test_cross_attention_locality(pipe, subjects):
 
 
 @torch.no_grad()
+def test_one_hot_clip_path_by_owner_equals_the_dense_sum(pipe, subjects):
+    """The CPU shortcut of Eq. 5 (each position attends to its own slot only) against the dense sum
+    over all slots, with CFG rows and unequal subject scales."""
+    attn = transformer_blocks(pipe.unet)[3].attn2
+    torch.manual_seed(0)
+    site = RoutedCrossAttnProcessor(3, attn.to_k.out_features, attn.to_k.in_features, router=None)
+    torch.nn.init.normal_(site.to_v_ip.weight)
+    query = torch.randn(2, attn.heads, 64, attn.to_k.out_features // attn.heads)
+    routing = LayoutRouting(torch.from_numpy(np.stack(two_regions())))
+    ctx = InjectionContext(subjects=subjects[:2], background=pipe.background_encoding(), routing=routing,
+                           subject_scales=[0.5, 1.5], clip_scale=0.8, cfg=True)  # fmt: skip
+    ctx.begin_forward((16, 16), batch=2)
+    gates = routing.gates(site, torch.zeros(1, 64, 1), (8, 8), ctx)
+    by_owner = site._image_attention_by_owner(query, gates, 1, ctx, attn.heads)
+    dense = site._image_attention_dense(query, gates, 1, ctx, attn.heads)
+    assert by_owner.shape == dense.shape and torch.allclose(by_owner, dense, rtol=1e-5, atol=1e-5)  # values ~10
+
+
+@torch.no_grad()
 def test_self_attention_locality_and_clean_background(pipe, subjects):
     block = transformer_blocks(pipe.unet)[3]
     attn, site = block.attn1, block.attn1.processor
