@@ -56,6 +56,13 @@ def _finish(attn: Attention, hidden: torch.Tensor, residual: torch.Tensor) -> to
     return hidden / attn.rescale_output_factor
 
 
+def _one_hot_shortcut(ctx: InjectionContext, query: torch.Tensor) -> bool:
+    """Whether to compute attention per owner slot rather than masked over all slots: one-hot
+    routes (every exclusive router at inference) on the CPU. Same values, less work; on CUDA the
+    gather by owner would synchronise the stream at every slot of every site."""
+    return ctx.routing.exclusive and query.device.type == "cpu" and not torch.is_grad_enabled()
+
+
 def _check_supported(attn: Attention, hidden_states: torch.Tensor) -> None:
     if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
         raise NotImplementedError("AnyStory injection supports the transformer attention of SDXL only")
@@ -276,7 +283,7 @@ class RoutedCrossAttnProcessor(nn.Module):
 
     def _image_attention(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
         """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5)."""
-        if ctx.routing.exclusive and query.device.type == "cpu" and not torch.is_grad_enabled():
+        if _one_hot_shortcut(ctx, query):
             return self._image_attention_by_owner(query, gates, first_cond, ctx, heads)
         return self._image_attention_dense(query, gates, first_cond, ctx, heads)
 
@@ -373,7 +380,6 @@ class ReferenceAttnProcessor(nn.Module):
         reference = ctx.reference_tokens(self.index, self)
         if routes is None or reference is None or attention_mask is not None:
             return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
-        ref_keys, ref_values, owner = reference  # [T', d], [T', d], [T'] (the subject of each token)
         first_cond = ctx.cond_rows(batch)
 
         query = _split_heads(attn.to_q(hidden_states), attn.heads)
@@ -384,23 +390,54 @@ class ReferenceAttnProcessor(nn.Module):
         parts = []
         if first_cond:
             parts.append(F.scaled_dot_product_attention(query[:first_cond], key[:first_cond], value[:first_cond]))
+        cond = (query[first_cond:], key[first_cond:], value[first_cond:])
+        if _one_hot_shortcut(ctx, query):
+            parts.append(self._reference_attention_by_owner(*cond, routes, reference, ctx, attn.heads))
+        else:
+            parts.append(self._reference_attention_dense(*cond, routes, reference, ctx, attn.heads))
+        out = _merge_heads(torch.cat(parts)).to(query.dtype)
+        return _finish(attn, out, hidden_states)
 
-        # Conditional rows: keys [K, K~_1..K~_N] (tokens inside each subject's mask) with bias
-        # gamma + log(strength_i) where the previous map routes the position to subject i, else -inf.
-        # Built in the query's dtype: the same values as casting at the end, half the memory.
-        cond = batch - first_cond
-        ref_k = _split_heads(ref_keys.to(key.dtype)[None].expand(cond, -1, -1), attn.heads)
-        ref_v = _split_heads(ref_values.to(value.dtype)[None].expand(cond, -1, -1), attn.heads)
+    def _reference_attention_dense(self, query, key, value, routes, reference, ctx, heads) -> torch.Tensor:
+        """Eq. 6-8, conditional rows: keys [K, K~_1..K~_N] (the tokens inside each subject's mask)
+        with bias gamma + log(strength_i) where the previous map routes the position to subject i,
+        else -inf. For any routes. The bias is built in the query's dtype: the same values as
+        casting at the end, half the memory."""
+        ref_keys, ref_values, owner = reference  # [T', d], [T', d], [T'] (the subject of each token)
+        cond, tokens = query.shape[0], query.shape[2]
+        ref_k = _split_heads(ref_keys.to(key.dtype)[None].expand(cond, -1, -1), heads)
+        ref_v = _split_heads(ref_values.to(value.dtype)[None].expand(cond, -1, -1), heads)
         visible = routes[:, :-1].bool().index_select(1, owner).transpose(1, 2)  # [Bc, hw, T']
         bias_per_token = ctx.reference_log_strength(query.device, query.dtype)[owner]  # log(0) = -inf: off
         bias = F.pad(torch.where(visible, bias_per_token, -math.inf), (tokens, 0))  # 0 on the latent's own keys
-        parts.append(
-            F.scaled_dot_product_attention(
-                query[first_cond:],
-                torch.cat([key[first_cond:], ref_k], dim=2),
-                torch.cat([value[first_cond:], ref_v], dim=2),
-                attn_mask=bias[:, None],
-            )
+        return F.scaled_dot_product_attention(
+            query, torch.cat([key, ref_k], dim=2), torch.cat([value, ref_v], dim=2), attn_mask=bias[:, None]
         )
-        out = _merge_heads(torch.cat(parts)).to(query.dtype)
-        return _finish(attn, out, hidden_states)
+
+    def _reference_attention_by_owner(self, query, key, value, routes, reference, ctx, heads) -> torch.Tensor:
+        """Eq. 6-8 for one-hot routes, conditional rows: the positions of subject i attend to [K, K~_i]
+        (bias gamma + log(strength_i) on K~_i), the others to K alone. The same softmax as the
+        masked form (every other key has bias -inf there) without the mask or the other subjects'
+        keys. CPU only, as the CLIP path's shortcut (the gather needs the counts on the host)."""
+        ref_keys, ref_values, owner_of_token = reference
+        log_strength = ctx.reference_log_strength(query.device, query.dtype)
+        ref_k = _split_heads(ref_keys.to(key.dtype)[None], heads)[0]  # [heads, T', d]
+        ref_v = _split_heads(ref_values.to(value.dtype)[None], heads)[0]
+        tokens = query.shape[2]
+        out = torch.empty_like(query)
+        for row in range(query.shape[0]):
+            owner = routes[row].argmax(dim=0)  # [hw]
+            for slot in range(ctx.num_slots):
+                where = (owner == slot).nonzero().flatten()
+                if not where.numel():
+                    continue
+                k, v, bias = key[row], value[row], None
+                mine = (owner_of_token == slot).nonzero().flatten() if slot < len(ctx.subjects) else None
+                if mine is not None and mine.numel() and torch.isfinite(log_strength[slot]):
+                    k = torch.cat([k, ref_k.index_select(1, mine)], dim=1)
+                    v = torch.cat([v, ref_v.index_select(1, mine)], dim=1)
+                    if log_strength[slot] != 0:
+                        bias = F.pad(log_strength[slot].expand(1, mine.numel()), (tokens, 0))
+                part = F.scaled_dot_product_attention(query[row].index_select(1, where), k, v, attn_mask=bias)
+                out[row].index_copy_(1, where, part.to(out.dtype))
+        return out
