@@ -208,6 +208,27 @@ class InjectionContext:
         attended to (its bias would be -inf everywhere), so it is left out rather than masked."""
         return self._constant(("reference_tokens", block), lambda: self._gather_reference(block, site))
 
+    def reference_tokens_by_subject(self, block: int, site: ReferenceAttnProcessor, heads: int, dtype):
+        """`reference_tokens` split by subject and into heads: per subject (K~_i, V~_i) as
+        [1, heads, T_i, d] in `dtype`, or None where it has no token inside its mask."""
+
+        def make():
+            reference = self.reference_tokens(block, site)
+            if reference is None:
+                return []
+            keys, values, owner = reference
+            split = []
+            for slot in range(len(self.subjects)):
+                mine = (owner == slot).nonzero().flatten()
+                if not mine.numel():
+                    split.append(None)
+                    continue
+                pick = (_split_heads(t.index_select(0, mine).to(dtype)[None], heads).contiguous() for t in (keys, values))
+                split.append(tuple(pick))
+            return split
+
+        return self._constant(("reference_by_subject", block, heads, dtype), make)
+
     def _gather_reference(self, block: int, site: ReferenceAttnProcessor):
         keys, values, owners = [], [], []
         for slot, subject in enumerate(self.subjects):
@@ -299,13 +320,15 @@ class RoutedCrossAttnProcessor(nn.Module):
         if first_cond:  # unconditional rows: the background slot everywhere
             owner = torch.cat([owner.new_full((first_cond, tokens), ctx.num_slots - 1), owner])
         owner = owner.flatten()
-        flat = query.transpose(0, 1).reshape(heads, batch * tokens, dim)  # rows x positions as one axis
+        # Rows x positions as one axis; SDPA stays 4-D ([1, heads, n, d]): 3-D inputs take the
+        # slow reference kernel on the CPU.
+        flat = query.transpose(0, 1).reshape(1, heads, batch * tokens, dim)
         out = torch.empty_like(flat)
         for slot in range(ctx.num_slots):
             where = (owner == slot).nonzero().flatten()
             if where.numel():
-                part = F.scaled_dot_product_attention(flat.index_select(1, where), slot_keys[slot], slot_values[slot])
-                out.index_copy_(1, where, part.to(flat.dtype) * scales[slot])
+                part = F.scaled_dot_product_attention(flat.index_select(2, where), slot_keys[slot : slot + 1], slot_values[slot : slot + 1])
+                out.index_copy_(2, where, part.to(flat.dtype) * scales[slot])
         return _merge_heads(out.view(heads, batch, tokens, dim).transpose(0, 1))
 
     def _image_attention_dense(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
@@ -419,25 +442,23 @@ class ReferenceAttnProcessor(nn.Module):
         (bias gamma + log(strength_i) on K~_i), the others to K alone. The same softmax as the
         masked form (every other key has bias -inf there) without the mask or the other subjects'
         keys. CPU only, as the CLIP path's shortcut (the gather needs the counts on the host)."""
-        ref_keys, ref_values, owner_of_token = reference
+        per_subject = ctx.reference_tokens_by_subject(self.index, self, heads, key.dtype)
         log_strength = ctx.reference_log_strength(query.device, query.dtype)
-        ref_k = _split_heads(ref_keys.to(key.dtype)[None], heads)[0]  # [heads, T', d]
-        ref_v = _split_heads(ref_values.to(value.dtype)[None], heads)[0]
         tokens = query.shape[2]
         out = torch.empty_like(query)
         for row in range(query.shape[0]):
             owner = routes[row].argmax(dim=0)  # [hw]
+            q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]  # 4-D: the fast SDPA kernel
             for slot in range(ctx.num_slots):
                 where = (owner == slot).nonzero().flatten()
                 if not where.numel():
                     continue
-                k, v, bias = key[row], value[row], None
-                mine = (owner_of_token == slot).nonzero().flatten() if slot < len(ctx.subjects) else None
-                if mine is not None and mine.numel() and torch.isfinite(log_strength[slot]):
-                    k = torch.cat([k, ref_k.index_select(1, mine)], dim=1)
-                    v = torch.cat([v, ref_v.index_select(1, mine)], dim=1)
+                slot_k, slot_v, bias = k, v, None
+                reference = per_subject[slot] if slot < len(per_subject) else None
+                if reference is not None and torch.isfinite(log_strength[slot]):
+                    slot_k, slot_v = torch.cat([k, reference[0]], dim=2), torch.cat([v, reference[1]], dim=2)
                     if log_strength[slot] != 0:
-                        bias = F.pad(log_strength[slot].expand(1, mine.numel()), (tokens, 0))
-                part = F.scaled_dot_product_attention(query[row].index_select(1, where), k, v, attn_mask=bias)
-                out[row].index_copy_(1, where, part.to(out.dtype))
+                        bias = F.pad(log_strength[slot].expand(1, reference[0].shape[2]), (tokens, 0))
+                part = F.scaled_dot_product_attention(q.index_select(2, where), slot_k, slot_v, attn_mask=bias)
+                out[row : row + 1].index_copy_(2, where, part.to(out.dtype))
         return out

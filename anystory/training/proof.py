@@ -53,13 +53,13 @@ class ProofConfig:
     identities: tuple[int, int] = (0, 16)  # the identity pool of training and held-out scenes
     unseen_identities: tuple[int, int] = (16, 24)  # an extra held-out set of identities never trained on
     vae_steps: int = 2400
-    unet_steps: int = 3000
+    unet_steps: int = 6000
     stage1_steps: int = 300
     stage1_lr: float = 5e-4
     stage1_eval_scenes: int = 24  # stage-1 loss before/after: these held-out scenes x 5 timesteps, fixed noise
     stage2_max_steps: int = 4000  # cosine schedule over these; the CPU budget stops earlier on a slower machine
     stage2_cpu_minutes: float = 15.0
-    stage2_lr: float = 1e-3
+    stage2_lr: float = 1.5e-3
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
     target_iou: float = 0.8
     seed: int = 0
