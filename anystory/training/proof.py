@@ -60,6 +60,8 @@ class ProofConfig:
     stage2_max_steps: int = 4000  # cosine schedule over these; the CPU budget stops earlier on a slower machine
     stage2_cpu_minutes: float = 15.0
     stage2_lr: float = 1.5e-3
+    routing_weight: float = 0.1  # lambda of L_route (the paper's)
+    stage2_timesteps: tuple[int, int] = (0, 1000)  # training timesteps of stage 2, uniform in [start, stop)
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
     target_iou: float = 0.8
     seed: int = 0
@@ -90,9 +92,18 @@ def _train_config(out: Path, base: Path, data: Path, stage: int, **extra):
     return load_config(None, stage, values)
 
 
-def run(config: ProofConfig, out: Path) -> dict:
+def run(config: ProofConfig, out: Path, reuse: Path | None = None) -> dict:
+    """The whole proof in `out`. `reuse`: the OUT of an earlier run with the same data settings,
+    whose scenes and fitted base are used as they are (stages 1 and 2 run again)."""
     clock = Clock()
     data, base = out / "data", out / "tiny-sdxl"
+    if reuse is not None:
+        earlier = json.loads((reuse / "proof.json").read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(reuse / "data", data)
+        shutil.copytree(reuse / "tiny-sdxl", base)
+        clock.phases.update({k: v for k, v in earlier["phases"].items() if k.startswith(("data", "base"))})
+        vae, unet = earlier["base"], {}
 
     def make_data():
         common = dict(size=config.size, reference_size=config.reference_size, scale=config.scale, shapes=config.shapes)
@@ -104,10 +115,11 @@ def run(config: ProofConfig, out: Path) -> dict:
                                                   identities=config.unseen_identities, **common))  # fmt: skip
         write_tiny_sdxl(base, seed=config.seed)
 
-    clock.run("data + tiny SDXL", make_data)
-    images, captions = load_images([data / "stage1", data / "stage2"])
-    vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
-    unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed)
+    if reuse is None:
+        clock.run("data + tiny SDXL", make_data)
+        images, captions = load_images([data / "stage1", data / "stage2"])
+        vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
+        unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed)
 
     stage1 = Trainer(_train_config(out / "stage1", base, data / "stage1", 1, resolution=config.size,
                                    max_steps=config.stage1_steps, learning_rate=config.stage1_lr, seed=config.seed))  # fmt: skip
@@ -125,7 +137,8 @@ def run(config: ProofConfig, out: Path) -> dict:
 
     trainer = Trainer(_train_config(out / "stage2", base, data / "stage2", 2, init=str(stage1_checkpoint), resolution=config.size,
                                     max_steps=config.stage2_max_steps, learning_rate=config.stage2_lr, lr_scheduler="cosine",
-                                    seed=config.seed, augment={"enabled": False}))  # fmt: skip
+                                    seed=config.seed, augment={"enabled": False}, routing_weight=config.routing_weight,
+                                    timesteps=list(config.stage2_timesteps)))  # fmt: skip
     sets = {name: ManifestDataset(data / name, trainer.pipe.feature_extractor, config.size, trainer.pipe.anystory_config.reference_size)
             for name in ("heldout", "unseen")}  # fmt: skip
     before = {name: clock.run(f"routing IoU before ({name})", routing_iou, trainer.pipe, d, config.timesteps, config.seed)
@@ -147,6 +160,7 @@ def run(config: ProofConfig, out: Path) -> dict:
     passed = all(after["heldout"].map_iou[t] >= config.target_iou for t in config.timesteps) and loss_after < loss_before
     report = {
         "config": asdict(config),
+        "reused_base_and_data_from": str(reuse) if reuse else None,
         "threads": torch.get_num_threads(),
         "phases": clock.phases,
         "base": {**vae, **unet},
@@ -171,7 +185,8 @@ def summary(report: dict) -> str:
         f"{report['stage1']['heldout_loss_after']:.4f}; training log, first -> last tenth "
         f"{report['stage1']['log_loss_first_tenth']:.4f} -> {report['stage1']['log_loss_last_tenth']:.4f}",
         f"stage 2: {report['stage2']['steps']} steps in {report['stage2']['cpu_s'] / 60:.1f} CPU minutes "
-        f"(budget {config['stage2_cpu_minutes']})",
+        f"(budget {config['stage2_cpu_minutes']}), lambda {config['routing_weight']}, training t in "
+        f"[{config['stage2_timesteps'][0]}, {config['stage2_timesteps'][1]})",
         "",
         "| t | map IoU before | map IoU after | site IoU before | site IoU after | latent-grid IoU after (ceiling) |",
         "|---|---|---|---|---|---|",
@@ -196,12 +211,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time ~ wall time)")
     parser.add_argument("--stage2-cpu-minutes", type=float, default=ProofConfig.stage2_cpu_minutes)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--routing-weight", type=float, default=ProofConfig.routing_weight)
+    parser.add_argument("--stage2-timesteps", type=int, nargs=2, default=ProofConfig.stage2_timesteps)
+    parser.add_argument("--reuse", help="the --out of an earlier run: reuse its scenes and fitted base")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, seed=args.seed)
+    config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, seed=args.seed, routing_weight=args.routing_weight,
+                         stage2_timesteps=tuple(args.stage2_timesteps))  # fmt: skip
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-proof-"))
     try:
-        report = run(config, out)
+        report = run(config, out, Path(args.reuse) if args.reuse else None)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
