@@ -56,13 +56,6 @@ def _finish(attn: Attention, hidden: torch.Tensor, residual: torch.Tensor) -> to
     return hidden / attn.rescale_output_factor
 
 
-def _one_hot_shortcut(ctx: InjectionContext, query: torch.Tensor) -> bool:
-    """Whether to compute attention per owner slot rather than masked over all slots: one-hot
-    routes (every exclusive router at inference) on the CPU. Same values, less work; on CUDA the
-    gather by owner would synchronise the stream at every slot of every site."""
-    return ctx.routing.exclusive and query.device.type == "cpu" and not torch.is_grad_enabled()
-
-
 def _check_supported(attn: Attention, hidden_states: torch.Tensor) -> None:
     if hidden_states.ndim != 3 or attn.spatial_norm is not None or attn.group_norm is not None:
         raise NotImplementedError("AnyStory injection supports the transformer attention of SDXL only")
@@ -208,27 +201,6 @@ class InjectionContext:
         attended to (its bias would be -inf everywhere), so it is left out rather than masked."""
         return self._constant(("reference_tokens", block), lambda: self._gather_reference(block, site))
 
-    def reference_tokens_by_subject(self, block: int, site: ReferenceAttnProcessor, heads: int, dtype):
-        """`reference_tokens` split by subject and into heads: per subject (K~_i, V~_i) as
-        [1, heads, T_i, d] in `dtype`, or None where it has no token inside its mask."""
-
-        def make():
-            reference = self.reference_tokens(block, site)
-            if reference is None:
-                return []
-            keys, values, owner = reference
-            split = []
-            for slot in range(len(self.subjects)):
-                mine = (owner == slot).nonzero().flatten()
-                if not mine.numel():
-                    split.append(None)
-                    continue
-                pick = (_split_heads(t.index_select(0, mine).to(dtype)[None], heads).contiguous() for t in (keys, values))
-                split.append(tuple(pick))
-            return split
-
-        return self._constant(("reference_by_subject", block, heads, dtype), make)
-
     def _gather_reference(self, block: int, site: ReferenceAttnProcessor):
         keys, values, owners = [], [], []
         for slot, subject in enumerate(self.subjects):
@@ -303,36 +275,7 @@ class RoutedCrossAttnProcessor(nn.Module):
         return _finish(attn, out, hidden_states)
 
     def _image_attention(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
-        """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5)."""
-        if _one_hot_shortcut(ctx, query):
-            return self._image_attention_by_owner(query, gates, first_cond, ctx, heads)
-        return self._image_attention_dense(query, gates, first_cond, ctx, heads)
-
-    def _image_attention_by_owner(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
-        """Eq. 5 when the gates are one-hot: each position attends to its own slot's tokens only
-        (1/S of the dense work, no gated sum). The positions of a slot are gathered, which needs
-        their count on the host: cheap on the CPU, a stream synchronisation per slot on CUDA,
-        where the dense form is used instead."""
-        batch, _, tokens, dim = query.shape
-        slot_keys, slot_values = ctx.clip_kv(self, heads)  # [S, heads, T, d]
-        scales = ctx.slot_scales(query.device, query.dtype)
-        owner = gates.argmax(dim=1)  # [Bc, hw]
-        if first_cond:  # unconditional rows: the background slot everywhere
-            owner = torch.cat([owner.new_full((first_cond, tokens), ctx.num_slots - 1), owner])
-        owner = owner.flatten()
-        # Rows x positions as one axis; SDPA stays 4-D ([1, heads, n, d]): 3-D inputs take the
-        # slow reference kernel on the CPU.
-        flat = query.transpose(0, 1).reshape(1, heads, batch * tokens, dim)
-        out = torch.empty_like(flat)
-        for slot in range(ctx.num_slots):
-            where = (owner == slot).nonzero().flatten()
-            if where.numel():
-                part = F.scaled_dot_product_attention(flat.index_select(2, where), slot_keys[slot : slot + 1], slot_values[slot : slot + 1])
-                out.index_copy_(2, where, part.to(flat.dtype) * scales[slot])
-        return _merge_heads(out.view(heads, batch, tokens, dim).transpose(0, 1))
-
-    def _image_attention_dense(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
-        """Eq. 5 for any gates (soft, straight-through or overlapping), all slots at every position.
+        """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5).
 
         The unconditional rows see the background slot everywhere. The conditional rows attend to
         every slot in one call (the slots as a batch); the gated sum then goes slot by slot.
@@ -403,6 +346,7 @@ class ReferenceAttnProcessor(nn.Module):
         reference = ctx.reference_tokens(self.index, self)
         if routes is None or reference is None or attention_mask is not None:
             return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        ref_keys, ref_values, owner = reference  # [T', d], [T', d], [T'] (the subject of each token)
         first_cond = ctx.cond_rows(batch)
 
         query = _split_heads(attn.to_q(hidden_states), attn.heads)
@@ -413,52 +357,23 @@ class ReferenceAttnProcessor(nn.Module):
         parts = []
         if first_cond:
             parts.append(F.scaled_dot_product_attention(query[:first_cond], key[:first_cond], value[:first_cond]))
-        cond = (query[first_cond:], key[first_cond:], value[first_cond:])
-        if _one_hot_shortcut(ctx, query):
-            parts.append(self._reference_attention_by_owner(*cond, routes, reference, ctx, attn.heads))
-        else:
-            parts.append(self._reference_attention_dense(*cond, routes, reference, ctx, attn.heads))
-        out = _merge_heads(torch.cat(parts)).to(query.dtype)
-        return _finish(attn, out, hidden_states)
 
-    def _reference_attention_dense(self, query, key, value, routes, reference, ctx, heads) -> torch.Tensor:
-        """Eq. 6-8, conditional rows: keys [K, K~_1..K~_N] (the tokens inside each subject's mask)
-        with bias gamma + log(strength_i) where the previous map routes the position to subject i,
-        else -inf. For any routes. The bias is built in the query's dtype: the same values as
-        casting at the end, half the memory."""
-        ref_keys, ref_values, owner = reference  # [T', d], [T', d], [T'] (the subject of each token)
-        cond, tokens = query.shape[0], query.shape[2]
-        ref_k = _split_heads(ref_keys.to(key.dtype)[None].expand(cond, -1, -1), heads)
-        ref_v = _split_heads(ref_values.to(value.dtype)[None].expand(cond, -1, -1), heads)
+        # Conditional rows: keys [K, K~_1..K~_N] (tokens inside each subject's mask) with bias
+        # gamma + log(strength_i) where the previous map routes the position to subject i, else -inf.
+        # Built in the query's dtype: the same values as casting at the end, half the memory.
+        cond = batch - first_cond
+        ref_k = _split_heads(ref_keys.to(key.dtype)[None].expand(cond, -1, -1), attn.heads)
+        ref_v = _split_heads(ref_values.to(value.dtype)[None].expand(cond, -1, -1), attn.heads)
         visible = routes[:, :-1].bool().index_select(1, owner).transpose(1, 2)  # [Bc, hw, T']
         bias_per_token = ctx.reference_log_strength(query.device, query.dtype)[owner]  # log(0) = -inf: off
         bias = F.pad(torch.where(visible, bias_per_token, -math.inf), (tokens, 0))  # 0 on the latent's own keys
-        return F.scaled_dot_product_attention(
-            query, torch.cat([key, ref_k], dim=2), torch.cat([value, ref_v], dim=2), attn_mask=bias[:, None]
+        parts.append(
+            F.scaled_dot_product_attention(
+                query[first_cond:],
+                torch.cat([key[first_cond:], ref_k], dim=2),
+                torch.cat([value[first_cond:], ref_v], dim=2),
+                attn_mask=bias[:, None],
+            )
         )
-
-    def _reference_attention_by_owner(self, query, key, value, routes, reference, ctx, heads) -> torch.Tensor:
-        """Eq. 6-8 for one-hot routes, conditional rows: the positions of subject i attend to [K, K~_i]
-        (bias gamma + log(strength_i) on K~_i), the others to K alone. The same softmax as the
-        masked form (every other key has bias -inf there) without the mask or the other subjects'
-        keys. CPU only, as the CLIP path's shortcut (the gather needs the counts on the host)."""
-        per_subject = ctx.reference_tokens_by_subject(self.index, self, heads, key.dtype)
-        log_strength = ctx.reference_log_strength(query.device, query.dtype)
-        tokens = query.shape[2]
-        out = torch.empty_like(query)
-        for row in range(query.shape[0]):
-            owner = routes[row].argmax(dim=0)  # [hw]
-            q, k, v = query[row : row + 1], key[row : row + 1], value[row : row + 1]  # 4-D: the fast SDPA kernel
-            for slot in range(ctx.num_slots):
-                where = (owner == slot).nonzero().flatten()
-                if not where.numel():
-                    continue
-                slot_k, slot_v, bias = k, v, None
-                reference = per_subject[slot] if slot < len(per_subject) else None
-                if reference is not None and torch.isfinite(log_strength[slot]):
-                    slot_k, slot_v = torch.cat([k, reference[0]], dim=2), torch.cat([v, reference[1]], dim=2)
-                    if log_strength[slot] != 0:
-                        bias = F.pad(log_strength[slot].expand(1, reference[0].shape[2]), (tokens, 0))
-                part = F.scaled_dot_product_attention(q.index_select(2, where), slot_k, slot_v, attn_mask=bias)
-                out[row : row + 1].index_copy_(2, where, part.to(out.dtype))
-        return out
+        out = _merge_heads(torch.cat(parts)).to(query.dtype)
+        return _finish(attn, out, hidden_states)
