@@ -213,11 +213,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routing-weight", type=float, default=ProofConfig.routing_weight)
     parser.add_argument("--stage2-timesteps", type=int, nargs=2, default=ProofConfig.stage2_timesteps)
+    parser.add_argument("--unet-steps", type=int, default=ProofConfig.unet_steps, help="steps of the base UNet fit")
     parser.add_argument("--reuse", help="the --out of an earlier run: reuse its scenes and fitted base")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, seed=args.seed, routing_weight=args.routing_weight,
-                         stage2_timesteps=tuple(args.stage2_timesteps))  # fmt: skip
+                         stage2_timesteps=tuple(args.stage2_timesteps), unet_steps=args.unet_steps)  # fmt: skip
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-proof-"))
     try:
         report = run(config, out, Path(args.reuse) if args.reuse else None)
