@@ -68,12 +68,24 @@ class Studio:
         self.keep_route_record = keep_route_record
         self.panel_defaults = dict(PREVIEW_PANEL if preview else REAL_PANEL, router=pipeline.default_router)
         self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
-        self.notes: list[str] = []  # messages for the user from the last operation
+        self._local = threading.local()  # per thread: `notes`
         self._encodings: dict[int, tuple[str, str, object]] = {}  # id -> (updated, encoder_id, encoding)
         self._gpu = threading.RLock()  # one model call (encode or generate) at a time
         self._state = threading.Lock()
         self._busy: set[int] = set()  # characters used by the running generation
         self.exports_dir = self.data_dir / "exports"
+
+    @property
+    def notes(self) -> list[str]:
+        """Messages for the user from the last operation of the calling thread. Per thread, as the
+        app serves each browser request in a worker thread: one writer never reads another's notes."""
+        if not hasattr(self._local, "notes"):
+            self._local.notes = []
+        return self._local.notes
+
+    @notes.setter
+    def notes(self, value: list[str]) -> None:
+        self._local.notes = list(value)
 
     @classmethod
     def open(

@@ -115,6 +115,18 @@ def test_masks(studio):
     assert preview.size == synthetic_subject(2).size
 
 
+def test_notes_belong_to_the_thread_that_made_them(studio):
+    """Each browser request runs in its own worker thread: one writer's notes never reach another."""
+    picture = synthetic_subject(1, alpha=False)
+    studio.add_character("Ada", "", png(picture), mask=png(Image.new("L", picture.size, 255)))
+    assert "whole picture" in studio.notes[0]
+    seen = []
+    other = threading.Thread(target=lambda: seen.append(list(studio.notes)))
+    other.start()
+    other.join()
+    assert seen == [[]] and "whole picture" in studio.notes[0]
+
+
 def test_names(studio):
     cast(studio)
     with pytest.raises(ValueError, match="Mia"):
