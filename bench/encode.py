@@ -35,6 +35,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.full_sdxl import (  # noqa: E402
+    add_machine_arguments,
+    machine_from,
     Timer,
     load_average,
     load_full_anystory,
@@ -211,20 +213,14 @@ def story_passes(pipe, images, args, device) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default=None, help="default: fp16 on CUDA, bf16 on CPU")
+    add_machine_arguments(parser)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--image-layers", type=int, default=32, help="CLIP vision encoder depth (32 = ViT-H/14)")
     parser.add_argument("--panel-size", type=int, default=None, help="story panels: default 1024 on CUDA, 256 on CPU")
     parser.add_argument("--panel-steps", type=int, default=None, help="story panels: default 25 on CUDA, 1 on CPU")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--model-dir", default=None, help="keep/reuse the written full-size folder here")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, dtype = machine_from(args)
     cuda = device.type == "cuda"
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype or ("fp16" if cuda else "bf16")]
     args.panel_size = args.panel_size or (1024 if cuda else 256)
     args.panel_steps = args.panel_steps or (25 if cuda else 1)
     started = datetime.datetime.now().isoformat(timespec="minutes")

@@ -170,6 +170,22 @@ def write_full_sdxl(folder: str | os.PathLike, image_layers: int = 32, dtype: to
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
+def add_machine_arguments(parser) -> None:
+    """--device, --dtype, --threads, --model-dir: the options every full-size benchmark takes."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on CUDA, bf16 on CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--model-dir", default=None, help="keep/reuse the written full-size folder here")
+
+
+def machine_from(args) -> tuple[torch.device, torch.dtype]:
+    """Apply --threads; the device and dtype (fp16 on CUDA, bf16 on CPU unless --dtype)."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    return device, DTYPES[args.dtype or ("fp16" if device.type == "cuda" else "bf16")]
+
+
 def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device, reference_size: int = 512):
     """`AnyStoryPipeline.from_pretrained(folder, adapter="init")` at the paper's sizes."""
     from anystory import AnyStoryPipeline

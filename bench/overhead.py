@@ -40,7 +40,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anystory.tiny import synthetic_subject  # noqa: E402
 from bench.full_sdxl import (  # noqa: E402
-    DTYPES,
+    add_machine_arguments,
+    machine_from,
     Timer,
     load_average,
     load_full_anystory,
@@ -275,8 +276,7 @@ def offload_rows(pipe, images, args, device) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", choices=list(DTYPES), default=None, help="default: fp16 on CUDA, bf16 on CPU")
+    add_machine_arguments(parser)
     parser.add_argument("--size", type=int, default=None, help="default: 1024 on CUDA, 256 on CPU")
     parser.add_argument("--steps", type=int, default=None, help="default: 25 on CUDA, 4 on CPU")
     parser.add_argument("--repeats", type=int, default=5)
@@ -286,14 +286,9 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="CUDA: also measure with regional torch.compile")
     parser.add_argument("--offload", action="store_true", help="CUDA: also measure with enable_model_cpu_offload()")
     parser.add_argument("--profile", action="store_true")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
-    parser.add_argument("--model-dir", default=None, help="keep/reuse the written full-size folder here")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device, dtype = machine_from(args)
     cuda = device.type == "cuda"
-    dtype = DTYPES[args.dtype or ("fp16" if cuda else "bf16")]
     args.size = args.size or (1024 if cuda else 256)
     args.steps = args.steps or (25 if cuda else 4)
     started = datetime.datetime.now().isoformat(timespec="minutes")
