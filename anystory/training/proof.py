@@ -54,6 +54,9 @@ class ProofConfig:
     unseen_identities: tuple[int, int] = (16, 24)  # an extra held-out set of identities never trained on
     vae_steps: int = 2400
     unet_steps: int = 6000
+    unet_crop: int = 64  # base UNet fit: side of the random crops (px) and crops per step
+    unet_batch: int = 8
+    unet_max_noise_weight: float = 1.0  # > 1: the base UNet's loss weighted towards high noise (tiny_base.fit_unet)
     stage1_steps: int = 300
     stage1_lr: float = 5e-4
     stage1_eval_scenes: int = 24  # stage-1 loss before/after: these held-out scenes x 5 timesteps, fixed noise
@@ -92,9 +95,10 @@ def _train_config(out: Path, base: Path, data: Path, stage: int, **extra):
     return load_config(None, stage, values)
 
 
-def run(config: ProofConfig, out: Path, reuse: Path | None = None) -> dict:
+def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: bool = False) -> dict:
     """The whole proof in `out`. `reuse`: the OUT of an earlier run with the same data settings,
-    whose scenes and fitted base are used as they are (stages 1 and 2 run again)."""
+    whose scenes and fitted base are used as they are (stages 1 and 2 run again); with
+    `refit_unet`, only its scenes and VAE: the UNet is fitted again from the random one."""
     clock = Clock()
     data, base = out / "data", out / "tiny-sdxl"
     if reuse is not None:
@@ -102,8 +106,15 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None) -> dict:
         out.mkdir(parents=True, exist_ok=True)
         shutil.copytree(reuse / "data", data)
         shutil.copytree(reuse / "tiny-sdxl", base)
-        clock.phases.update({k: v for k, v in earlier["phases"].items() if k.startswith(("data", "base"))})
+        kept = ("data", "base: VAE") if refit_unet else ("data", "base")
+        clock.phases.update({k: v for k, v in earlier["phases"].items() if k.startswith(kept)})
         vae, unet = earlier["base"], {}
+        if refit_unet:
+            vae = {k: v for k, v in vae.items() if not k.startswith("denoising")}
+            with tempfile.TemporaryDirectory() as fresh:
+                write_tiny_sdxl(fresh, seed=config.seed)
+                shutil.rmtree(base / "unet")
+                shutil.copytree(Path(fresh) / "unet", base / "unet")
 
     def make_data():
         common = dict(size=config.size, reference_size=config.reference_size, scale=config.scale, shapes=config.shapes)
@@ -117,9 +128,13 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None) -> dict:
 
     if reuse is None:
         clock.run("data + tiny SDXL", make_data)
+    if reuse is None or refit_unet:
         images, captions = load_images([data / "stage1", data / "stage2"])
+    if reuse is None:
         vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
-        unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed)
+    if reuse is None or refit_unet:
+        unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed,
+                         crop=config.unet_crop, batch=config.unet_batch, max_noise_weight=config.unet_max_noise_weight)  # fmt: skip
 
     stage1 = Trainer(_train_config(out / "stage1", base, data / "stage1", 1, resolution=config.size,
                                    max_steps=config.stage1_steps, learning_rate=config.stage1_lr, seed=config.seed))  # fmt: skip
@@ -161,6 +176,7 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None) -> dict:
     report = {
         "config": asdict(config),
         "reused_base_and_data_from": str(reuse) if reuse else None,
+        "refit_unet": refit_unet,
         "threads": torch.get_num_threads(),
         "phases": clock.phases,
         "base": {**vae, **unet},
@@ -214,14 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routing-weight", type=float, default=ProofConfig.routing_weight)
     parser.add_argument("--stage2-timesteps", type=int, nargs=2, default=ProofConfig.stage2_timesteps)
     parser.add_argument("--unet-steps", type=int, default=ProofConfig.unet_steps, help="steps of the base UNet fit")
+    parser.add_argument("--unet-crop", type=int, default=ProofConfig.unet_crop, help="base UNet fit: crop side in px")
+    parser.add_argument("--unet-batch", type=int, default=ProofConfig.unet_batch, help="base UNet fit: crops per step")
+    parser.add_argument("--unet-max-noise-weight", type=float, default=ProofConfig.unet_max_noise_weight,
+                        help="base UNet fit: cap of the high-noise loss weight clamp(1/SNR, 1, cap); 1 = plain epsilon loss")
     parser.add_argument("--reuse", help="the --out of an earlier run: reuse its scenes and fitted base")
+    parser.add_argument("--refit-unet", action="store_true", help="with --reuse: keep its scenes and VAE, fit the UNet again")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, seed=args.seed, routing_weight=args.routing_weight,
-                         stage2_timesteps=tuple(args.stage2_timesteps), unet_steps=args.unet_steps)  # fmt: skip
+                         stage2_timesteps=tuple(args.stage2_timesteps), unet_steps=args.unet_steps, unet_crop=args.unet_crop,
+                         unet_batch=args.unet_batch, unet_max_noise_weight=args.unet_max_noise_weight)  # fmt: skip
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-proof-"))
     try:
-        report = run(config, out, Path(args.reuse) if args.reuse else None)
+        if args.refit_unet and not args.reuse:
+            parser.error("--refit-unet needs --reuse")
+        report = run(config, out, Path(args.reuse) if args.reuse else None, args.refit_unet)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)

@@ -65,8 +65,14 @@ def fit_vae(folder: str | Path, images: torch.Tensor, steps: int, batch: int = 8
 
 
 def fit_unet(folder: str | Path, images: torch.Tensor, captions: list[str], steps: int, batch: int = 8, crop: int = 64,
-             lr: float = 1e-3, seed: int = 0) -> dict:  # fmt: skip
-    """Train the UNet of `folder` to predict the noise on random crops of the images' latents."""
+             lr: float = 1e-3, seed: int = 0, max_noise_weight: float = 1.0) -> dict:  # fmt: skip
+    """Train the UNet of `folder` to predict the noise on random crops of the images' latents.
+
+    `max_noise_weight` > 1 weights each sample's epsilon loss by clamp(1 / SNR(t), 1, max_noise_weight):
+    the plain epsilon loss scales an error in the image estimate by SNR(t), so at high noise a
+    small UNet learns little about the image (what a router reads there); up to the cap, this is
+    the image-estimate (x0) loss instead.
+    """
     pipe = StableDiffusionXLPipeline.from_pretrained(folder)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
@@ -79,6 +85,7 @@ def fit_unet(folder: str | Path, images: torch.Tensor, captions: list[str], step
     side = images.shape[-1]
     time_ids = torch.tensor([[side, side, 0, 0, side, side]], dtype=torch.float32).expand(batch, -1)
     unet = pipe.unet
+    snr = scheduler.alphas_cumprod / (1 - scheduler.alphas_cumprod)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(unet.parameters(), lr, weight_decay=1e-2)
     losses = []
@@ -88,11 +95,13 @@ def fit_unet(folder: str | Path, images: torch.Tensor, captions: list[str], step
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=generator)
         added = {"text_embeds": pooled[index], "time_ids": time_ids}
         prediction = unet(scheduler.add_noise(clean, noise, timesteps), timesteps, encoder_hidden_states=text[index], added_cond_kwargs=added).sample
-        loss = F.mse_loss(prediction, noise)
+        per_sample = (prediction - noise).pow(2).mean(dim=(1, 2, 3))
+        weight = (1 / snr[timesteps]).clamp(1.0, max_noise_weight) if max_noise_weight > 1 else torch.ones_like(per_sample)
+        loss = (weight * per_sample).mean()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        losses.append(loss.item())
+        losses.append(per_sample.mean().item())
     unet.save_pretrained(Path(folder) / "unet")
     tenth = max(1, steps // 10)
     return {"denoising_loss_start": float(np.mean(losses[:tenth])), "denoising_loss_end": float(np.mean(losses[-tenth:]))}
