@@ -373,6 +373,15 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         """Write the AnyStory parts as a checkpoint folder (config.json + anystory.safetensors)."""
         return save_adapter(self, folder)
 
+    def encoder_modules(self) -> list[torch.nn.Module]:
+        """What only encoding uses: the CLIP image encoder, the QFormers, the ReferenceNet and the
+        reference projections W~ of every block (generation reads the K/V they made, stored in
+        each SubjectEncoding; an encoding made with `cache_reference_kv=False` projects at every
+        step and then needs W~ too, on whatever device it is)."""
+        modules = [m for m in (self.image_encoder, self.subject_encoder, self.reference_net) if m is not None]
+        self_attn, _ = self.anystory_processors()
+        return modules + [p for p in self_attn if isinstance(p, ReferenceAttnProcessor) and p.owns_reference_kv]
+
     @contextmanager
     def _encoders_ready(self):
         """Encoders on the execution device while encoding; on CUDA, back to CPU afterwards
@@ -382,7 +391,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         from accelerate.hooks import CpuOffload
 
         device = self._execution_device
-        modules = [m for m in (self.image_encoder, self.subject_encoder, self.reference_net) if m is not None]
+        modules = self.encoder_modules()
         movable = [m for m in modules if getattr(m, "_hf_hook", None) is None]
         offloaded = [m for m in modules if isinstance(getattr(m, "_hf_hook", None), CpuOffload)]
         for module in movable:

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from anystory.tiny import synthetic_subject  # noqa: E402
 from bench.full_sdxl import add_machine_arguments, load_full_anystory, machine_from, plain_twin, write_full_sdxl  # noqa: E402
-from bench.overhead import PROMPT, TARGET_MEMORY_GB, anystory_weight_mb, encoding_mb  # noqa: E402
+from bench.overhead import PROMPT, TARGET_MEMORY_GB, encoding_mb  # noqa: E402
 
 GIB = 2**30
 # SDXL's two text encoders (CLIP ViT-L/14 text 123,060,480 + OpenCLIP bigG text 694,659,840
@@ -45,9 +45,10 @@ SDXL_TEXT_ENCODER_PARAMS = 123_060_480 + 694_659_840
 CARD_GB = 12  # the offload target: the whole app at 1024x1024 on a 12 GB card
 
 
-def allocation_peak_cpu(run) -> tuple[int, object]:
+def allocation_peak_cpu(run) -> tuple[int, int | None, object]:
     """Bytes: the peak of CPU tensor memory alive during `run()` over what was alive at its start,
-    from the profiler's allocation records; and run's result."""
+    from the profiler's allocation records; None (what was alive before is not recorded); and
+    run's result."""
     from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
@@ -64,10 +65,12 @@ def allocation_peak_cpu(run) -> tuple[int, object]:
     for _, size in records:  # frees are negative sizes
         live += size
         peak = max(peak, live)
-    return peak, result
+    return peak, None, result
 
 
-def allocation_peak_cuda(run) -> tuple[int, object]:
+def allocation_peak_cuda(run) -> tuple[int, int, object]:
+    """Bytes: the CUDA allocator's peak during `run()` over what was allocated at its start; that
+    start; and run's result."""
     gc.collect()
     torch.cuda.empty_cache()
     torch.cuda.synchronize()
@@ -75,7 +78,7 @@ def allocation_peak_cuda(run) -> tuple[int, object]:
     torch.cuda.reset_peak_memory_stats()
     result = run()
     torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() - start, result
+    return torch.cuda.max_memory_allocated() - start, start, result
 
 
 def module_bytes(*modules) -> int:
@@ -104,8 +107,14 @@ def main() -> None:
     subjects = [pipe.encode_subject(image) for image in images]  # encoders released after (to CPU on CUDA)
     background = pipe.background_encoding()
 
-    anystory_gb = anystory_weight_mb(pipe, device) / 1024
-    unet_gb = module_bytes(pipe.unet) / GIB - anystory_gb  # the UNet as plain SDXL has it
+    # The AnyStory parts inside the UNet: W~ leaves the GPU with the encoders after encoding
+    # (pipe.encoder_modules()); W' and the routers stay for generation. Under model CPU offload the
+    # UNet's hook brings all of them, W~ included.
+    self_attn, cross_attn = pipe.anystory_processors()
+    encode_side = [m for m in pipe.encoder_modules() if any(m is p for p in self_attn)]
+    w_tilde_gb = module_bytes(*encode_side) / GIB
+    anystory_gb = module_bytes(*self_attn, *cross_attn) / GIB - w_tilde_gb
+    unet_gb = (module_bytes(pipe.unet) - module_bytes(*self_attn, *cross_attn)) / GIB  # as plain SDXL has it
     vae_gb = module_bytes(pipe.vae) / GIB
     text_gb = SDXL_TEXT_ENCODER_PARAMS * torch.finfo(dtype).bits / 8 / GIB
     encodings_gb = [sum(encoding_mb(s) for s in subjects[:n]) / 1024 + encoding_mb(background) / 1024 for n in range(4)]
@@ -115,7 +124,7 @@ def main() -> None:
     print(f"## bench/memory.py, {started}\n")
     print(f"machine: {machine}")
     print(f"full SDXL UNet + VAE, {str(dtype).split('.')[-1]}, {args.size}x{args.size}, {steps} steps, CFG 5.0")
-    print(f"weights (GB): UNet {unet_gb:.2f}, AnyStory parts inside it (W~, W', 70 routers) {anystory_gb:.2f}, "
+    print(f"weights (GB): UNet {unet_gb:.2f}, AnyStory parts inside it at generation (W', 70 routers) {anystory_gb:.2f} + W~ {w_tilde_gb:.2f} (leaves the GPU with the encoders), "
           f"VAE {vae_gb:.2f}, text encoders (SDXL's sizes) {text_gb:.2f}; one encoding {encoding_mb(subjects[0]):.0f} MB")  # fmt: skip
     if not cuda:
         print("peaks: the CPU allocator's (profiler allocation records); GPU estimate = resident + peak")
@@ -134,17 +143,21 @@ def main() -> None:
     summary = {}
     for label, n, run in rows:
         gc.collect()
-        peak, output = peak_of(lambda: run(torch.Generator("cpu").manual_seed(0)))
+        peak, start, output = peak_of(lambda: run(torch.Generator("cpu").manual_seed(0)))
         denoise_gb = peak / GIB
         if decode_gb is None:  # the same VAE decode for every row
             latents = output.images / pipe.vae.config.scaling_factor
-            decode_peak, _ = peak_of(lambda: pipe.vae.decode(latents.to(pipe.vae.dtype)))
+            decode_peak, _, _ = peak_of(lambda: pipe.vae.decode(latents.to(pipe.vae.dtype)))
             decode_gb = decode_peak / GIB
         plain_row = label.startswith("plain")
-        resident = unet_gb + vae_gb + text_gb + (0 if plain_row else anystory_gb + encodings_gb[n])
+        extra_gb = 0 if plain_row else anystory_gb + encodings_gb[n]
+        if start is None:  # CPU: what the GPU would hold
+            resident = unet_gb + vae_gb + text_gb + extra_gb
+        else:  # CUDA: measured; the plain pipeline shares the UNet but would not hold AnyStory's parts
+            resident = start / GIB - (anystory_gb if plain_row else 0)
         total = resident + max(denoise_gb, decode_gb)
         plain_total = total if plain_row else plain_total
-        unet_side = unet_gb + (0 if plain_row else anystory_gb + encodings_gb[n]) + denoise_gb
+        unet_side = unet_gb + (0 if plain_row else extra_gb + w_tilde_gb) + denoise_gb
         offload = max(unet_side, vae_gb + decode_gb, text_gb)
         over = total - plain_total
         summary[n if not plain_row else "plain"] = (over, offload)

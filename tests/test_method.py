@@ -70,12 +70,18 @@ def test_saved_encoding_gives_the_identical_generation(pipe, subjects, tmp_path)
 
 
 def test_no_encoder_pass_during_denoising(pipe, subjects):
+    """Nothing of `encoder_modules()` runs while generating (so the pipeline may move all of it,
+    the reference projections W~ included, off the GPU after encoding)."""
     pipe.background_encoding()
+    encoders = pipe.encoder_modules()
+    assert {pipe.reference_net, pipe.image_encoder, pipe.subject_encoder} <= set(encoders)
+    assert sum(hasattr(m, "to_k_ref") for m in encoders) == len(pipe.anystory_processors()[0])
     calls = []
-    hooks = [
-        m.register_forward_hook(lambda *a: calls.append(1)) for m in (pipe.reference_net, pipe.image_encoder, pipe.subject_encoder)
-    ]
+    hooks = [m.register_forward_hook(lambda *a: calls.append(1)) for e in encoders for m in e.modules()]
     try:
+        pipe.encode_subject(make_subject_image(5, alpha=True))
+        assert calls  # the hooks see encoding (the W~ projections included)
+        calls.clear()
         pipe(PROMPT, subjects=subjects[:2], generator=seeded(), **GEN)
     finally:
         for h in hooks:
