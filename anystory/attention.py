@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
-from .encoding import SubjectEncoding
+from .encoding import SubjectEncoding, inside_tokens
 from .router import grid_of, resize_routes
 
 _plain_attention = AttnProcessor2_0()
@@ -209,10 +209,12 @@ class InjectionContext:
             kv = subject.reference_kv(block)
             if kv is None:
                 kv = site.project_reference(subject.reference_features[block])
-            inside = self._inside_tokens(subject, kv[0].shape[0], kv[0].device)
-            keys.append(kv[0].index_select(0, inside))
-            values.append(kv[1].index_select(0, inside))
-            owners.append(torch.full_like(inside, slot))
+            if not subject.reference_inside_only:
+                inside = self._inside_tokens(subject, kv[0].shape[0], kv[0].device)
+                kv = kv[0].index_select(0, inside), kv[1].index_select(0, inside)
+            keys.append(kv[0])
+            values.append(kv[1])
+            owners.append(torch.full((kv[0].shape[0],), slot, dtype=torch.long, device=kv[0].device))
         owner = torch.cat(owners)
         if not owner.numel():
             return None
@@ -222,10 +224,8 @@ class InjectionContext:
         """Indices of the reference tokens (of a block with `tokens` tokens) inside the subject's mask."""
         key = (id(subject), tokens, device)
         if key not in self._token_masks:
-            mask = subject.reference_mask.float()
-            grid = grid_of(tokens, tuple(mask.shape))
-            inside = F.adaptive_avg_pool2d(mask[None, None], grid).flatten() >= 0.5
-            self._token_masks[key] = inside.to(device).nonzero().flatten()
+            grid = grid_of(tokens, tuple(subject.reference_mask.shape))
+            self._token_masks[key] = inside_tokens(subject.reference_mask, grid).to(device)
         return self._token_masks[key]
 
 

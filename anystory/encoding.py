@@ -13,11 +13,12 @@ from pathlib import Path
 
 import safetensors.torch
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load as safetensors_from_bytes
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: reference K/V may hold only the tokens inside the mask (`reference_inside_only`)
 
 
 @dataclass
@@ -32,6 +33,9 @@ class SubjectEncoding:
       the unprojected ReferenceNet states G_i^l and the projection happens at every step.
     - `reference_mask` [h, w] in [0, 1]: the subject mask at the reference latent grid; reference
       tokens outside it are never attended to.
+    - `reference_inside_only`: the reference K/V (or features) hold only the tokens inside the mask
+      (`inside_tokens`, in grid order), as `encode_subject` stores them: the others are never
+      attended to, so they are not kept (about half of a typical cut-out's square).
     - `encoder_id`: identity of the weights that made this encoding (stale when they change).
     """
 
@@ -41,6 +45,7 @@ class SubjectEncoding:
     reference_values: list[torch.Tensor | None] = field(default_factory=list)
     reference_features: list[torch.Tensor | None] = field(default_factory=list)
     reference_mask: torch.Tensor | None = None
+    reference_inside_only: bool = False
     encoder_id: str = ""
     info: dict = field(default_factory=dict)
 
@@ -71,6 +76,7 @@ class SubjectEncoding:
             reference_values=[move(t) for t in self.reference_values],
             reference_features=[move(t) for t in self.reference_features],
             reference_mask=move(self.reference_mask),
+            reference_inside_only=self.reference_inside_only,
             encoder_id=self.encoder_id,
             info=dict(self.info),
         )
@@ -97,6 +103,7 @@ class SubjectEncoding:
             "format_version": str(FORMAT_VERSION),
             "encoder_id": self.encoder_id,
             "num_blocks": str(self.num_blocks),
+            "reference_inside_only": str(int(self.reference_inside_only)),
             "info": json.dumps(self.info),
         }
 
@@ -155,9 +162,17 @@ class SubjectEncoding:
             reference_values=per_block("value"),
             reference_features=per_block("feature"),
             reference_mask=tensors.get("reference_mask"),
+            reference_inside_only=metadata.get("reference_inside_only", "0") == "1",
             encoder_id=metadata.get("encoder_id", ""),
             info=json.loads(metadata.get("info", "{}")),
         )
+
+
+def inside_tokens(mask: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    """Indices (grid order) of the tokens of a `grid` whose area-share of `mask` [h, w] is >= 0.5:
+    the reference tokens of a block that its subject's attention may use."""
+    inside = F.adaptive_avg_pool2d(mask.float()[None, None], grid).flatten() >= 0.5
+    return inside.nonzero().flatten()
 
 
 def _read_metadata(data: bytes) -> dict[str, str]:

@@ -27,8 +27,8 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
 from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
-from .encoding import SubjectEncoding
-from .router import LayoutRouting, LearnedRouting, NoRouting, PromptRouting, SubjectRouter, phrase_token_indices
+from .encoding import SubjectEncoding, inside_tokens
+from .router import LayoutRouting, LearnedRouting, NoRouting, PromptRouting, SubjectRouter, grid_of, phrase_token_indices
 from .weights import (
     PUBLIC_IMAGE_ENCODER,
     PUBLIC_IP_ADAPTER,
@@ -450,6 +450,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         keys, values, raw = [], [], []
         for proc, feature in zip(self_attn, features):
             feature = feature[0] if proc.inject else None
+            if feature is not None:  # only the tokens inside the mask are ever attended to
+                grid = grid_of(feature.shape[0], tuple(mask_latent.shape))
+                feature = feature.index_select(0, inside_tokens(mask_latent, grid).to(feature.device))
             if feature is not None and cache_reference_kv:
                 k, v = proc.project_reference(feature)
                 keys.append(k), values.append(v), raw.append(None)
@@ -462,6 +465,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             reference_values=values if cache_reference_kv else [],
             reference_features=[] if cache_reference_kv else raw,
             reference_mask=mask_latent.float().cpu(),
+            reference_inside_only=True,
             encoder_id=self.encoder_id,
             info={"reference_size": self.anystory_config.reference_size, "mode": self.mode},
         )

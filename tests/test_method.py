@@ -11,8 +11,10 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from anystory import AnyStoryConfig, ReferenceNet, SubjectEncoding
 from anystory.attention import InjectionContext, RoutedCrossAttnProcessor, transformer_blocks
+from anystory.encoder import prepare_subject
+from anystory.encoding import inside_tokens
 from anystory.pipeline import build_processors
-from anystory.router import LayoutRouting, SubjectRouter, gumbel_routes, routing_loss
+from anystory.router import LayoutRouting, SubjectRouter, grid_of, gumbel_routes, routing_loss
 from anystory.tiny import SDXL_UNET_CONFIG
 
 from .conftest import GEN, make_subject_image, seeded
@@ -57,6 +59,28 @@ def test_cached_reference_kv_equals_recomputing_every_step(pipe):
     assert raw.reference_features and not raw.reference_keys
     a = pipe(PROMPT, subjects=[cached], router="none", generator=seeded(), **GEN).images
     b = pipe(PROMPT, subjects=[raw], router="none", generator=seeded(), **GEN).images
+    assert np.abs(a - b).max() <= 1e-6
+
+
+def test_encodings_keep_only_the_reference_tokens_inside_the_mask(pipe, tmp_path):
+    """encode_subject stores the in-mask tokens only; an encoding with every token (format 1, or
+    made by hand) attends to the same ones and gives the same image."""
+    image = make_subject_image(1, alpha=True)
+    pruned = pipe.encode_subject(image)
+    features, mask = pipe._reference_features(prepare_subject(image, None, pipe.anystory_config.reference_size))
+    self_attn, _ = pipe.anystory_processors()
+    kv = [p.project_reference(f[0]) if p.inject else (None, None) for p, f in zip(self_attn, features)]
+    full = SubjectEncoding(pruned.clip_tokens, pruned.routing_embedding, [k for k, _ in kv], [v for _, v in kv],
+                           reference_mask=mask.float(), encoder_id=pruned.encoder_id)  # fmt: skip
+    assert pruned.reference_inside_only and not full.reference_inside_only
+    for block in range(1, len(kv)):
+        grid = grid_of(kv[block][0].shape[0], tuple(mask.shape))
+        assert torch.equal(pruned.reference_keys[block], kv[block][0][inside_tokens(mask, grid)])
+    assert 0 < pruned.reference_keys[1].shape[0] < full.reference_keys[1].shape[0]
+    loaded = SubjectEncoding.load(pruned.save(tmp_path / "pruned.safetensors"))
+    assert loaded.reference_inside_only
+    a = pipe(PROMPT, subjects=[loaded], router="none", generator=seeded(), **GEN).images
+    b = pipe(PROMPT, subjects=[full], router="none", generator=seeded(), **GEN).images
     assert np.abs(a - b).max() <= 1e-6
 
 
@@ -181,10 +205,11 @@ def test_self_attention_locality_and_clean_background(pipe, subjects):
     assert (a[0, background] - plain[0, background]).abs().max() <= 1e-6
     assert (a[0, ~background] - plain[0, ~background]).abs().amax(-1).min() > 1e-5
 
-    # Every reference token masked out: the layer is plain self-attention everywhere.
+    # No reference token inside the masks: the layer is plain self-attention everywhere.
     masked = [copy.copy(s) for s in subjects[:2]]
     for s in masked:
-        s.reference_mask = torch.zeros_like(s.reference_mask)
+        s.reference_keys = [None if k is None else k[:0] for k in s.reference_keys]
+        s.reference_values = [None if v is None else v[:0] for v in s.reference_values]
     assert (run(masked) - plain).abs().max() <= 1e-6
 
 
