@@ -13,9 +13,12 @@ sizes. bf16 has the bytes of fp16. Kernels differ between devices (flash attenti
 buffers, cuDNN workspaces), so the CPU figures estimate the GPU's; the AnyStory-minus-plain
 difference is what the target is about, and both sides share the kernels' choices.
 
-The denoising loop (`output_type="latent"`) and the VAE decode are measured apart: under
-`enable_model_cpu_offload()` the GPU holds one model at a time, so the offload peak is the larger
-of (UNet with the AnyStory parts + encodings + denoising peak) and (VAE + decode peak).
+The denoising loop (`output_type="latent"`) and the VAE decode are measured apart. Without
+offload the GPU peak is the larger of resident + denoising peak and resident + decode peak; the
+decode is the same call for plain SDXL and AnyStory, so what AnyStory adds is the difference of
+the denoising phase ("over plain SDXL"). Under `enable_model_cpu_offload()` the GPU holds one
+model at a time, so the offload peak is the largest of (UNet with the AnyStory parts +
+encodings + denoising peak), (VAE + decode peak) and the text encoders.
 The full-size model is random (bench/full_sdxl.py): memory does not depend on weight values.
 """
 
@@ -127,7 +130,7 @@ def main() -> None:
     print(f"weights (GB): UNet {unet_gb:.2f}, AnyStory parts inside it at generation (W', 70 routers) {anystory_gb:.2f} + W~ {w_tilde_gb:.2f} (leaves the GPU with the encoders), "
           f"VAE {vae_gb:.2f}, text encoders (SDXL's sizes) {text_gb:.2f}; one encoding {encoding_mb(subjects[0]):.0f} MB")  # fmt: skip
     if not cuda:
-        print("peaks: the CPU allocator's (profiler allocation records); GPU estimate = resident + peak")
+        print("peaks: the CPU allocator's (profiler allocation records); resident: parameter and encoding bytes")
     print()
 
     common = dict(num_inference_steps=steps, height=args.size, width=args.size, output_type="latent")
@@ -136,7 +139,7 @@ def main() -> None:
               (lambda n: lambda g: pipe(PROMPT, subjects=subjects[:n], router="learned" if n else None, generator=g, **common))(n))
              for n in [0] + args.subjects]  # fmt: skip
 
-    print("| run | resident GB | denoising peak GB | decode peak GB | GPU peak GB | over plain SDXL GB | offload peak GB |")
+    print("| run | resident GB | denoising peak GB | resident + denoising GB | over plain SDXL GB | resident + decode GB | offload peak GB |")
     print("|---|---|---|---|---|---|---|")
     decode_gb = None
     plain_total = None
@@ -155,13 +158,13 @@ def main() -> None:
             resident = unet_gb + vae_gb + text_gb + extra_gb
         else:  # CUDA: measured; the plain pipeline shares the UNet but would not hold AnyStory's parts
             resident = start / GIB - (anystory_gb if plain_row else 0)
-        total = resident + max(denoise_gb, decode_gb)
+        total = resident + denoise_gb  # the denoising phase; the decode that follows is the same call for every row
         plain_total = total if plain_row else plain_total
         unet_side = unet_gb + (0 if plain_row else extra_gb + w_tilde_gb) + denoise_gb
         offload = max(unet_side, vae_gb + decode_gb, text_gb)
         over = total - plain_total
         summary[n if not plain_row else "plain"] = (over, offload)
-        print(f"| {label} | {resident:.2f} | {denoise_gb:.2f} | {decode_gb:.2f} | {total:.2f} | {over:+.2f} | {offload:.2f} |")
+        print(f"| {label} | {resident:.2f} | {denoise_gb:.2f} | {total:.2f} | {over:+.2f} | {resident + decode_gb:.2f} | {offload:.2f} |")
 
     if 2 in summary:
         over, offload = summary[2]
