@@ -35,7 +35,7 @@ from .config import load_config
 from .data import ManifestDataset
 from .evaluate import DEFAULT_TIMESTEPS, diffusion_loss, routing_iou
 from .synthetic import COMPACT_SHAPES, SyntheticConfig, generate
-from .tiny_base import fit_unet, fit_vae, load_images
+from .tiny_base import fit_unet, fit_vae, load_images, replace_vae
 from .trainer import Trainer
 
 
@@ -52,6 +52,7 @@ class ProofConfig:
     heldout_scenes: int = 50
     identities: tuple[int, int] = (0, 16)  # the identity pool of training and held-out scenes
     unseen_identities: tuple[int, int] = (16, 24)  # an extra held-out set of identities never trained on
+    vae_channels: tuple[int, ...] = (8, 16, 16, 16)  # the base VAE's block widths (the tests' tiny VAE: 8, 16, 16, 16)
     vae_steps: int = 2400
     unet_steps: int = 6000
     unet_crop: int = 64  # base UNet fit: side of the random crops (px) and crops per step
@@ -125,6 +126,8 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
         generate(data / "unseen", SyntheticConfig(scenes=config.heldout_scenes, subjects=(2, 2), seed=config.seed + 98,
                                                   identities=config.unseen_identities, **common))  # fmt: skip
         write_tiny_sdxl(base, seed=config.seed)
+        if tuple(config.vae_channels) != (8, 16, 16, 16):
+            replace_vae(base, tuple(config.vae_channels), seed=config.seed + 1)
 
     if reuse is None:
         clock.run("data + tiny SDXL", make_data)
@@ -230,6 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--routing-weight", type=float, default=ProofConfig.routing_weight)
     parser.add_argument("--stage2-timesteps", type=int, nargs=2, default=ProofConfig.stage2_timesteps)
     parser.add_argument("--unet-steps", type=int, default=ProofConfig.unet_steps, help="steps of the base UNet fit")
+    parser.add_argument("--vae-channels", type=int, nargs=4, default=ProofConfig.vae_channels, help="the base VAE's block widths")
+    parser.add_argument("--vae-steps", type=int, default=ProofConfig.vae_steps, help="steps of the base VAE fit")
     parser.add_argument("--unet-crop", type=int, default=ProofConfig.unet_crop, help="base UNet fit: crop side in px")
     parser.add_argument("--unet-batch", type=int, default=ProofConfig.unet_batch, help="base UNet fit: crops per step")
     parser.add_argument("--unet-max-noise-weight", type=float, default=ProofConfig.unet_max_noise_weight,
@@ -240,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, seed=args.seed, routing_weight=args.routing_weight,
                          stage2_timesteps=tuple(args.stage2_timesteps), unet_steps=args.unet_steps, unet_crop=args.unet_crop,
-                         unet_batch=args.unet_batch, unet_max_noise_weight=args.unet_max_noise_weight)  # fmt: skip
+                         unet_batch=args.unet_batch, unet_max_noise_weight=args.unet_max_noise_weight,
+                         vae_channels=tuple(args.vae_channels), vae_steps=args.vae_steps)  # fmt: skip
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-proof-"))
     try:
         if args.refit_unet and not args.reuse:
