@@ -264,8 +264,10 @@ def main() -> None:
             SubjectEncoding.load(path)
         stored = len(encoding.to_bytes()) / 2**20 if hasattr(encoding, "to_bytes") else None
     tensors = encoding.state_dict()
+    mask = encoding.reference_mask
+    kept, grid_tokens = encoding.reference_keys[1].shape[0], (mask.shape[0] + 1) // 2 * ((mask.shape[1] + 1) // 2)
     parts = {
-        "reference K/V (69 blocks)": sum(v.numel() * v.element_size() for k, v in tensors.items() if k.startswith("reference.")),
+        f"reference K/V (69 blocks; inside the mask only: {kept} of {grid_tokens} tokens at block 2's grid)": sum(v.numel() * v.element_size() for k, v in tensors.items() if k.startswith("reference.")),
         "CLIP tokens E_i": tensors["clip_tokens"].numel() * tensors["clip_tokens"].element_size(),
         "routing embedding + mask": sum(
             v.numel() * v.element_size() for k, v in tensors.items() if k in ("routing_embedding", "reference_mask")

@@ -404,3 +404,13 @@ def test_tiny_base_fit_trains_the_vae_and_unet(tiny_folder, scenes, tmp_path, ma
     with torch.no_grad():
         latents = fitted.vae.encode(images).latent_dist.mode() * fitted.vae.config.scaling_factor
     assert latents.std().item() == pytest.approx(1.0, rel=1e-3)
+
+
+def test_latent_probe_runs_on_scenes(tiny_folder, scenes, capsys):
+    """The latent probe's mechanics (its figures mean something only on a fitted base)."""
+    from anystory.training.latent_probe import main
+
+    assert main(["--base", str(tiny_folder), "--train", str(scenes), "--heldout", str(scenes), "--timesteps", "100", "900",
+                 "--steps", "3"]) == 0  # fmt: skip
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 100") or line.startswith("| 900")]
+    assert len(rows) == 2 and all(0.0 <= float(r.split("|")[2]) <= 1.0 for r in rows)
