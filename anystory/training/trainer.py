@@ -143,6 +143,7 @@ class Trainer:
         )
         self.resume_from = resolve_resume(config.resume, self.output_dir)
         self.pipe = build_pipeline(config, self.resume_from, self.accelerator.device)
+        self.pipe.release_encoders_after_use = False  # parts being trained stay where accelerate puts them
         self.pipe.set_progress_bar_config(disable=True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
         self.dataset = ManifestDataset(
