@@ -57,7 +57,7 @@ class ProofConfig:
     # The base VAE's block widths: wider than the tests' tiny VAE (8, 16, 16, 16), whose latent keeps
     # too little of the scene at high noise for any router (latent_probe.py; docs/TRAINING.md).
     vae_channels: tuple[int, ...] = (16, 32, 32, 32)
-    vae_steps: int = 3000
+    vae_steps: int = 6000
     unet_steps: int = 6000
     unet_crop: int = 64  # base UNet fit: side of the random crops (px) and crops per step
     unet_batch: int = 8
