@@ -112,22 +112,32 @@ def _text_config(tokenizer: CLIPTokenizer, hidden_size: int = 32, layers: int = 
     )
 
 
-def tiny_sdxl_components(seed: int = 0) -> dict:
-    """Random tiny SDXL components (plus a CLIP vision encoder), deterministic for a given seed."""
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
-    torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(
+TINY_VAE_CHANNELS = (8, 16, 16, 16)
+
+
+def tiny_vae(block_out_channels: tuple[int, ...] = TINY_VAE_CHANNELS) -> AutoencoderKL:
+    """A random VAE of SDXL's layout (4 blocks: scale factor 8; 4 latent channels), narrow."""
+    if len(block_out_channels) != 4:
+        raise ValueError(f"the VAE needs 4 block widths (scale factor 8), got {block_out_channels}")
+    return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=["DownEncoderBlock2D"] * 4,
         up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=[8, 16, 16, 16],  # 4 blocks: scale factor 8, as real SDXL
+        block_out_channels=list(block_out_channels),
         layers_per_block=1,
         latent_channels=4,
         norm_num_groups=8,
         sample_size=64,
     )
+
+
+def tiny_sdxl_components(seed: int = 0) -> dict:
+    """Random tiny SDXL components (plus a CLIP vision encoder), deterministic for a given seed."""
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**TINY_UNET_CONFIG)
+    torch.manual_seed(seed + 1)
+    vae = tiny_vae()
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,

@@ -39,15 +39,14 @@ from bench.full_sdxl import (  # noqa: E402
     machine_from,
     Timer,
     load_average,
-    load_full_anystory,
+    full_anystory,
     peak_rss_mb,
     reset_peak_rss,
     rss_mb,
-    write_full_sdxl,
+    subject_pictures,
 )
 from anystory.encoder import prepare_subject  # noqa: E402
 from anystory.encoding import SubjectEncoding  # noqa: E402
-from anystory.tiny import synthetic_subject  # noqa: E402
 
 
 def timed(fn, device, repeats: int) -> tuple[float, list[float]]:
@@ -225,10 +224,7 @@ def main() -> None:
     args.panel_steps = args.panel_steps or (25 if cuda else 1)
     started = datetime.datetime.now().isoformat(timespec="minutes")
 
-    with contextlib.ExitStack() as stack:
-        folder = args.model_dir or stack.enter_context(tempfile.TemporaryDirectory()) + "/full-sdxl"
-        write_full_sdxl(folder, image_layers=args.image_layers, dtype=dtype)
-        pipe = load_full_anystory(folder, dtype, device)
+    pipe = full_anystory(args.model_dir, dtype, device, image_layers=args.image_layers)
 
     print(f"## bench/encode.py, {started}")
     print(f"machine: {platform.node()} {platform.processor() or platform.machine()}, torch {torch.__version__}, "
@@ -238,7 +234,7 @@ def main() -> None:
           f"({args.image_layers} layers); reference {pipe.anystory_config.reference_size}x{pipe.anystory_config.reference_size}")  # fmt: skip
     print(f"load average before: {load_average()}\n")
 
-    images = [synthetic_subject(seed, size=(384, 512)) for seed in (1, 2)]
+    images = subject_pictures(2)
     rows = encode_parts(pipe, images[0], device, args.repeats)
     pipe.encode_subject(images[0])  # warm-up of the whole call
     times = []

@@ -21,6 +21,7 @@ import math
 import os
 import re
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -197,6 +198,22 @@ def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device, re
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def full_anystory(model_dir: str | None, dtype: torch.dtype, device, image_layers: int = 32):
+    """The full-size AnyStoryPipeline: written to `model_dir` (reused when complete) or to a
+    temporary folder, removed once loaded."""
+    with tempfile.TemporaryDirectory() as temporary:
+        folder = model_dir or temporary + "/full-sdxl"
+        write_full_sdxl(folder, image_layers=image_layers, dtype=dtype)
+        return load_full_anystory(folder, dtype, device)
+
+
+def subject_pictures(count: int = 3) -> list:
+    """The benchmarks' subjects: synthetic cut-outs (RGBA, 384x512), seeds 1..count."""
+    from anystory.tiny import synthetic_subject
+
+    return [synthetic_subject(seed, size=(384, 512)) for seed in range(1, count + 1)]
 
 
 def plain_twin(pipe) -> StableDiffusionXLPipeline:

@@ -25,20 +25,17 @@ The full-size model is random (bench/full_sdxl.py): memory does not depend on we
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import gc
 import platform
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anystory.tiny import synthetic_subject  # noqa: E402
-from bench.full_sdxl import add_machine_arguments, load_full_anystory, machine_from, plain_twin, write_full_sdxl  # noqa: E402
+from bench.full_sdxl import add_machine_arguments, full_anystory, machine_from, plain_twin, subject_pictures  # noqa: E402
 from bench.overhead import PROMPT, TARGET_MEMORY_GB, encoding_mb  # noqa: E402
 
 GIB = 2**30
@@ -101,12 +98,9 @@ def main() -> None:
     peak_of = allocation_peak_cuda if cuda else allocation_peak_cpu
     started = datetime.datetime.now().isoformat(timespec="minutes")
 
-    with contextlib.ExitStack() as stack:
-        folder = args.model_dir or stack.enter_context(tempfile.TemporaryDirectory()) + "/full-sdxl"
-        write_full_sdxl(folder, dtype=dtype)
-        pipe = load_full_anystory(folder, dtype, device)
+    pipe = full_anystory(args.model_dir, dtype, device)
     plain = plain_twin(pipe)
-    images = [synthetic_subject(seed, size=(384, 512)) for seed in (1, 2, 3)]
+    images = subject_pictures(3)
     subjects = [pipe.encode_subject(image) for image in images]  # encoders released after (to CPU on CUDA)
     background = pipe.background_encoding()
 

@@ -31,25 +31,23 @@ import gc
 import platform
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anystory.tiny import synthetic_subject  # noqa: E402
 from bench.full_sdxl import (  # noqa: E402
     add_machine_arguments,
     machine_from,
     Timer,
     load_average,
-    load_full_anystory,
+    full_anystory,
     peak_rss_mb,
     plain_twin,
     reset_peak_rss,
     rss_mb,
-    write_full_sdxl,
+    subject_pictures,
 )
 
 PROMPT = "a girl and her dog walking in a park, storybook illustration"
@@ -293,13 +291,9 @@ def main() -> None:
     args.steps = args.steps or (25 if cuda else 4)
     started = datetime.datetime.now().isoformat(timespec="minutes")
 
-    with contextlib.ExitStack() as stack:
-        folder = args.model_dir or stack.enter_context(tempfile.TemporaryDirectory()) + "/full-sdxl"
-        write_full_sdxl(folder, dtype=dtype)
-        pipe = load_full_anystory(folder, dtype, device)
+    pipe = full_anystory(args.model_dir, dtype, device)
     plain = plain_twin(pipe)
-
-    images = [synthetic_subject(seed, size=(384, 512)) for seed in (1, 2, 3)]
+    images = subject_pictures(3)
     subjects = [pipe.encode_subject(image) for image in images]  # once, before any timing
     pipe.background_encoding()
     extra = anystory_weight_mb(pipe, device)

@@ -24,6 +24,8 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
+from .tiny_base import load_images
+
 
 @dataclass
 class ProbeResult:
@@ -35,14 +37,12 @@ class ProbeResult:
 def scene_latents(vae, folder: str | Path, limit: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE latents (scaled) of a dataset's targets and their foreground masks (union of instances)."""
     folder = Path(folder)
-    pixels, masks = [], []
+    pixels, _ = load_images([folder], limit)
+    masks = []
     for line in (folder / "manifest.jsonl").read_text().splitlines()[:limit]:
         row = json.loads(line)
-        image = np.asarray(Image.open(folder / row["image"]).convert("RGB"), np.float32) / 127.5 - 1
-        pixels.append(torch.from_numpy(image).permute(2, 0, 1))
         instance = [np.asarray(Image.open(folder / i["mask"]).convert("L"), np.float32) / 255 for i in row["instances"]]
         masks.append(torch.from_numpy(np.clip(sum(instance), 0, 1)))
-    pixels = torch.stack(pixels)
     with torch.no_grad():
         latents = torch.cat([vae.encode(pixels[i : i + 16].to(vae.dtype)).latent_dist.mode() for i in range(0, len(pixels), 16)])
     return latents.float() * vae.config.scaling_factor, torch.stack(masks)

@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..tiny import write_tiny_sdxl
+from ..tiny import TINY_VAE_CHANNELS, write_tiny_sdxl
 from .config import load_config
 from .data import ManifestDataset
 from .evaluate import DEFAULT_TIMESTEPS, diffusion_loss, routing_iou
@@ -130,7 +130,7 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
         generate(data / "unseen", SyntheticConfig(scenes=config.heldout_scenes, subjects=(2, 2), seed=config.seed + 98,
                                                   identities=config.unseen_identities, **common))  # fmt: skip
         write_tiny_sdxl(base, seed=config.seed)
-        if tuple(config.vae_channels) != (8, 16, 16, 16):
+        if tuple(config.vae_channels) != TINY_VAE_CHANNELS:
             replace_vae(base, tuple(config.vae_channels), seed=config.seed + 1)
 
     if reuse is None:

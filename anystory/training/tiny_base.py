@@ -16,8 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL, DDPMScheduler, StableDiffusionXLPipeline
+from diffusers import DDPMScheduler, StableDiffusionXLPipeline
 from PIL import Image
+
+from ..tiny import tiny_vae
 
 
 def load_images(folders: list[str | Path], limit: int | None = None) -> tuple[torch.Tensor, list[str]]:
@@ -40,16 +42,10 @@ def _crops(data: torch.Tensor, size: int, batch: int, generator: torch.Generator
 
 
 def replace_vae(folder: str | Path, channels: tuple[int, ...], seed: int = 0) -> None:
-    """Put a fresh random VAE of SDXL's layout (4 blocks, scale factor 8, 4 latent channels) with
-    `channels` per block into the diffusers folder `folder`, to be fitted by `fit_vae`."""
-    if len(channels) != 4:
-        raise ValueError(f"the VAE needs 4 block widths (scale factor 8), got {channels}")
+    """Put a fresh random VAE of SDXL's layout with `channels` per block into the diffusers folder
+    `folder`, to be fitted by `fit_vae`."""
     torch.manual_seed(seed)
-    vae = AutoencoderKL(
-        down_block_types=["DownEncoderBlock2D"] * 4, up_block_types=["UpDecoderBlock2D"] * 4,
-        block_out_channels=list(channels), layers_per_block=1, latent_channels=4, norm_num_groups=8, sample_size=64,
-    )  # fmt: skip
-    vae.save_pretrained(Path(folder) / "vae")
+    tiny_vae(tuple(channels)).save_pretrained(Path(folder) / "vae")
 
 
 def fit_vae(folder: str | Path, images: torch.Tensor, steps: int, batch: int = 8, crop: int = 64, lr: float = 2e-3, seed: int = 0) -> dict:
