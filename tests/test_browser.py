@@ -211,6 +211,7 @@ def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, t
         page.locator("#generate-panel").click()
         expect(page.locator("#active-image")).to_contain_text(re.compile(r"step \d+ of 1000"))  # the progress bar
         page.locator("#cancel-generation").click()
+        expect(page.get_by_text("Cancelling: the generation stops after the current step.")).to_be_visible()  # a toast
         status = page.locator("#storyboard-status")
         expect(status).to_contain_text("generation cancelled; the panel keeps its earlier versions")
         expect(page.locator("#panel-status")).to_contain_text("failed")

@@ -670,10 +670,13 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
     reroll_one = generation_handler("reroll_one", reroll_panel_work)
     generate_every = generation_handler("generate_every", generate_story_work, needs_panel=False)
 
-    def stop(request: gr.Request) -> str:
+    def stop(request: gr.Request) -> None:
+        """Set this session's cancel event, and say so in a toast: the status line is the
+        generation's own, whose answer ("cancelled") may come back before this one does."""
         if cancels.cancel(request):
-            return "Cancelling: the generation stops after the current step."
-        return "Nothing of yours is generating."
+            gr.Info("Cancelling: the generation stops after the current step.")
+        else:
+            gr.Info("Nothing of yours is generating.")
 
     @shows_errors(status)
     def pick_version(story_id, panel_id, ids, evt: gr.SelectData) -> dict:
@@ -740,7 +743,7 @@ def build_storyboard_tab(studio) -> StoryboardTab:  # noqa: C901 - one function 
     generate.click(generate_one, [story_pick, *form_inputs], with_status, **generating)
     reroll.click(reroll_one, [story_pick, *form_inputs], with_status, **generating)
     generate_all.click(generate_every, [story_pick, *form_inputs], with_status, **generating)
-    cancel.click(stop, None, [status], queue=False, **private)
+    cancel.click(stop, None, None, **private)  # queued: a toast needs the queue (its own concurrency group, not "model")
     versions.select(pick_version, [story_pick, panel_pick, version_ids], with_status, **private)
     make_active.click(activate, [story_pick, panel_pick, inspected], with_status, **private)
     overlay_outputs = [status, overlay_image, legend, record_row, grid, step_from, step_to]
