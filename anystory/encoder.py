@@ -22,7 +22,6 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
-from torch import nn
 
 from .attention import _plain_attention, transformer_blocks
 

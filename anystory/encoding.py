@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load as safetensors_from_bytes
 from safetensors import safe_open
-from safetensors.torch import save_file
+
+from .files import write_atomic
 
 FORMAT_VERSION = 2  # 2: reference K/V may hold only the tokens inside the mask (`reference_inside_only`)
 
@@ -113,11 +114,7 @@ class SubjectEncoding:
 
     def save(self, path: str | os.PathLike) -> Path:
         """Write to a safetensors file (temp name + rename, so a crash never leaves half a file)."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(self.state_dict(), str(tmp), metadata=self._metadata())
-        os.replace(tmp, path)
-        return path
+        return write_atomic(path, self.to_bytes())
 
     @classmethod
     def from_bytes(cls, data: bytes, source: str = "encoding") -> SubjectEncoding:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from .files import open_atomic
 from .storage import (
     MAX_JSON_BYTES,
     PNG_SIGNATURE,
@@ -22,7 +23,6 @@ from .storage import (
     Transaction,
     check_archive,
     now,
-    open_atomic,
     read_archive,
     require_png,
     safe_member_name,

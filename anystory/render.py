@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import re
-import secrets
 import time
 import unicodedata
 import zipfile
@@ -30,6 +28,8 @@ from xml.sax.saxutils import escape as xml_escape
 
 import numpy as np
 from PIL import Image, ImageColor, ImageDraw, ImageFont
+
+from .files import atomic_path
 
 __all__ = [
     "BACKGROUND_COLOUR",
@@ -44,7 +44,6 @@ __all__ = [
     "record_sites",
     "record_steps",
     "safe_filename",
-    "save_route_maps",
     "select_route_maps",
     "strip",
 ]
@@ -534,40 +533,14 @@ def select_route_maps(
 
 
 def _atomic_write(path: Path | str, write: Callable[[Path], None]) -> Path:
-    """Run `write(temporary_path)` then move the result onto `path` in one step.
-
-    The temporary file sits in the same folder (so `os.replace` is atomic) and is created with
-    the usual permissions (0o666 less the umask), unlike `tempfile.mkstemp`'s 0o600.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        temporary_path = path.with_name(f".{path.name}.{secrets.token_hex(6)}.part")
-        try:
-            os.close(os.open(temporary_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-            break
-        except FileExistsError:
-            continue
-    try:
-        write(temporary_path)
-        os.replace(temporary_path, path)
-    except BaseException:
-        try:
-            temporary_path.unlink()
-        except OSError:
-            pass
-        raise
-    return path
-
-
-def save_route_maps(path: Path, final: np.ndarray, record: list[dict] | None = None) -> None:
-    """Keep a panel's routes next to its image, in one compressed .npz that loads without pickle."""
-    data = route_maps_bytes(final, record)
-    _atomic_write(path, lambda temporary: Path(temporary).write_bytes(data))
+    """Run `write(temporary_path)`, then move the result onto `path` (see files.atomic_path)."""
+    with atomic_path(path) as temporary:
+        write(temporary)
+    return Path(path)
 
 
 def route_maps_bytes(final: np.ndarray, record: list[dict] | None = None) -> bytes:
-    """The bytes of a route-map file (see `save_route_maps`), for storage that writes bytes.
+    """The bytes of a panel version's route-map file: one compressed .npz that loads without pickle.
 
     The record is stored grouped by grid: one-hot gates as a stacked array of slot indices
     (uint8 when S <= 256), anything else as the stacked arrays themselves, plus the steps,
@@ -612,7 +585,7 @@ def route_maps_bytes(final: np.ndarray, record: list[dict] | None = None) -> byt
 
 
 def load_route_maps(path: Path) -> tuple[np.ndarray, list[dict] | None]:
-    """The (final map, record or None) saved by `save_route_maps`; never unpickles anything."""
+    """The (final map, record or None) saved from `route_maps_bytes`; never unpickles anything."""
     with np.load(Path(path), allow_pickle=False) as data:
         version = int(data["format"]) if "format" in data.files else -1
         if version != _FORMAT_VERSION:

@@ -29,9 +29,10 @@ import threading
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO
 
 import sqlite_utils
+
+from .files import is_temp_name, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,6 @@ MAX_MEMBER_BYTES = 4 * 1024**3
 MAX_ARCHIVE_BYTES = 32 * 1024**3
 MAX_MEMBERS = 100_000
 
-_TMP_MARK = ".tmp-"
-
-
 def now() -> str:
     """ISO time in UTC (microseconds, so ordering by time is stable within one process)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
@@ -61,53 +59,6 @@ def now() -> str:
 def token() -> str:
     """Random part of a stored file name: a replaced file never reuses the old name."""
     return secrets.token_hex(6)
-
-
-# -- atomic files --------------------------------------------------------------------------------
-
-
-def _fsync_dir(folder: Path) -> None:
-    # Makes the rename itself durable; not possible (nor needed) on Windows.
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def open_atomic(path: str | os.PathLike) -> Iterator[IO[bytes]]:
-    """Open `path` for writing so that readers see the old file or the whole new one, never half.
-
-    Writes to a temp name in the same folder, fsyncs, then `os.replace`s; on error the temp file
-    is removed and `path` is untouched.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}{_TMP_MARK}{secrets.token_hex(4)}")
-    try:
-        with open(tmp, "xb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    _fsync_dir(path.parent)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` through a temp name + fsync + rename (see `open_atomic`)."""
-    with open_atomic(path) as f:
-        f.write(data)
-
-
-def is_temp_name(name: str) -> bool:
-    """True for the temp names `open_atomic` uses (leftovers of a crash)."""
-    return name.startswith(".") and _TMP_MARK in name
 
 
 def require_png(data: bytes, what: str) -> bytes:

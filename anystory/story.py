@@ -18,12 +18,12 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .library import Library, name_key
+from .files import open_atomic
 from .storage import (
     StudioDatabase,
     Transaction,
     check_archive,
     now,
-    open_atomic,
     read_archive,
     require_png,
     safe_member_name,

@@ -18,6 +18,8 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .files import atomic_path, write_atomic
+
 CHECKPOINT_FORMAT = "anystory-adapter"
 CHECKPOINT_VERSION = 1
 WEIGHTS_NAME = "anystory.safetensors"
@@ -213,12 +215,9 @@ def save_adapter(pipe, folder: str | os.PathLike, base_model: str = "") -> Path:
         "subject_encoder": encoder_config,
         "num_blocks": len(pipe.anystory_processors()[0]),
     }
-    tmp = folder / (WEIGHTS_NAME + ".tmp")
-    save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
-    os.replace(tmp, folder / WEIGHTS_NAME)
-    tmp_config = folder / "config.json.tmp"
-    tmp_config.write_text(json.dumps(config, indent=2))
-    os.replace(tmp_config, folder / "config.json")
+    with atomic_path(folder / WEIGHTS_NAME) as tmp:
+        save_file(state, str(tmp), metadata={"format": CHECKPOINT_FORMAT})
+    write_atomic(folder / "config.json", json.dumps(config, indent=2).encode("utf-8"))
     return folder
 
 

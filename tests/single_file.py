@@ -25,17 +25,13 @@ Every tensor of the folder's four models is mapped (an unknown key raises), so a
 
 from __future__ import annotations
 
-import copy
 import json
 import re
 from pathlib import Path
 
 import torch
-from diffusers import StableDiffusionXLPipeline, UNet2DConditionModel
 from safetensors.torch import load_file, save_file
-from transformers import CLIPTextModelWithProjection
 
-from anystory.tiny import TINY_UNET_CONFIG, tiny_sdxl_components
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."

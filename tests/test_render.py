@@ -20,13 +20,18 @@ from anystory.render import (
     record_grids,
     record_sites,
     record_steps,
+    route_maps_bytes,
     safe_filename,
-    save_route_maps,
     select_route_maps,
     strip,
 )
 
 GREY = (100, 100, 100)
+
+
+def write_route_maps(path, final, record=None):
+    """What storage does with a version's routes: the bytes, written to a file."""
+    path.write_bytes(route_maps_bytes(final, record))
 
 
 def one_hot(labels, slots: int) -> np.ndarray:
@@ -317,7 +322,7 @@ def test_route_maps_round_trip_exactly(tmp_path, monkeypatch):
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(np, "load", checked_load)
-    save_route_maps(path, final, record)
+    write_route_maps(path, final, record)
     loaded_final, loaded_record = load_route_maps(path)
     assert calls == [False]
     assert loaded_final.dtype == final.dtype and np.array_equal(loaded_final, final)
@@ -329,22 +334,22 @@ def test_route_maps_round_trip_exactly(tmp_path, monkeypatch):
 
 def test_route_maps_without_record(tmp_path):
     path = tmp_path / "r.npz"
-    save_route_maps(path, np.ones((2, 4, 4), dtype=bool))
+    write_route_maps(path, np.ones((2, 4, 4), dtype=bool))
     final, record = load_route_maps(path)
     assert record is None and final.dtype == bool and final.shape == (2, 4, 4)
-    save_route_maps(path, np.zeros((2, 4, 4), dtype=np.float32), [])
+    write_route_maps(path, np.zeros((2, 4, 4), dtype=np.float32), [])
     final, record = load_route_maps(path)
     assert record == [] and final.dtype == np.float32
 
 
 def test_route_maps_file_is_replaced_whole(tmp_path):
     path = tmp_path / "r.npz"
-    save_route_maps(path, np.ones((2, 2, 2)), sample_record())
-    save_route_maps(path, np.zeros((2, 2, 2)))
+    write_route_maps(path, np.ones((2, 2, 2)), sample_record())
+    write_route_maps(path, np.zeros((2, 2, 2)))
     assert load_route_maps(path)[1] is None
     assert [p.name for p in tmp_path.iterdir()] == ["r.npz"]  # no temporary files left
     with pytest.raises(ValueError):
-        save_route_maps(path, np.array([object()], dtype=object))
+        write_route_maps(path, np.array([object()], dtype=object))
     assert [p.name for p in tmp_path.iterdir()] == ["r.npz"]
 
 
@@ -559,7 +564,7 @@ def test_selection_over_a_pipeline_record_matches_the_pipelines_final_map(tmp_pa
         assert np.array_equal(chosen, final[image].numpy())
         assert select_route_maps(record, steps=(2, 3), grid=(4, 3), image_index=image).shape == (slots, 4, 3)
 
-    save_route_maps(tmp_path / "routes.npz", final[0].numpy(), record)
+    write_route_maps(tmp_path / "routes.npz", final[0].numpy(), record)
     loaded_final, loaded_record = load_route_maps(tmp_path / "routes.npz")
     assert np.array_equal(loaded_final, final[0].numpy())
     assert_same_record([{**e, "gates": e["gates"].numpy()} for e in record], loaded_record)

@@ -1,0 +1,86 @@
+"""Atomic files: readers see the old file or the whole new one, never half of it.
+
+Every file the project writes (database files, exports, encodings, checkpoints) goes through
+here: it is written under a temporary name in the destination folder, flushed to disk, then
+renamed onto its final name. On an error the temporary file is removed and the destination is
+left as it was.
+
+    write_atomic(path, data)                 # bytes
+    with open_atomic(path) as f: ...         # a file object (zip writers, streams)
+    with atomic_path(path) as tmp: image.save(tmp, format="PNG")   # writers that want a path
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+_TMP_MARK = ".tmp-"
+
+
+def temp_name_for(path: Path) -> Path:
+    """A fresh temporary name beside `path` (hidden, recognisable by `is_temp_name`)."""
+    return path.with_name(f".{path.name}{_TMP_MARK}{secrets.token_hex(6)}")
+
+
+def is_temp_name(name: str) -> bool:
+    """True for the temporary names used here (leftovers of a crash, safe to delete)."""
+    return name.startswith(".") and _TMP_MARK in name
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside `folder` durable; not possible (nor needed) on Windows."""
+    if os.name != "posix":
+        return
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces `path`, on error it is removed.
+
+    The temporary file is created empty first (exclusively, with the usual 0o666-less-umask
+    permissions), so a writer that opens it by name gets a file nobody else can be using.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = temp_name_for(path)
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def open_atomic(path: str | os.PathLike) -> Iterator[IO[bytes]]:
+    """Open `path` for writing (binary) through `atomic_path`."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        yield f
+        f.flush()
+
+
+def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
+    """Write `data` to `path` atomically; returns the path."""
+    with open_atomic(path) as f:
+        f.write(data)
+    return Path(path)
