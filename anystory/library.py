@@ -9,29 +9,18 @@ from __future__ import annotations
 
 import json
 import os
-import unicodedata
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .files import open_atomic
-from .storage import (
-    MAX_JSON_BYTES,
-    PNG_SIGNATURE,
-    StudioDatabase,
-    Transaction,
-    check_archive,
-    now,
-    read_archive,
-    require_png,
-    safe_member_name,
-    stored_file_name,
-    token,
-)
+from .archive import check_archive, read_archive, read_json, safe_member_name, stored_file_name
+from .mentions import rename_mentions
+from .names import MAX_NAME_LENGTH, name_key, validate_name
+from .storage import PNG_SIGNATURE, StudioDatabase, Transaction, now, require_png, token
 
 STATUSES = ("ready", "stale", "missing", "failed")
-MAX_NAME_LENGTH = 100
 ARCHIVE_JSON = "characters.json"
 ARCHIVE_FORMAT = "anystory.characters"
 ARCHIVE_VERSION = 1
@@ -78,31 +67,6 @@ class CharacterNotFound(KeyError):
 
     def __str__(self) -> str:  # KeyError would print the message in quotes
         return str(self.args[0])
-
-
-def validate_name(name: str) -> str:
-    """A character name as stored: stripped, NFC-normalised, non-empty.
-
-    Quotes, slashes and emoji are fine (files are named by id). Square brackets are refused
-    because prompts mention characters as `[Name]`; control characters are refused as invisible.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"a character name must be text, got {type(name).__name__}")
-    name = unicodedata.normalize("NFC", name.strip())
-    if not name:
-        raise ValueError("a character name cannot be empty")
-    if len(name) > MAX_NAME_LENGTH:
-        raise ValueError(f"a character name has at most {MAX_NAME_LENGTH} characters ({len(name)} given)")
-    if "[" in name or "]" in name:
-        raise ValueError(f"a character name cannot contain [ or ] (prompts write [Name]): {name!r}")
-    if any(unicodedata.category(c) == "Cc" for c in name):
-        raise ValueError(f"a character name cannot contain control characters: {name!r}")
-    return name
-
-
-def name_key(name: str) -> str:
-    """What makes two names "the same": Unicode case folding of the NFC form ("Éva" == "éVA")."""
-    return unicodedata.normalize("NFC", name.strip()).casefold()
 
 
 def _bytes(data: Any, what: str) -> bytes:
@@ -286,8 +250,6 @@ class Library:
         return self.get_character(character_id)
 
     def _rename_mentions(self, old: str, new: str) -> None:
-        from .story import rename_mentions  # story builds on library, not the other way round
-
         for panel in list(self.db.query("SELECT id, prompt FROM panels WHERE prompt LIKE '%[%'")):
             prompt = rename_mentions(panel["prompt"], {old: new})
             if prompt != panel["prompt"]:
@@ -327,7 +289,7 @@ class Library:
 
     # -- archives --
 
-    def _archive_records(self, ids: list[int] | None) -> list[dict]:
+    def archive_records(self, ids: list[int] | None) -> list[dict]:
         """Rows to archive, in the archive's JSON form (paths relative to the data folder)."""
         if ids is None:
             rows = self._rows()
@@ -350,7 +312,8 @@ class Library:
             )
         return records
 
-    def _write_archive_records(self, archive: zipfile.ZipFile, records: list[dict]) -> None:
+    def write_archive_records(self, archive: zipfile.ZipFile, records: list[dict]) -> None:
+        """characters.json and the files of `records` (from `archive_records`) into an open zip."""
         payload = {"format": ARCHIVE_FORMAT, "format_version": ARCHIVE_VERSION, "characters": records}
         archive.writestr(ARCHIVE_JSON, json.dumps(payload, indent=1, ensure_ascii=False))
         for record in records:
@@ -361,30 +324,15 @@ class Library:
         """One zip with characters.json and every character's files (all characters by default)."""
         path = Path(path)
         with self.database.snapshot(), open_atomic(path) as f:
-            records = self._archive_records(ids)
+            records = self.archive_records(ids)
             with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
-                self._write_archive_records(archive, records)
+                self.write_archive_records(archive, records)
         return path
 
     @staticmethod
-    def _read_json(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo], name: str) -> dict:
-        info = members.get(name)
-        if info is None:
-            raise ValueError(f"the archive has no {name}")
-        if info.file_size > MAX_JSON_BYTES:
-            raise ValueError(f"{name} is too large ({info.file_size} bytes)")
-        try:
-            data = json.loads(archive.read(info).decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as err:
-            raise ValueError(f"{name} is not valid JSON: {err}") from err
-        if not isinstance(data, dict):
-            raise ValueError(f"{name} must hold a JSON object")
-        return data
-
-    @classmethod
-    def _check_archive_records(cls, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> list[dict]:
+    def check_archive_records(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> list[dict]:
         """Validate characters.json and the files it names, reading (not writing) everything."""
-        data = cls._read_json(archive, members, ARCHIVE_JSON)
+        data = read_json(archive, members, ARCHIVE_JSON)
         if data.get("format") != ARCHIVE_FORMAT:
             raise ValueError(f"{ARCHIVE_JSON} is not an AnyStory character list")
         if not isinstance(data.get("format_version"), int) or data["format_version"] > ARCHIVE_VERSION:
@@ -479,7 +427,7 @@ class Library:
             candidate = name[: MAX_NAME_LENGTH - len(suffix)].rstrip() + suffix
         return candidate
 
-    def _import_records(
+    def import_records(
         self, tx: Transaction, archive: zipfile.ZipFile, records: list[dict], on_clash: str, keep_ids: bool
     ) -> dict[int, int | None]:
         """Insert checked records; returns archive id -> new id (None when skipped).
@@ -523,7 +471,7 @@ class Library:
             raise ValueError(f"on_clash must be 'rename' or 'skip', got {on_clash!r}")
         with read_archive(path) as archive:
             members = check_archive(archive)
-            records = self._check_archive_records(archive, members)
+            records = self.check_archive_records(archive, members)
             with self.database.transaction() as tx:
-                mapping = self._import_records(tx, archive, records, on_clash, keep_ids=False)
+                mapping = self.import_records(tx, archive, records, on_clash, keep_ids=False)
         return [self.get_character(new) for new in mapping.values() if new is not None]

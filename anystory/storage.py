@@ -26,13 +26,13 @@ import secrets
 import shutil
 import sqlite3
 import threading
-import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
 import sqlite_utils
 
 from .files import is_temp_name, write_atomic
+from .names import name_key
 
 log = logging.getLogger(__name__)
 
@@ -44,12 +44,6 @@ FILE_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "characters": ("characters", ("image_path", "mask_path", "thumbnail_path", "encoding_path")),
     "versions": ("versions", ("image_path", "route_map_path")),
 }
-
-# Archive limits: checked on the declared sizes before anything is written (zip bombs, typos).
-MAX_JSON_BYTES = 64 * 1024 * 1024
-MAX_MEMBER_BYTES = 4 * 1024**3
-MAX_ARCHIVE_BYTES = 32 * 1024**3
-MAX_MEMBERS = 100_000
 
 def now() -> str:
     """ISO time in UTC (microseconds, so ordering by time is stable within one process)."""
@@ -69,75 +63,6 @@ def require_png(data: bytes, what: str) -> bytes:
     if not data.startswith(PNG_SIGNATURE):
         raise ValueError(f"{what} is not PNG data")
     return data
-
-
-# -- archives ------------------------------------------------------------------------------------
-
-
-def safe_member_name(name: str) -> PurePosixPath:
-    """A zip member name as a relative path that stays inside the folder it is extracted to.
-
-    Refuses absolute paths, drive letters, backslashes, `..`, `.` and empty parts (zip-slip).
-    """
-    if not name or len(name) > 1024 or any(ord(c) < 32 for c in name):
-        raise ValueError(f"archive member {name!r} has an invalid name")
-    if "\\" in name or name.startswith("/") or ":" in name:
-        raise ValueError(f"archive member {name!r} is an absolute or non-portable path")
-    parts = name.split("/")
-    if any(part in ("", ".", "..") for part in parts):
-        raise ValueError(f"archive member {name!r} escapes its folder or has empty parts")
-    return PurePosixPath(name)
-
-
-def check_archive(archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
-    """Check every member of an archive before anything is written: names, kinds, sizes.
-
-    Returns the members by name. Raises ValueError naming the first problem.
-    """
-    infos = archive.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise ValueError(f"archive has {len(infos)} members; at most {MAX_MEMBERS} are accepted")
-    members: dict[str, zipfile.ZipInfo] = {}
-    total = 0
-    for info in infos:
-        if info.is_dir():
-            safe_member_name(info.filename.rstrip("/"))
-            continue
-        safe_member_name(info.filename)
-        mode = info.external_attr >> 16
-        if mode and (mode & 0o170000) not in (0, 0o100000):  # symlinks, devices
-            raise ValueError(f"archive member {info.filename!r} is not a regular file")
-        if info.filename in members:
-            raise ValueError(f"archive member {info.filename!r} appears twice")
-        if info.file_size > MAX_MEMBER_BYTES:
-            raise ValueError(f"archive member {info.filename!r} is too large ({info.file_size} bytes)")
-        total += info.file_size
-        members[info.filename] = info
-    if total > MAX_ARCHIVE_BYTES:
-        raise ValueError(f"archive unpacks to {total} bytes; at most {MAX_ARCHIVE_BYTES} are accepted")
-    return members
-
-
-@contextlib.contextmanager
-def read_archive(path: str | os.PathLike) -> Iterator[zipfile.ZipFile]:
-    """Open a zip for import; a damaged or foreign file is a ValueError like every other refusal."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            yield archive
-    except zipfile.BadZipFile as err:
-        raise ValueError(f"{os.fspath(path)} is not a readable zip archive: {err}") from err
-
-
-def stored_file_name(name: str) -> str:
-    """The base name of a stored file, as found in an archive's JSON; refuses anything path-like."""
-    if (
-        not isinstance(name, str)
-        or not 0 < len(name) <= 128
-        or name.startswith(".")
-        or not all(c.isascii() and (c.isalnum() or c in "._-") for c in name)
-    ):
-        raise ValueError(f"invalid stored file name {name!r}")
-    return name
 
 
 # -- schema --------------------------------------------------------------------------------------
@@ -210,8 +135,6 @@ def _migration_1(db: sqlite_utils.Database) -> None:
 
 def _migration_2(db: sqlite_utils.Database) -> None:
     """Unicode-aware unique names (NOCASE folds ASCII only) and lookup indexes."""
-    from .library import name_key  # the one definition of "same name"
-
     db["characters"].add_column("name_key", str)
     for row in list(db.query("SELECT id, name FROM characters")):
         db.execute("UPDATE characters SET name_key = ? WHERE id = ?", [name_key(row["name"]), row["id"]])

@@ -1,8 +1,6 @@
 """Stories: ordered panels, each with its generation settings and its kept versions.
 
-A panel's prompt names characters as `[Name]`; `resolve_mentions` turns it into the prompt the
-model sees (each name replaced by the character's description) and the spans of those
-descriptions, which the prompt router uses. Every generation is kept as a version (image +
+A panel's prompt names characters as `[Name]` (mentions.py). Every generation is kept as a version (image +
 routing maps + the settings that made it); one version per panel is the active one.
 """
 
@@ -11,25 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .library import Library, name_key
+from .archive import check_archive, read_archive, read_json, safe_member_name, stored_file_name
 from .files import open_atomic
-from .storage import (
-    StudioDatabase,
-    Transaction,
-    check_archive,
-    now,
-    read_archive,
-    require_png,
-    safe_member_name,
-    stored_file_name,
-    token,
-)
+from .library import Library
+from .mentions import mentioned_names, rename_mentions
+from .names import name_key
+from .storage import StudioDatabase, Transaction, now, require_png, token
 
 ROUTERS = ("learned", "prompt", "layout", "none")
 PANEL_STATUSES = ("empty", "ready", "outdated", "failed")
@@ -51,82 +41,6 @@ PANEL_DEFAULTS: dict[str, Any] = {
     "layout": {},
 }
 _JSON_FIELDS = ("characters", "strengths", "layout")
-
-
-# -- mentions -------------------------------------------------------------------------------------
-
-# `[Name]`, not preceded by another `[` (so `[[...]]` stays text); no brackets or newlines inside.
-_MENTION = re.compile(r"(?<!\[)\[([^\[\]\n]+)\]")
-
-
-@dataclass
-class Mention:
-    """A character named in a prompt: the span [start, end) of its description in the MODEL prompt."""
-
-    name: str
-    character_id: int
-    start: int
-    end: int
-
-
-def iter_mentions(prompt: str) -> list[tuple[int, int, str]]:
-    """`(start, end, name)` of every `[Name]` in a panel prompt (spans in that prompt)."""
-    found = []
-    for match in _MENTION.finditer(prompt):
-        name = match.group(1).strip()
-        if name:
-            found.append((match.start(), match.end(), name))
-    return found
-
-
-def mentioned_names(prompt: str) -> list[str]:
-    """The names a prompt mentions, in order, as written."""
-    return [name for _, _, name in iter_mentions(prompt)]
-
-
-def resolve_mentions(prompt: str, characters: dict[str, tuple[int, str]]) -> tuple[str, list[Mention]]:
-    """Replace each `[Name]` (any case) by that character's description.
-
-    `characters` maps name -> (id, description). Returns the model prompt and one Mention per
-    `[Name]` with the span of the description in it. A character with an empty description is
-    replaced by its name. `[[`, empty or unmatched brackets are left as text. An unknown name
-    raises ValueError listing the known names.
-    """
-    known = {name_key(name): (name, cid, description) for name, (cid, description) in characters.items()}
-    parts: list[str] = []
-    mentions: list[Mention] = []
-    length = 0
-    cursor = 0
-    for start, end, written in iter_mentions(prompt):
-        entry = known.get(name_key(written))
-        if entry is None:
-            listed = ", ".join(sorted(characters, key=name_key)) or "none yet"
-            raise ValueError(f"the prompt names [{written}], which is not a character; known characters: {listed}")
-        name, cid, description = entry
-        text = prompt[cursor:start]
-        parts.append(text)
-        length += len(text)
-        replacement = description.strip() or name
-        parts.append(replacement)
-        mentions.append(Mention(name=name, character_id=cid, start=length, end=length + len(replacement)))
-        length += len(replacement)
-        cursor = end
-    parts.append(prompt[cursor:])
-    return "".join(parts), mentions
-
-
-def rename_mentions(prompt: str, renames: dict[str, str]) -> str:
-    """Rewrite each `[old]` (any case) as `[new]` in one pass, leaving everything else as written."""
-    by_key = {name_key(old): new for old, new in renames.items()}
-    out, cursor = [], 0
-    for start, end, written in iter_mentions(prompt):
-        new = by_key.get(name_key(written))
-        if new is not None:
-            out.append(prompt[cursor:start])
-            out.append(f"[{new}]")
-            cursor = end
-    out.append(prompt[cursor:])
-    return "".join(out)
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -613,7 +527,7 @@ class Stories:
                         }
                     )
             existing = {r[0] for r in self.db.execute("SELECT id FROM characters")}
-            records = self.library._archive_records(sorted(cast & existing))
+            records = self.library.archive_records(sorted(cast & existing))
             project = {
                 "format": PROJECT_FORMAT,
                 "format_version": PROJECT_VERSION,
@@ -623,7 +537,7 @@ class Stories:
             }
             with zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED) as archive:
                 archive.writestr(PROJECT_JSON, json.dumps(project, indent=1, ensure_ascii=False))
-                self.library._write_archive_records(archive, records)
+                self.library.write_archive_records(archive, records)
                 for version in versions:
                     for key in ("image", "route_maps"):
                         if version[key]:
@@ -632,7 +546,7 @@ class Stories:
 
     def _check_project(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict:
         """Validate project.json against the archive; returns the checked story, panels, versions."""
-        data = Library._read_json(archive, members, PROJECT_JSON)
+        data = read_json(archive, members, PROJECT_JSON)
         if data.get("format") != PROJECT_FORMAT:
             raise ValueError(f"{PROJECT_JSON} is not an AnyStory project")
         if not isinstance(data.get("format_version"), int) or data["format_version"] > PROJECT_VERSION:
@@ -737,11 +651,11 @@ class Stories:
         with read_archive(path) as archive:
             members = check_archive(archive)
             project = self._check_project(archive, members)
-            records = self.library._check_archive_records(archive, members)
+            records = self.library.check_archive_records(archive, members)
             with self.database.transaction() as tx:
                 keep = self._is_empty()
                 before = {r["id"]: r["name"] for r in records}
-                cast = self.library._import_records(tx, archive, records, on_clash="reuse", keep_ids=keep)
+                cast = self.library.import_records(tx, archive, records, on_clash="reuse", keep_ids=keep)
                 renamed = {}
                 for old_id, new_id in cast.items():
                     if new_id is not None:

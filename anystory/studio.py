@@ -27,7 +27,8 @@ from . import images as imgs
 from . import render
 from .library import Character, Library
 from .storage import StudioDatabase
-from .story import Panel, Stories, Story, Version, resolve_mentions
+from .mentions import iter_mentions, resolve_mentions
+from .story import Panel, Stories, Story, Version
 
 DEFAULT_DATA_DIR = "./data"
 EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
@@ -544,8 +545,6 @@ def _record_for_image(record: list[dict] | None, index: int) -> list[dict] | Non
 
 def _caption(prompt: str) -> str:
     """The writer's prompt with [Name] shown as Name."""
-    from .story import iter_mentions
-
     caption, cursor = [], 0
     for start, end, name in iter_mentions(prompt):
         caption.append(prompt[cursor:start] + name)

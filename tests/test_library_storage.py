@@ -15,7 +15,8 @@ import sqlite_utils
 from PIL import Image
 
 from anystory import storage
-from anystory.library import Character, CharacterNotFound, Library, validate_name
+from anystory.library import Character, CharacterNotFound, Library
+from anystory.names import validate_name
 from anystory.storage import StudioDatabase, migrate, write_atomic
 
 

@@ -12,7 +12,8 @@ from PIL import Image
 
 from anystory.library import Library
 from anystory.storage import DB_NAME, StudioDatabase
-from anystory.story import Mention, Stories, mentioned_names, rename_mentions, resolve_mentions
+from anystory.mentions import Mention, mentioned_names, rename_mentions, resolve_mentions
+from anystory.story import Stories
 
 
 def png(color=(200, 30, 30), size=(8, 8), mode="RGB") -> bytes:
