@@ -77,10 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
     from ui import build_app, launch_options
-    from ui.characters import add_example_cast
 
-    if studio.preview and not studio.library.names() and not studio.stories.stories():
-        added = add_example_cast(studio)
+    if studio.preview and not studio.character_names() and not studio.stories():
+        added = studio.add_example_cast()
         print(f"preview mode: added the example cast ({', '.join(added)})")
 
     demo = build_app(studio)

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .files import open_atomic
 from .archive import check_archive, read_archive, read_json, safe_member_name, stored_file_name
+from .files import open_atomic
 from .mentions import rename_mentions
 from .names import MAX_NAME_LENGTH, name_key, validate_name
 from .storage import PNG_SIGNATURE, StudioDatabase, Transaction, now, require_png, token
@@ -336,7 +336,9 @@ class Library:
         if data.get("format") != ARCHIVE_FORMAT:
             raise ValueError(f"{ARCHIVE_JSON} is not an AnyStory character list")
         if not isinstance(data.get("format_version"), int) or data["format_version"] > ARCHIVE_VERSION:
-            raise ValueError(f"{ARCHIVE_JSON} has format version {data.get('format_version')!r}; this app reads up to {ARCHIVE_VERSION}")
+            raise ValueError(
+                f"{ARCHIVE_JSON} has format version {data.get('format_version')!r}; this app reads up to {ARCHIVE_VERSION}"
+            )
         records = data.get("characters")
         if not isinstance(records, list):
             raise ValueError(f"{ARCHIVE_JSON} must list characters")
@@ -363,7 +365,11 @@ class Library:
             if status not in STATUSES:
                 raise ValueError(f"{where}: unknown status {status!r}")
             files = record.get("files")
-            if not isinstance(files, dict) or not {"image", "mask", "thumbnail"} <= files.keys() or not files.keys() <= _FILES.keys():
+            if (
+                not isinstance(files, dict)
+                or not {"image", "mask", "thumbnail"} <= files.keys()
+                or not files.keys() <= _FILES.keys()
+            ):
                 raise ValueError(f"{where}: files must name an image, a mask, a thumbnail and optionally an encoding")
             checked_files = {}
             for role, member in files.items():
@@ -391,7 +397,9 @@ class Library:
             )
         return checked
 
-    def _insert_archived(self, tx: Transaction, archive: zipfile.ZipFile, record: dict, name: str, keep_id: bool) -> int:
+    def _insert_archived(
+        self, tx: Transaction, archive: zipfile.ZipFile, record: dict, name: str, keep_id: bool
+    ) -> int:
         """Insert one checked archive record (inside the caller's transaction); returns its id."""
         row = {
             "name": name,
@@ -421,7 +429,9 @@ class Library:
     def _free_name(self, name: str, taken: set[str]) -> str:
         """`name`, or "name (2)", "name (3)"... whichever is free in the library and in `taken`."""
         candidate, n = name, 1
-        while name_key(candidate) in taken or list(self.db["characters"].rows_where("name_key = ?", [name_key(candidate)])):
+        while name_key(candidate) in taken or list(
+            self.db["characters"].rows_where("name_key = ?", [name_key(candidate)])
+        ):
             n += 1
             suffix = f" ({n})"
             candidate = name[: MAX_NAME_LENGTH - len(suffix)].rstrip() + suffix

@@ -11,7 +11,6 @@ from dataclasses import dataclass
 
 from .names import name_key
 
-
 # `[Name]`, not preceded by another `[` (so `[[...]]` stays text); no brackets or newlines inside.
 _MENTION = re.compile(r"(?<!\[)\[([^\[\]\n]+)\]")
 

@@ -188,7 +188,9 @@ def _ink_for(background: RGB) -> RGB:
     return _LEGEND_INK if 0.299 * r + 0.587 * g + 0.114 * b >= 128 else (240, 240, 240)
 
 
-def _draw_lines(draw: ImageDraw.ImageDraw, lines: list[str], font, box_left: int, top: int, box_width: int, fill: RGB) -> None:
+def _draw_lines(
+    draw: ImageDraw.ImageDraw, lines: list[str], font, box_left: int, top: int, box_width: int, fill: RGB
+) -> None:
     """Each line centred horizontally in [box_left, box_left + box_width)."""
     step = _line_height(font)
     for i, line in enumerate(lines):
@@ -270,7 +272,10 @@ def _upscale_index(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _upscale_soft(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear upscale of every slot of a soft [S, h, w] map to [S, H, W]."""
     return np.stack(
-        [np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)) for m in maps]
+        [
+            np.asarray(Image.fromarray(m.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR))
+            for m in maps
+        ]
     )
 
 
@@ -476,7 +481,9 @@ def select_route_maps(
     """
     record = list(record)
     if not record:
-        raise ValueError("the route record is empty: generate with the route record turned on to inspect steps and layers")
+        raise ValueError(
+            "the route record is empty: generate with the route record turned on to inspect steps and layers"
+        )
     wanted_grid = None if grid is None else (int(grid[0]), int(grid[1]))
     wanted_sites = None if sites is None else {int(s) for s in sites}
     chosen = [
@@ -570,7 +577,12 @@ def route_maps_bytes(final: np.ndarray, record: list[dict] | None = None) -> byt
         arrays[prefix + "sites"] = np.array([int(m[1]["site"]) for m in members], dtype=np.int64)
         stacked = np.stack([m[2] for m in members])
         slot_axis = stacked.ndim - 3
-        one_hot = stacked.dtype == bool and len(shape) >= 3 and shape[-3] >= 1 and bool((stacked.sum(axis=slot_axis) == 1).all())
+        one_hot = (
+            stacked.dtype == bool
+            and len(shape) >= 3
+            and shape[-3] >= 1
+            and bool((stacked.sum(axis=slot_axis) == 1).all())
+        )
         if one_hot:
             num_slots = shape[-3]
             index_type = np.uint8 if num_slots <= 256 else np.uint16
@@ -603,8 +615,20 @@ def load_route_maps(path: Path) -> tuple[np.ndarray, list[dict] | None]:
                 gates = np.moveaxis(np.eye(num_slots, dtype=bool)[indices], -1, -3)
             else:
                 gates = data[prefix + "gates"]
-            for order, step, site, entry_gates in zip(data[prefix + "order"], data[prefix + "steps"], data[prefix + "sites"], gates):
-                entries.append((int(order), {"step": int(step), "site": int(site), "grid": grid, "gates": np.ascontiguousarray(entry_gates)}))
+            for order, step, site, entry_gates in zip(
+                data[prefix + "order"], data[prefix + "steps"], data[prefix + "sites"], gates
+            ):
+                entries.append(
+                    (
+                        int(order),
+                        {
+                            "step": int(step),
+                            "site": int(site),
+                            "grid": grid,
+                            "gates": np.ascontiguousarray(entry_gates),
+                        },
+                    )
+                )
     entries.sort(key=lambda item: item[0])
     return final, [entry for _, entry in entries]
 
@@ -787,7 +811,9 @@ def page_grid(
 
 # -- file names -------------------------------------------------------------------------------
 
-_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789"}
+_WINDOWS_RESERVED = {"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"} | {
+    f"{p}{d}" for p in ("COM", "LPT") for d in "0123456789"
+}
 
 
 def safe_filename(text: str, default: str = "story", max_length: int = 80) -> str:

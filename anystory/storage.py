@@ -45,6 +45,7 @@ FILE_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
     "versions": ("versions", ("image_path", "route_map_path")),
 }
 
+
 def now() -> str:
     """ISO time in UTC (microseconds, so ordering by time is stable within one process)."""
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="microseconds")
@@ -129,7 +130,7 @@ def _migration_1(db: sqlite_utils.Database) -> None:
             route_map_path TEXT,
             created TEXT NOT NULL
         );
-        """
+        """,
     )
 
 
@@ -144,7 +145,7 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         CREATE UNIQUE INDEX characters_name_key ON characters (name_key);
         CREATE INDEX panels_story ON panels (story_id, position);
         CREATE INDEX versions_panel ON versions (panel_id);
-        """
+        """,
     )
 
 

@@ -149,7 +149,9 @@ def check_setting(key: str, value: Any) -> Any:
     if key == "strengths":
         if not isinstance(value, dict):
             raise ValueError("strengths must map character ids to numbers")
-        return {_character_id(k, "a strength's character id"): _float(v, "a strength", 0.0, 10.0) for k, v in value.items()}
+        return {
+            _character_id(k, "a strength's character id"): _float(v, "a strength", 0.0, 10.0) for k, v in value.items()
+        }
     if key == "router":
         if value not in ROUTERS:
             raise ValueError(f"router must be one of {', '.join(ROUTERS)}, got {value!r}")
@@ -296,7 +298,9 @@ class Stories:
 
     def add_panel(self, story_id: int, prompt: str = "", position: int | None = None, **settings: Any) -> Panel:
         """Add a panel at the end (or at `position`); unspecified settings take PANEL_DEFAULTS."""
-        values = {key: check_setting(key, value) for key, value in {**PANEL_DEFAULTS, **settings, "prompt": prompt}.items()}
+        values = {
+            key: check_setting(key, value) for key, value in {**PANEL_DEFAULTS, **settings, "prompt": prompt}.items()
+        }
         with self.database.transaction():
             self._row("stories", story_id, "story")
             count = self._count_panels(story_id)
@@ -325,7 +329,9 @@ class Stories:
     def panels(self, story_id: int) -> list[Panel]:
         """The story's panels in order."""
         self._row("stories", story_id, "story")
-        return [self._panel(r) for r in self.db["panels"].rows_where("story_id = ?", [story_id], order_by="position, id")]
+        return [
+            self._panel(r) for r in self.db["panels"].rows_where("story_id = ?", [story_id], order_by="position, id")
+        ]
 
     def get_panel(self, panel_id: int) -> Panel:
         return self._panel(self._row("panels", panel_id, "panel"))
@@ -349,7 +355,9 @@ class Stories:
             self.db.execute("UPDATE panels SET position = ? WHERE id = ?", [position, panel_id])
 
     def _order(self, story_id: int) -> list[int]:
-        return [r[0] for r in self.db.execute("SELECT id FROM panels WHERE story_id = ? ORDER BY position, id", [story_id])]
+        return [
+            r[0] for r in self.db.execute("SELECT id FROM panels WHERE story_id = ? ORDER BY position, id", [story_id])
+        ]
 
     def move_panel(self, panel_id: int, new_position: int) -> list[Panel]:
         """Move a panel to `new_position` (0 = first; clamped); returns the story's panels."""
@@ -461,9 +469,7 @@ class Stories:
             self.db["versions"].delete(version_id)
             tx.discard_after_commit(f"versions/{version_id}")
             if panel["active_version_id"] == version_id:
-                newest = self.db.execute(
-                    "SELECT MAX(id) FROM versions WHERE panel_id = ?", [panel["id"]]
-                ).fetchone()[0]
+                newest = self.db.execute("SELECT MAX(id) FROM versions WHERE panel_id = ?", [panel["id"]]).fetchone()[0]
                 changes = {"active_version_id": newest, "updated": now()}
                 if newest is None and panel["status"] != "failed":
                     changes["status"] = "empty"
@@ -550,7 +556,9 @@ class Stories:
         if data.get("format") != PROJECT_FORMAT:
             raise ValueError(f"{PROJECT_JSON} is not an AnyStory project")
         if not isinstance(data.get("format_version"), int) or data["format_version"] > PROJECT_VERSION:
-            raise ValueError(f"{PROJECT_JSON} has format version {data.get('format_version')!r}; this app reads up to {PROJECT_VERSION}")
+            raise ValueError(
+                f"{PROJECT_JSON} has format version {data.get('format_version')!r}; this app reads up to {PROJECT_VERSION}"
+            )
         story = data.get("story")
         if not isinstance(story, dict) or not isinstance(story.get("id"), int):
             raise ValueError(f"{PROJECT_JSON} has no valid story")
@@ -629,7 +637,9 @@ class Stories:
         for panel in panels:
             active = panel["active_version_id"]
             if active is not None and not any(v["id"] == active and v["panel_id"] == panel["id"] for v in versions):
-                raise ValueError(f"{PROJECT_JSON}: panel {panel['id']}'s active version {active!r} is not one of its versions")
+                raise ValueError(
+                    f"{PROJECT_JSON}: panel {panel['id']}'s active version {active!r} is not one of its versions"
+                )
         panels.sort(key=lambda p: (p["position"], p["id"]))
         return {"story": checked_story, "panels": panels, "versions": versions}
 
@@ -700,7 +710,9 @@ class Stories:
                     folder = PurePosixPath("versions", str(version_id))
                     tx.fresh_folder(folder)
                     paths = {
-                        column: tx.write(folder / PurePosixPath(version["files"][key]).name, archive.read(version["files"][key]))
+                        column: tx.write(
+                            folder / PurePosixPath(version["files"][key]).name, archive.read(version["files"][key])
+                        )
                         for key, column in (("image", "image_path"), ("route_maps", "route_map_path"))
                         if key in version["files"]
                     }

@@ -14,6 +14,7 @@ are detected as stale and re-encoded on first use, with a note.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 from collections.abc import Callable
@@ -26,11 +27,13 @@ from PIL import Image
 from . import images as imgs
 from . import render
 from .library import Character, Library
+from .mentions import iter_mentions, mentioned_names, resolve_mentions
+from .names import name_key
 from .storage import StudioDatabase
-from .mentions import iter_mentions, resolve_mentions
-from .story import Panel, Stories, Story, Version
+from .story import ROUTERS, Panel, Stories, Story, Version
 
 DEFAULT_DATA_DIR = "./data"
+EXAMPLE_CAST_DIR = Path(__file__).resolve().parent.parent / "assets" / "cast"
 EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
 PREVIEW_PANEL = {"width": 128, "height": 128, "steps": 8, "guidance": 5.0}
 REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
@@ -61,9 +64,9 @@ class PanelPlan:
 class Studio:
     def __init__(self, data_dir: str | os.PathLike, pipeline, *, preview: bool = False, keep_route_record: bool = True):
         self.data_dir = Path(data_dir)
-        self.database = StudioDatabase(self.data_dir)
-        self.library = Library(self.database)
-        self.stories = Stories(self.database)
+        self._database = StudioDatabase(self.data_dir)
+        self._library = Library(self._database)
+        self._stories = Stories(self._database)
         self.pipeline = pipeline
         self.preview = preview
         self.keep_route_record = keep_route_record
@@ -75,6 +78,7 @@ class Studio:
         self._state = threading.Lock()
         self._busy: set[int] = set()  # characters used by the running generation
         self.exports_dir = self.data_dir / "exports"
+        self.routers = ROUTERS  # the router choices a panel can make
 
     @property
     def notes(self) -> list[str]:
@@ -137,7 +141,9 @@ class Studio:
             mask_image, warning = imgs.read_mask(mask, picture.size)
         else:
             alpha = imgs.alpha_mask(picture)
-            mask_image, warning = imgs.read_mask(alpha if alpha is not None else Image.new("L", picture.size, 255), picture.size)
+            mask_image, warning = imgs.read_mask(
+                alpha if alpha is not None else Image.new("L", picture.size, 255), picture.size
+            )
             if alpha is None:
                 warning = "no mask and no transparency: the whole picture is the character"
         if warning:
@@ -157,7 +163,7 @@ class Studio:
         """Check the picture and mask, encode once, store everything in one transaction."""
         picture, mask_image, self.notes = self._prepare_picture(image, mask)
         encoding = self._encode(picture, mask_image)
-        character = self.library.add_character(
+        character = self._library.add_character(
             name,
             description,
             imgs.png_bytes(picture),
@@ -171,16 +177,16 @@ class Studio:
 
     def update_character(self, id_or_name, *, name=None, description=None, image=None, mask=None) -> Character:
         """Rename / re-describe; a new picture or mask is re-encoded at once."""
-        character = self.library.get_character(id_or_name)
+        character = self._library.get_character(id_or_name)
         self.notes = []
         if image is None and mask is None:
-            return self.library.update_character(character.id, name=name, description=description)
+            return self._library.update_character(character.id, name=name, description=description)
         picture = image if image is not None else Image.open(character.image_path)
         if mask is None and image is None:
             mask = Image.open(character.mask_path)
         picture, mask_image, self.notes = self._prepare_picture(picture, mask)
         encoding = self._encode(picture, mask_image)
-        self.library.update_character(
+        self._library.update_character(
             character.id,
             name=name,
             description=description,
@@ -188,23 +194,40 @@ class Studio:
             mask_png=imgs.png_bytes(mask_image),
             thumbnail_png=imgs.png_bytes(imgs.thumbnail(picture, mask_image)),
         )
-        character = self.library.set_encoding(character.id, encoding.to_bytes(), self.pipeline.encoder_id)
+        character = self._library.set_encoding(character.id, encoding.to_bytes(), self.pipeline.encoder_id)
         self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
         return character
 
     def characters(self, search: str | None = None) -> list[Character]:
-        return self.library.characters(search)
+        """The cast by name; `search` keeps those whose name or description contains it."""
+        return self._library.characters(search)
+
+    def character_names(self) -> list[str]:
+        return self._library.names()
 
     def get_character(self, id_or_name) -> Character:
-        return self.library.get_character(id_or_name)
+        """By id, or by name in any case; CharacterNotFound lists the known names."""
+        return self._library.get_character(id_or_name)
+
+    def add_example_cast(self, folder: str | os.PathLike | None = None) -> list[str]:
+        """Add the built-in cast (assets/cast/cast.json); names already in the cast are left alone."""
+        folder = Path(folder or EXAMPLE_CAST_DIR)
+        entries = json.loads((folder / "cast.json").read_text(encoding="utf-8"))["characters"]
+        known = {name_key(name) for name in self._library.names()}
+        added = []
+        for entry in entries:
+            if name_key(entry["name"]) not in known:
+                self.add_character(entry["name"], entry["description"], folder / entry["file"])
+                added.append(entry["name"])
+        return added
 
     def panels_using(self, id_or_name) -> list[tuple[Story, Panel]]:
-        character = self.library.get_character(id_or_name)
-        return [(self.stories.get_story(p.story_id), p) for p in self.stories.panels_using_character(character.id)]
+        character = self._library.get_character(id_or_name)
+        return [(self._stories.get_story(p.story_id), p) for p in self._stories.panels_using_character(character.id)]
 
     def delete_character(self, id_or_name, force: bool = False) -> None:
         """Refuses while a generation uses the character, and (unless forced) while panels do."""
-        character = self.library.get_character(id_or_name)
+        character = self._library.get_character(id_or_name)
         with self._state:
             if character.id in self._busy:
                 raise CharacterInUse(f"{character.name} is used by the generation running now; try again when it ends")
@@ -215,47 +238,52 @@ class Studio:
             for _, panel in users:  # untick it; a [Name] left in a prompt is reported at generation
                 if character.id in panel.characters:
                     kept = [c for c in panel.characters if c != character.id]
-                    self.stories.update_panel(panel.id, characters=kept)
-            self.library.delete_character(character.id)
+                    self._stories.update_panel(panel.id, characters=kept)
+            self._library.delete_character(character.id)
             self._encodings.pop(character.id, None)
 
     def stale_characters(self) -> list[Character]:
         """Characters whose stored encoding was made by other weights than the loaded ones."""
-        return [c for c in self.library.characters() if c.encoder_id != self.pipeline.encoder_id or not c.has_encoding]
+        return [c for c in self._library.characters() if c.encoder_id != self.pipeline.encoder_id or not c.has_encoding]
 
     def character_encoding(self, id_or_name):
         """The stored encoding (memory cache); stale or missing ones are re-encoded, with a note."""
         from .encoding import SubjectEncoding
 
-        character = self.library.get_character(id_or_name)
+        character = self._library.get_character(id_or_name)
         cached = self._encodings.get(character.id)
         if cached and cached[0] == character.updated and cached[1] == self.pipeline.encoder_id:
             return cached[2]
         if character.encoder_id != self.pipeline.encoder_id or not character.has_encoding:
             return self._reencode(character, f"{character.name} was encoded by other weights; encoded again")
         try:
-            encoding = SubjectEncoding.from_bytes(self.library.read_encoding(character.id), character.name)
+            encoding = SubjectEncoding.from_bytes(self._library.read_encoding(character.id), character.name)
         except (ValueError, OSError):
             return self._reencode(character, f"{character.name}'s stored encoding was unreadable; encoded again")
         self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
         return encoding
 
     def reencode_character(self, id_or_name) -> Character:
-        character = self.library.get_character(id_or_name)
+        character = self._library.get_character(id_or_name)
         self._reencode(character, f"{character.name} encoded again")
-        return self.library.get_character(character.id)
+        return self._library.get_character(character.id)
 
     def _reencode(self, character: Character, note: str):
-        picture = imgs.read_image(character.image_path)
-        mask, _ = imgs.read_mask(Image.open(character.mask_path), picture.size)
-        encoding = self._encode(picture, mask)
-        character = self.library.set_encoding(character.id, encoding.to_bytes(), self.pipeline.encoder_id)
+        """Encode a stored character again; a failure marks it "failed" (shown; Re-encode retries)."""
+        try:
+            picture = imgs.read_image(character.image_path)
+            mask, _ = imgs.read_mask(Image.open(character.mask_path), picture.size)
+            encoding = self._encode(picture, mask)
+        except Exception as err:
+            self._library.mark_status(character.id, "failed")
+            raise StudioError(f"{character.name} could not be encoded: {err}") from err
+        character = self._library.set_encoding(character.id, encoding.to_bytes(), self.pipeline.encoder_id)
         self._encodings[character.id] = (character.updated, character.encoder_id, encoding)
         self.notes.append(note)
         return encoding
 
     def encoding_status(self, character: Character) -> str:
-        """"ready", "stale" (made by other weights than the loaded ones), "missing" or "failed"."""
+        """ "ready", "stale" (made by other weights than the loaded ones), "missing" or "failed"."""
         if not character.has_encoding:
             return "missing"
         if character.encoder_id != self.pipeline.encoder_id:
@@ -271,53 +299,111 @@ class Studio:
         return imgs.mask_preview(picture, mask_image), warnings
 
     def export_characters(self, path, ids: list[int] | None = None) -> Path:
-        return self.library.export_characters(path, ids)
+        return self._library.export_characters(path, ids)
 
     def import_characters(self, path, on_clash: str = "rename") -> list[Character]:
-        imported = self.library.import_characters(path, on_clash)
+        imported = self._library.import_characters(path, on_clash)
         stale = [c.name for c in imported if c.encoder_id != self.pipeline.encoder_id]
-        self.notes = [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
+        self.notes = (
+            [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
+        )
         return imported
 
     # -- stories and panels ----------------------------------------------------------------------
 
+    def stories(self) -> list[Story]:
+        """Every story, oldest first."""
+        return self._stories.stories()
+
+    def get_story(self, story_id: int) -> Story:
+        return self._stories.get_story(story_id)
+
     def create_story(self, title: str = "Untitled story") -> Story:
-        return self.stories.create_story(title)
+        return self._stories.create_story(title)
+
+    def rename_story(self, story_id: int, title: str) -> Story:
+        return self._stories.rename_story(story_id, title)
+
+    def delete_story(self, story_id: int) -> None:
+        """Delete a story with its panels, versions and their files."""
+        self._stories.delete_story(story_id)
+
+    def panels(self, story_id: int) -> list[Panel]:
+        """The story's panels in order."""
+        return self._stories.panels(story_id)
+
+    def get_panel(self, panel_id: int) -> Panel:
+        return self._stories.get_panel(panel_id)
+
+    def panel_cast(self, panel: Panel) -> list[tuple[Character, bool]]:
+        """The panel's characters with whether the prompt names them: named ones (known) in prompt
+        order, then the ticked ones it does not name."""
+        by_key = {name_key(c.name): c for c in self._library.characters()}
+        by_id = {c.id: c for c in by_key.values()}
+        cast: dict[int, tuple[Character, bool]] = {}
+        for name in mentioned_names(panel.prompt):
+            character = by_key.get(name_key(name))
+            if character is not None:
+                cast.setdefault(character.id, (character, True))
+        for character_id in panel.characters:
+            if character_id in by_id:
+                cast.setdefault(character_id, (by_id[character_id], False))
+        return list(cast.values())
 
     def add_panel(self, story_id: int, prompt: str = "", **settings) -> Panel:
         """A new panel with this Studio's defaults (size, steps, router) unless given."""
-        return self.stories.add_panel(story_id, prompt, **{**self.panel_defaults, **settings})
+        return self._stories.add_panel(story_id, prompt, **{**self.panel_defaults, **settings})
 
     def update_panel(self, panel_id: int, **fields) -> Panel:
-        return self.stories.update_panel(panel_id, **fields)
+        return self._stories.update_panel(panel_id, **fields)
 
     def move_panel(self, panel_id: int, new_position: int) -> list[Panel]:
-        return self.stories.move_panel(panel_id, new_position)
+        """Move a panel to `new_position` (0 = first; clamped); returns the story's panels."""
+        return self._stories.move_panel(panel_id, new_position)
+
+    def duplicate_panel(self, panel_id: int) -> Panel:
+        """A copy of the panel's settings right after it, with no versions yet."""
+        return self._stories.duplicate_panel(panel_id)
+
+    def delete_panel(self, panel_id: int) -> None:
+        """Delete a panel with its versions; later panels move up."""
+        self._stories.delete_panel(panel_id)
+
+    def versions(self, panel_id: int) -> list[Version]:
+        """The panel's kept versions, oldest first."""
+        return self._stories.versions(panel_id)
+
+    def get_version(self, version_id: int) -> Version:
+        return self._stories.get_version(version_id)
+
+    def delete_version(self, version_id: int) -> Panel:
+        """Delete one kept version; if it was active, the newest remaining one becomes active."""
+        return self._stories.delete_version(version_id)
 
     def set_active_version(self, panel_id: int, version_id: int, *, restore_settings: bool = False) -> Panel:
         """Make a kept version the panel's image. With restore_settings the panel also gets back the
         settings that made it (seed, prompt, ...), so "ready" means the settings match the image;
         the cast settings come back only while the version's characters are still the same ones."""
         if restore_settings:
-            version = self.stories.get_version(version_id)
+            version = self._stories.get_version(version_id)
             if version.panel_id != panel_id:
                 raise StudioError(f"version {version_id} belongs to panel {version.panel_id}, not panel {panel_id}")
             settings = version.settings
             keys = ["seed", "steps", "guidance", "width", "height", "router"]
-            names = {c.id: c.name for c in self.library.characters()}
+            names = {c.id: c.name for c in self._library.characters()}
             subjects = settings.get("subjects", [])
             if [names.get(c) for c in subjects] == list(settings.get("subject_names", [])):
                 keys += ["prompt", "characters", "strengths", "layout"]
             restored = {key: settings[key] for key in keys if key in settings}
             if restored:
-                self.stories.update_panel(panel_id, **restored)
-        return self.stories.set_active_version(panel_id, version_id)
+                self._stories.update_panel(panel_id, **restored)
+        return self._stories.set_active_version(panel_id, version_id)
 
     def plan_panel(self, panel: Panel) -> PanelPlan:
         """[Name] -> description; ticked-but-unnamed characters are appended to the prompt so each
         subject has words of its own; every subject must still exist."""
         try:
-            prompt, mentions = resolve_mentions(panel.prompt, self.library.mention_map())
+            prompt, mentions = resolve_mentions(panel.prompt, self._library.mention_map())
         except ValueError as err:
             raise StudioError(str(err)) from err
         ids, phrases = [], []
@@ -325,7 +411,7 @@ class Studio:
             if mention.character_id not in ids:
                 ids.append(mention.character_id)
                 phrases.append(prompt[mention.start : mention.end])
-        known = {c.id: c for c in self.library.characters()}
+        known = {c.id: c for c in self._library.characters()}
         for character_id in panel.characters:
             if character_id in ids:
                 continue
@@ -356,7 +442,7 @@ class Studio:
         if router == "prompt":
             arguments["subject_phrases"] = plan.phrases
         if router == "layout":
-            missing = [self.library.get_character(c).name for c in plan.character_ids if c not in panel.layout]
+            missing = [self._library.get_character(c).name for c in plan.character_ids if c not in panel.layout]
             if missing:
                 raise StudioError(f"router 'layout' needs a box for every character; none for {', '.join(missing)}")
             arguments["layout"] = [panel.layout[c] for c in plan.character_ids]
@@ -378,8 +464,8 @@ class Studio:
         import torch
 
         if new_seed:
-            self.stories.update_panel(panel_id, seed=int(np.random.default_rng().integers(0, 2**31 - 1)))
-        panel = self.stories.get_panel(panel_id)
+            self._stories.update_panel(panel_id, seed=int(np.random.default_rng().integers(0, 2**31 - 1)))
+        panel = self._stories.get_panel(panel_id)
         plan = self.plan_panel(panel)
         with self._gpu:
             self.notes = list(plan.warnings)
@@ -411,11 +497,11 @@ class Studio:
                     **arguments,
                 )
             except GenerationCancelled as err:
-                self.stories.mark_failed(panel_id, str(err))
+                self._stories.mark_failed(panel_id, str(err))
                 raise
             except Exception as err:
                 reason = _friendly_failure(err)
-                self.stories.mark_failed(panel_id, reason)
+                self._stories.mark_failed(panel_id, reason)
                 raise StudioError(reason) from err
             finally:
                 with self._state:
@@ -430,18 +516,18 @@ class Studio:
                 **panel.generation_settings(),
                 "model_prompt": plan.prompt,
                 "subjects": plan.character_ids,
-                "subject_names": [self.library.get_character(c).name for c in plan.character_ids],
+                "subject_names": [self._library.get_character(c).name for c in plan.character_ids],
                 "router_used": arguments["router"] if plan.character_ids else None,
                 "notes": list(self.notes),
             }
-            return self.stories.add_version(
+            return self._stories.add_version(
                 panel_id, settings, self.model_id, imgs.png_bytes(image), route_maps, route_maps_suffix=".npz"
             )
 
     def generate_story(self, story_id: int, *, only_outdated: bool = True, progress=None, cancel=None) -> list[Version]:
         """Generate every panel that has no up-to-date image (all of them with only_outdated=False)."""
         versions = []
-        panels = [p for p in self.stories.panels(story_id) if not only_outdated or p.status != "ready"]
+        panels = [p for p in self._stories.panels(story_id) if not only_outdated or p.status != "ready"]
         for number, panel in enumerate(panels):
 
             def panel_progress(fraction, text, number=number):
@@ -458,13 +544,17 @@ class Studio:
     # -- looking at results ----------------------------------------------------------------------
 
     def version_image(self, version_id: int) -> Image.Image:
-        return Image.open(self.stories.get_version(version_id).image_path).convert("RGB")
+        return Image.open(self._stories.get_version(version_id).image_path).convert("RGB")
 
     def version_overlay(
-        self, version_id: int, opacity: float = 0.45, steps: tuple[int, int] | None = None, grid: tuple[int, int] | None = None
+        self,
+        version_id: int,
+        opacity: float = 0.45,
+        steps: tuple[int, int] | None = None,
+        grid: tuple[int, int] | None = None,
     ) -> Image.Image:
         """The routes of a version over its image: one colour per character, legend with names."""
-        version = self.stories.get_version(version_id)
+        version = self._stories.get_version(version_id)
         image = self.version_image(version_id)
         if version.route_map_path is None:
             raise StudioError("this panel has no characters, so no routes to show")
@@ -476,13 +566,13 @@ class Studio:
 
     def version_legend(self, version_id: int) -> list[tuple[str, str]]:
         """(name, "#rrggbb") of each overlay colour: the version's characters, then the background."""
-        names = self.stories.get_version(version_id).settings.get("subject_names", [])
+        names = self._stories.get_version(version_id).settings.get("subject_names", [])
         colours = render.palette(len(names)) + [render.BACKGROUND_COLOUR]
         return [(name, "#%02x%02x%02x" % colour) for name, colour in zip([*names, "background"], colours)]
 
     def route_record_choices(self, version_id: int) -> tuple[list[tuple[int, int]], list[int]]:
         """(grids, steps) kept for a version, for choosing the overlay's resolution and step range."""
-        version = self.stories.get_version(version_id)
+        version = self._stories.get_version(version_id)
         if version.route_map_path is None:
             return [], []
         _, record = render.load_route_maps(version.route_map_path)
@@ -493,25 +583,33 @@ class Studio:
     # -- exports ---------------------------------------------------------------------------------
 
     def export_story(
-        self, story_id: int, fmt: str, path: str | os.PathLike | None = None, *, overlay: bool = False, captions: bool = True
+        self,
+        story_id: int,
+        fmt: str,
+        path: str | os.PathLike | None = None,
+        *,
+        overlay: bool = False,
+        captions: bool = True,
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
         "project" (an archive that imports back). Returns the files written."""
         if fmt not in EXPORT_FORMATS:
             raise StudioError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
-        story = self.stories.get_story(story_id)
+        story = self._stories.get_story(story_id)
         stem = render.safe_filename(story.title)
         suffix = {"strip": ".png", "grid": ".png", "pdf": ".pdf", "cbz": ".cbz", "project": ".zip"}[fmt]
         path = Path(path) if path else self.exports_dir / f"{stem}{suffix}"
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "project":
-            return [self.stories.export_project(story_id, path)]
+            return [self._stories.export_project(story_id, path)]
         pictures, texts = [], []
-        for panel in self.stories.panels(story_id):
+        for panel in self._stories.panels(story_id):
             if panel.active_version_id is None:
                 continue
             version = panel.active_version_id
-            pictures.append(self.version_overlay(version) if overlay and self._has_routes(version) else self.version_image(version))
+            pictures.append(
+                self.version_overlay(version) if overlay and self._has_routes(version) else self.version_image(version)
+            )
             texts.append(_caption(panel.prompt))
         if not pictures:
             raise StudioError("no panel of this story has an image yet: generate first")
@@ -525,15 +623,19 @@ class Studio:
             return [render.export_pdf(pages, path, title=story.title)]
         if len(pages) == 1:
             return [render.export_png(pages[0], path)]
-        return [render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)]
+        return [
+            render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)
+        ]
 
     def _has_routes(self, version_id: int) -> bool:
-        return self.stories.get_version(version_id).route_map_path is not None
+        return self._stories.get_version(version_id).route_map_path is not None
 
     def import_project(self, path) -> Story:
-        story = self.stories.import_project(path)
+        story = self._stories.import_project(path)
         stale = [c.name for c in self.stale_characters()]
-        self.notes = [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
+        self.notes = (
+            [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
+        )
         return story
 
 
@@ -558,4 +660,3 @@ def _friendly_failure(err: Exception) -> str:
     if "out of memory" in text.lower() or type(err).__name__ == "OutOfMemoryError":
         return "the GPU ran out of memory: try a smaller size, fewer characters, or start the app with --offload"
     return f"generation failed: {text}"
-

@@ -131,23 +131,23 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         shot(page, "2-generated")
 
         # -- Re-roll panel 2, then make its first version active again --
-        panels = studio.stories.panels(studio.stories.stories()[0].id)
+        panels = studio.panels(studio.stories()[0].id)
         first_version = panels[1].active_version_id
         page.locator("#reroll-panel").click()
         expect(status).to_contain_text("re-rolled panel 2")
         versions = page.locator("#version-gallery")
         expect(versions.locator("img")).to_have_count(2)
-        assert studio.stories.get_panel(panels[1].id).active_version_id != first_version
+        assert studio.get_panel(panels[1].id).active_version_id != first_version
         versions.locator("img").first.click()
         expect(page.locator("#inspected-version")).to_contain_text("Inspecting v1 (not active)")
         page.locator("#make-active").click()
         expect(status).to_contain_text("made it the active version")
         expect(page.locator("#inspected-version")).to_contain_text("Inspecting v1 (the active version)")
-        restored = studio.stories.get_panel(panels[1].id)
+        restored = studio.get_panel(panels[1].id)
         assert restored.active_version_id == first_version and restored.status == "ready"
         assert restored.seed == panels[1].seed  # the settings that made v1 are back
         expect(page.locator("#panel-seed input")).to_have_value(str(panels[1].seed))
-        assert studio.stories.get_panel(panels[0].id).active_version_id == panels[0].active_version_id
+        assert studio.get_panel(panels[0].id).active_version_id == panels[0].active_version_id
         shot(page, "3-versions")
 
         # -- Export a PDF, then the project archive, and import it back --
@@ -165,7 +165,7 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         expect(status).to_contain_text("imported “The walk”")
         expect(page.locator("#panel-strip img")).to_have_count(2)
         shot(page, "4-imported")
-        assert [s.title for s in studio.stories.stories()] == ["The walk", "The walk"]
+        assert [s.title for s in studio.stories()] == ["The walk", "The walk"]
         page.close()
     finally:
         demo.close()
@@ -184,10 +184,10 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         expect(page.locator("#inspected-version")).to_contain_text(re.compile(r"Inspecting v1 \(the active version\)"))
         expect(page.locator("#overlay-legend")).to_contain_text("Mia")
         shot(page, "5-restarted")
-        stories = studio.stories.stories()
+        stories = studio.stories()
         assert [s.title for s in stories] == ["The walk", "The walk"]
         for story in stories:
-            assert [p.status for p in studio.stories.panels(story.id)] == ["ready", "ready"]
+            assert [p.status for p in studio.panels(story.id)] == ["ready", "ready"]
         assert studio.encode_count == 0  # encodings were read from disk, not made again
         page.close()
     finally:
@@ -197,10 +197,8 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
 def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, tmp_path):
     from playwright.sync_api import expect
 
-    from ui.characters import add_example_cast
-
     studio = preview_studio(tmp_path / "data", preview_pipe)
-    add_example_cast(studio)
+    studio.add_example_cast()
     story = studio.create_story("Slow")
     panel = studio.add_panel(story.id, "[Rex] runs", steps=1000)
     demo, url = launch(studio)
@@ -216,7 +214,7 @@ def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, t
         expect(status).to_contain_text("generation cancelled; the panel keeps its earlier versions")
         expect(page.locator("#panel-status")).to_contain_text("failed")
         shot(page, "6-cancelled")
-        after = studio.stories.get_panel(panel.id)
+        after = studio.get_panel(panel.id)
         assert after.status == "failed" and after.active_version_id is None
         page.close()
     finally:

@@ -51,7 +51,7 @@ def test_eight_panels_with_two_characters_encode_twice(studio):
         studio.add_panel(story.id, f"[Mia] and [Rex] at the park, scene {i}")
     studio.generate_story(story.id)
     assert studio.encode_count == 2
-    assert all(p.status == "ready" for p in studio.stories.panels(story.id))
+    assert all(p.status == "ready" for p in studio.panels(story.id))
 
 
 def test_a_new_studio_reads_encodings_from_disk(studio, public_pipe):
@@ -63,7 +63,7 @@ def test_a_new_studio_reads_encodings_from_disk(studio, public_pipe):
 
 def test_stale_encoding_is_encoded_again_with_a_note(studio):
     mia, _ = cast(studio)
-    studio.library.set_encoding(mia.id, studio.library.read_encoding(mia.id), "other-weights")
+    studio._library.set_encoding(mia.id, studio._library.read_encoding(mia.id), "other-weights")  # as other weights would
     assert [c.name for c in studio.stale_characters()] == ["Mia"]
     studio.notes = []
     studio.character_encoding(mia.id)
@@ -176,7 +176,7 @@ def test_delete_names_the_panels_that_use_the_character(studio):
     with pytest.raises(CharacterInUse, match="“The walk” panel 2"):
         studio.delete_character(rex.id)
     studio.delete_character(rex.id, force=True)
-    assert studio.stories.get_panel(panel.id).characters == []
+    assert studio.get_panel(panel.id).characters == []
 
 
 def test_delete_while_a_generation_uses_it(studio):
@@ -213,7 +213,7 @@ def test_generation_keeps_versions_with_routes(studio):
 
     second = studio.reroll_panel(panel.id)
     assert second.settings["seed"] != first.settings["seed"]
-    assert [v.id for v in studio.stories.versions(panel.id)] == [first.id, second.id]
+    assert [v.id for v in studio.versions(panel.id)] == [first.id, second.id]
     assert studio.set_active_version(panel.id, first.id).active_version_id == first.id
 
 
@@ -223,10 +223,10 @@ def test_reroll_keeps_the_other_panels(studio):
     a = studio.add_panel(story.id, "[Mia] reads")
     b = studio.add_panel(story.id, "[Rex] sleeps")
     studio.generate_story(story.id)
-    before = studio.stories.get_panel(a.id)
+    before = studio.get_panel(a.id)
     studio.reroll_panel(b.id)
-    assert studio.stories.get_panel(a.id).active_version_id == before.active_version_id
-    assert len(studio.stories.versions(a.id)) == 1 and len(studio.stories.versions(b.id)) == 2
+    assert studio.get_panel(a.id).active_version_id == before.active_version_id
+    assert len(studio.versions(a.id)) == 1 and len(studio.versions(b.id)) == 2
 
 
 def test_generate_all_skips_up_to_date_panels(studio):
@@ -276,9 +276,9 @@ def test_cancel_keeps_earlier_versions(studio):
     stop.set()
     with pytest.raises(GenerationCancelled):
         studio.generate_panel(panel.id, cancel=stop)
-    after = studio.stories.get_panel(panel.id)
+    after = studio.get_panel(panel.id)
     assert after.status == "failed" and "cancelled" in after.error
-    assert after.active_version_id == first.id and len(studio.stories.versions(panel.id)) == 1
+    assert after.active_version_id == first.id and len(studio.versions(panel.id)) == 1
 
 
 def test_failure_is_marked_with_its_reason(studio, monkeypatch):
@@ -292,7 +292,7 @@ def test_failure_is_marked_with_its_reason(studio, monkeypatch):
     monkeypatch.setattr(type(studio.pipeline), "__call__", oom)
     with pytest.raises(StudioError, match="smaller size"):
         studio.generate_panel(panel.id)
-    assert "smaller size" in studio.stories.get_panel(panel.id).error
+    assert "smaller size" in studio.get_panel(panel.id).error
 
 
 def test_progress_is_reported(studio):
@@ -347,10 +347,10 @@ def test_project_archive_imports_into_an_empty_folder(studio, generated, tmp_pat
     other = Studio(tmp_path / "other", public_pipe, preview=True)
     story = other.import_project(archive)
     assert story.title == generated.title
-    ours, theirs = studio.stories.panels(generated.id), other.stories.panels(story.id)
+    ours, theirs = studio.panels(generated.id), other.panels(story.id)
     assert [p.prompt for p in ours] == [p.prompt for p in theirs]
     for a, b in zip(ours, theirs):
-        va, vb = studio.stories.active_version(a.id), other.stories.active_version(b.id)
+        va, vb = studio.get_version(a.active_version_id), other.get_version(b.active_version_id)
         assert va.image_path.read_bytes() == vb.image_path.read_bytes()
     assert other.encode_count == 0 and other.stale_characters() == []
     assert np.array_equal(np.asarray(other.version_overlay(theirs[2].active_version_id)),

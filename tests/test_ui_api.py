@@ -76,7 +76,7 @@ def test_story_with_two_panels_generate_versions_and_export(app, cast, tmp_path)
     panel = client.predict(second["id"], made[1]["id"], api_name="/set_active_version")
     assert panel["active_version_id"] == made[1]["id"] and panel["seed"] == 7 and panel["status"] == "ready"
     assert panel["version_ids"] == [made[1]["id"], rerolled["id"]]
-    assert studio.stories.get_panel(first["id"]).active_version_id == made[0]["id"]  # the other panel kept
+    assert studio.get_panel(first["id"]).active_version_id == made[0]["id"]  # the other panel kept
 
     overlay_path, legend = client.predict(made[0]["id"], 0.5, api_name="/version_overlay")
     assert [name for name, _ in legend] == ["Mia", "Rex", "background"]
@@ -188,11 +188,9 @@ def test_preview_banner_only_in_preview_mode(preview_pipe, tmp_path, gradio_temp
 
 
 def test_example_cast(preview_pipe, tmp_path):
-    from ui.characters import add_example_cast
-
     studio = preview_studio(tmp_path / "data", preview_pipe)
-    assert add_example_cast(studio) == ["Mia", "Rex", "Bolt"]
-    assert add_example_cast(studio) == []  # already there
+    assert studio.add_example_cast() == ["Mia", "Rex", "Bolt"]
+    assert studio.add_example_cast() == []  # already there
     assert all(studio.encoding_status(c) == "ready" for c in studio.characters())
 
 

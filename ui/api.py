@@ -11,7 +11,7 @@
 Characters are named by name (any case) or id; panel settings are a JSON object with any of
 prompt, characters (names or ids), seed, steps, guidance, width, height, router, strengths
 ({name: number}) and layout ({name: [x0, y0, x1, y1]}). Errors come back as the app's message
-(gradio_client raises AppError with it).
+(gradio_client raises AppError with it). Every endpoint acts on the caller's own Studio.
 """
 
 from __future__ import annotations
@@ -22,277 +22,325 @@ from typing import Any
 import gradio as gr
 
 from .common import api_errors, gpu
+from .session import Sessions
 
 SETTING_KEYS = ("prompt", "characters", "seed", "steps", "guidance", "width", "height", "router", "strengths", "layout")
 
 
-def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested function
-    """Add the named endpoints to the Blocks being built."""
+# -- records as JSON ---------------------------------------------------------------------------------
 
-    def character_ref(ref: Any) -> int:
-        """A character's id from its name (any case) or id (an int, or digits when no name matches)."""
-        if isinstance(ref, bool):
-            raise ValueError(f"a character is named by its name or id, got {ref!r}")
-        if isinstance(ref, int):
-            return studio.get_character(ref).id
-        if isinstance(ref, float) and ref.is_integer():
+
+def character_ref(studio, ref: Any) -> int:
+    """A character's id from its name (any case) or id (an int, or digits when no name matches)."""
+    if isinstance(ref, bool):
+        raise ValueError(f"a character is named by its name or id, got {ref!r}")
+    if isinstance(ref, int) or (isinstance(ref, float) and ref.is_integer()):
+        return studio.get_character(int(ref)).id
+    if not isinstance(ref, str):
+        raise ValueError(f"a character is named by its name or id, got {ref!r}")
+    try:
+        return studio.get_character(ref).id
+    except KeyError:
+        if ref.strip().isdigit():
             return studio.get_character(int(ref)).id
-        if not isinstance(ref, str):
-            raise ValueError(f"a character is named by its name or id, got {ref!r}")
+        raise
+
+
+def character_dict(studio, character) -> dict:
+    used = [f"{story.title} panel {panel.position + 1}" for story, panel in studio.panels_using(character.id)]
+    return {
+        "id": character.id,
+        "name": character.name,
+        "description": character.description,
+        "status": studio.encoding_status(character),
+        "used_in": used,
+    }
+
+
+def version_dict(version) -> dict:
+    settings = version.settings
+    return {
+        "id": version.id,
+        "panel_id": version.panel_id,
+        "seed": settings.get("seed"),
+        "model_prompt": settings.get("model_prompt"),
+        "characters": settings.get("subject_names", []),
+        "router_used": settings.get("router_used"),
+        "notes": settings.get("notes", []),
+        "created": version.created,
+    }
+
+
+def panel_dict(studio, panel) -> dict:
+    known = {c.id: c.name for c in studio.characters()}
+    name = lambda character_id: known.get(character_id, f"#{character_id}")  # noqa: E731
+    return {
+        "id": panel.id,
+        "story_id": panel.story_id,
+        "position": panel.position,
+        "prompt": panel.prompt,
+        "characters": [name(c) for c in panel.characters],
+        "seed": panel.seed,
+        "steps": panel.steps,
+        "guidance": panel.guidance,
+        "width": panel.width,
+        "height": panel.height,
+        "router": panel.router,
+        "strengths": {name(c): v for c, v in panel.strengths.items()},
+        "layout": {name(c): box for c, box in panel.layout.items()},
+        "status": panel.status,
+        "error": panel.error,
+        "active_version_id": panel.active_version_id,
+        "version_ids": [v.id for v in studio.versions(panel.id)],
+    }
+
+
+def story_dict(studio, story) -> dict:
+    return {"id": story.id, "title": story.title, "panels": [panel_dict(studio, p) for p in studio.panels(story.id)]}
+
+
+def parse_settings(studio, settings: Any) -> dict:
+    """A JSON object (text or dict) of panel settings, with characters named by name or id."""
+    if settings is None or (isinstance(settings, str) and not settings.strip()):
+        return {}
+    if isinstance(settings, str):
         try:
-            return studio.get_character(ref).id
-        except KeyError:
-            if ref.strip().isdigit():
-                return studio.get_character(int(ref)).id
-            raise
+            settings = json.loads(settings)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"settings must be a JSON object: {err}") from err
+    if not isinstance(settings, dict):
+        raise ValueError('settings must be a JSON object, e.g. {"seed": 3, "characters": ["Mia"]}')
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    if unknown:
+        raise ValueError(f"unknown panel settings {', '.join(unknown)}; settings are {', '.join(SETTING_KEYS)}")
+    fields = dict(settings)
+    if "characters" in fields:
+        if not isinstance(fields["characters"], list):
+            raise ValueError("characters must be a list of names or ids")
+        fields["characters"] = [character_ref(studio, c) for c in fields["characters"]]
+    for key in ("strengths", "layout"):
+        if key in fields:
+            if not isinstance(fields[key], dict):
+                raise ValueError(f"{key} must be an object keyed by character name")
+            fields[key] = {character_ref(studio, k): v for k, v in fields[key].items()}
+    return fields
 
-    def character_dict(character) -> dict:
-        return {
-            "id": character.id,
-            "name": character.name,
-            "description": character.description,
-            "status": studio.encoding_status(character),
-            "used_in": [
-                f"{story.title} panel {panel.position + 1}" for story, panel in studio.panels_using(character.id)
-            ],
-        }
 
-    def names_of(ids) -> dict[int, str]:
-        known = {c.id: c.name for c in studio.characters()}
-        return {i: known.get(i, f"#{i}") for i in ids}
+# -- the endpoints -------------------------------------------------------------------------------------
 
-    def version_dict(version) -> dict:
-        settings = version.settings
-        return {
-            "id": version.id,
-            "panel_id": version.panel_id,
-            "seed": settings.get("seed"),
-            "model_prompt": settings.get("model_prompt"),
-            "characters": settings.get("subject_names", []),
-            "router_used": settings.get("router_used"),
-            "notes": settings.get("notes", []),
-            "created": version.created,
-        }
 
-    def panel_dict(panel) -> dict:
-        names = names_of(set(panel.characters) | set(panel.strengths) | set(panel.layout))
-        return {
-            "id": panel.id,
-            "story_id": panel.story_id,
-            "position": panel.position,
-            "prompt": panel.prompt,
-            "characters": [names[c] for c in panel.characters],
-            "seed": panel.seed,
-            "steps": panel.steps,
-            "guidance": panel.guidance,
-            "width": panel.width,
-            "height": panel.height,
-            "router": panel.router,
-            "strengths": {names[c]: v for c, v in panel.strengths.items()},
-            "layout": {names[c]: box for c, box in panel.layout.items()},
-            "status": panel.status,
-            "error": panel.error,
-            "active_version_id": panel.active_version_id,
-            "version_ids": [v.id for v in studio.stories.versions(panel.id)],
-        }
-
-    def story_dict(story) -> dict:
-        return {
-            "id": story.id,
-            "title": story.title,
-            "panels": [panel_dict(p) for p in studio.stories.panels(story.id)],
-        }
-
-    def parse_settings(settings: Any) -> dict:
-        """A JSON object (text or dict) of panel settings, with characters named by name or id."""
-        if settings is None or (isinstance(settings, str) and not settings.strip()):
-            return {}
-        if isinstance(settings, str):
-            try:
-                settings = json.loads(settings)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"settings must be a JSON object: {err}") from err
-        if not isinstance(settings, dict):
-            raise ValueError('settings must be a JSON object, e.g. {"seed": 3, "characters": ["Mia"]}')
-        unknown = sorted(set(settings) - set(SETTING_KEYS))
-        if unknown:
-            raise ValueError(f"unknown panel settings {', '.join(unknown)}; settings are {', '.join(SETTING_KEYS)}")
-        fields = dict(settings)
-        if "characters" in fields:
-            if not isinstance(fields["characters"], list):
-                raise ValueError("characters must be a list of names or ids")
-            fields["characters"] = [character_ref(c) for c in fields["characters"]]
-        for key in ("strengths", "layout"):
-            if key in fields:
-                if not isinstance(fields[key], dict):
-                    raise ValueError(f"{key} must be an object keyed by character name")
-                fields[key] = {character_ref(k): v for k, v in fields[key].items()}
-        return fields
-
-    # -- characters --
+class CharacterEndpoints:
+    def __init__(self, sessions: Sessions):
+        self.sessions = sessions
 
     @api_errors
-    def list_characters(search: str = "") -> list[dict]:
+    def list_characters(self, search: str = "", request: gr.Request = None) -> list[dict]:
         """The cast (optionally those whose name or description contains `search`)."""
-        return [character_dict(c) for c in studio.characters(search or None)]
+        studio = self.sessions.studio(request)
+        return [character_dict(studio, c) for c in studio.characters(search or None)]
 
     @gpu
     @api_errors
-    def add_character(name: str, description: str, image: str | None, mask: str | None) -> dict:
+    def add_character(
+        self, name: str, description: str, image: str | None, mask: str | None, request: gr.Request = None
+    ) -> dict:
         """Add a character from a picture file (its alpha channel is the mask unless a mask file is given)."""
         if image is None:
             raise ValueError("add_character needs a picture file")
-        character = character_dict(studio.add_character(name, description or "", image, mask))
-        return {**character, "notes": list(studio.notes)}
+        studio = self.sessions.studio(request)
+        character = studio.add_character(name, description or "", image, mask)
+        return {**character_dict(studio, character), "notes": list(studio.notes)}
 
     @gpu
     @api_errors
-    def update_character(character: str, name: str, description: str, image: str | None, mask: str | None) -> dict:
+    def update_character(
+        self,
+        character: str,
+        name: str,
+        description: str,
+        image: str | None,
+        mask: str | None,
+        request: gr.Request = None,
+    ) -> dict:
         """Rename / re-describe (empty text keeps the old value); a new picture or mask is encoded again."""
+        studio = self.sessions.studio(request)
         updated = studio.update_character(
-            character_ref(character),
-            name=name or None,
-            description=description if description else None,
-            image=image,
-            mask=mask,
+            character_ref(studio, character), name=name or None, description=description or None, image=image, mask=mask
         )
-        return {**character_dict(updated), "notes": list(studio.notes)}
+        return {**character_dict(studio, updated), "notes": list(studio.notes)}
 
     @api_errors
-    def delete_character(character: str, force: bool = False) -> str:
+    def delete_character(self, character: str, force: bool = False, request: gr.Request = None) -> str:
         """Delete a character; refused (naming the panels) while panels use it, unless force."""
-        found = studio.get_character(character_ref(character))
+        studio = self.sessions.studio(request)
+        found = studio.get_character(character_ref(studio, character))
         studio.delete_character(found.id, force=bool(force))
         return f"deleted {found.name}"
 
     @gpu
     @api_errors
-    def reencode_character(character: str) -> dict:
+    def reencode_character(self, character: str, request: gr.Request = None) -> dict:
         """Encode a character again with the loaded weights."""
-        return character_dict(studio.reencode_character(character_ref(character)))
-
-    # -- stories and panels --
+        studio = self.sessions.studio(request)
+        return character_dict(studio, studio.reencode_character(character_ref(studio, character)))
 
     @api_errors
-    def list_stories() -> list[dict]:
+    def export_characters(self, request: gr.Request = None) -> str:
+        """The whole cast as a zip (imports back with import_characters)."""
+        studio = self.sessions.studio(request)
+        return str(studio.export_characters(studio.exports_dir / "cast.zip"))
+
+    @api_errors
+    def import_characters(
+        self, archive: str | None, on_clash: str = "rename", request: gr.Request = None
+    ) -> list[dict]:
+        """Import a cast zip; on_clash is rename (Mia (2)) or skip."""
+        if archive is None:
+            raise ValueError("import_characters needs a cast archive (.zip)")
+        studio = self.sessions.studio(request)
+        return [character_dict(studio, c) for c in studio.import_characters(archive, on_clash)]
+
+
+class StoryEndpoints:
+    def __init__(self, sessions: Sessions):
+        self.sessions = sessions
+
+    @api_errors
+    def list_stories(self, request: gr.Request = None) -> list[dict]:
         """Every story with its panels."""
-        return [story_dict(s) for s in studio.stories.stories()]
+        studio = self.sessions.studio(request)
+        return [story_dict(studio, s) for s in studio.stories()]
 
     @api_errors
-    def create_story(title: str) -> dict:
+    def create_story(self, title: str, request: gr.Request = None) -> dict:
         """A new, empty story."""
-        return story_dict(studio.create_story(title or "Untitled story"))
+        studio = self.sessions.studio(request)
+        return story_dict(studio, studio.create_story(title or "Untitled story"))
 
     @api_errors
-    def get_story(story_id: int) -> dict:
+    def get_story(self, story_id: int, request: gr.Request = None) -> dict:
         """One story with its panels (settings, status, versions)."""
-        return story_dict(studio.stories.get_story(int(story_id)))
+        studio = self.sessions.studio(request)
+        return story_dict(studio, studio.get_story(int(story_id)))
 
     @api_errors
-    def add_panel(story_id: int, prompt: str, settings: str = "{}") -> dict:
+    def add_panel(self, story_id: int, prompt: str, settings: str = "{}", request: gr.Request = None) -> dict:
         """Add a panel at the end; `settings` is a JSON object (see update_panel)."""
-        fields = parse_settings(settings)
+        studio = self.sessions.studio(request)
+        fields = parse_settings(studio, settings)
         fields.pop("prompt", None)
-        return panel_dict(studio.add_panel(int(story_id), prompt or "", **fields))
+        return panel_dict(studio, studio.add_panel(int(story_id), prompt or "", **fields))
 
     @api_errors
-    def update_panel(panel_id: int, settings: str) -> dict:
+    def update_panel(self, panel_id: int, settings: str, request: gr.Request = None) -> dict:
         """Change a panel: JSON with any of prompt, characters, seed, steps, guidance, width, height,
         router, strengths ({name: number}), layout ({name: [x0, y0, x1, y1]})."""
-        return panel_dict(studio.update_panel(int(panel_id), **parse_settings(settings)))
+        studio = self.sessions.studio(request)
+        return panel_dict(studio, studio.update_panel(int(panel_id), **parse_settings(studio, settings)))
 
     @api_errors
-    def move_panel(panel_id: int, position: int) -> list[dict]:
+    def move_panel(self, panel_id: int, position: int, request: gr.Request = None) -> list[dict]:
         """Move a panel to a position (0 = first); returns the story's panels in order."""
-        return [panel_dict(p) for p in studio.move_panel(int(panel_id), int(position))]
+        studio = self.sessions.studio(request)
+        return [panel_dict(studio, p) for p in studio.move_panel(int(panel_id), int(position))]
 
     @api_errors
-    def delete_panel(panel_id: int) -> str:
+    def delete_panel(self, panel_id: int, request: gr.Request = None) -> str:
         """Delete a panel with its versions."""
-        studio.stories.delete_panel(int(panel_id))
+        self.sessions.studio(request).delete_panel(int(panel_id))
         return f"deleted panel {int(panel_id)}"
+
+    @api_errors
+    def set_active_version(self, panel_id: int, version_id: int, request: gr.Request = None) -> dict:
+        """Make one kept version the panel's active one (the panel gets back the settings that made it)."""
+        studio = self.sessions.studio(request)
+        return panel_dict(studio, studio.set_active_version(int(panel_id), int(version_id), restore_settings=True))
+
+    @api_errors
+    def version_overlay(self, version_id: int, opacity: float = 0.45, request: gr.Request = None):
+        """The router's regions over a version's image, and the legend as [name, colour] pairs."""
+        studio = self.sessions.studio(request)
+        picture = studio.version_overlay(int(version_id), float(opacity))
+        return picture, [list(entry) for entry in studio.version_legend(int(version_id))]
+
+    @api_errors
+    def export_story(
+        self, story_id: int, fmt: str = "pdf", overlay: bool = False, captions: bool = True, request: gr.Request = None
+    ) -> list[str]:
+        """Export the active versions: fmt is strip, grid, pdf, cbz or project (an archive that imports back)."""
+        files = self.sessions.studio(request).export_story(
+            int(story_id), fmt, overlay=bool(overlay), captions=bool(captions)
+        )
+        return [str(f) for f in files]
+
+    @api_errors
+    def import_project(self, archive: str | None, request: gr.Request = None) -> dict:
+        """Import a project archive (from export_story with fmt="project") as a new story."""
+        if archive is None:
+            raise ValueError("import_project needs a project archive (.zip)")
+        studio = self.sessions.studio(request)
+        story = studio.import_project(archive)
+        return {**story_dict(studio, story), "notes": list(studio.notes)}
+
+
+class GenerationEndpoints:
+    def __init__(self, sessions: Sessions):
+        self.sessions = sessions
 
     @gpu
     @api_errors
-    def generate_panel(panel_id: int, new_seed: bool = False):
+    def generate_panel(self, panel_id: int, new_seed: bool = False, request: gr.Request = None):
         """Generate one panel (new_seed: re-roll). Returns the image and the version (settings, notes)."""
+        studio = self.sessions.studio(request)
         version = studio.generate_panel(int(panel_id), new_seed=bool(new_seed))
         return studio.version_image(version.id), version_dict(version)
 
     @gpu
     @api_errors
-    def generate_story(story_id: int, regenerate_all: bool = False) -> list[dict]:
+    def generate_story(self, story_id: int, regenerate_all: bool = False, request: gr.Request = None) -> list[dict]:
         """Generate the panels that have no up-to-date image (all with regenerate_all); returns the new versions."""
-        made = studio.generate_story(int(story_id), only_outdated=not regenerate_all)
+        made = self.sessions.studio(request).generate_story(int(story_id), only_outdated=not regenerate_all)
         return [version_dict(v) for v in made]
 
-    @api_errors
-    def set_active_version(panel_id: int, version_id: int) -> dict:
-        """Make one kept version the panel's active one (the panel gets back the settings that made it)."""
-        return panel_dict(studio.set_active_version(int(panel_id), int(version_id), restore_settings=True))
 
-    @api_errors
-    def version_overlay(version_id: int, opacity: float = 0.45):
-        """The router's regions over a version's image, and the legend as [name, colour] pairs."""
-        picture = studio.version_overlay(int(version_id), float(opacity))
-        return picture, [list(entry) for entry in studio.version_legend(int(version_id))]
+# -- registration: gr.api for JSON-only endpoints, hidden components where files travel ----------------
 
-    # -- files --
 
-    @api_errors
-    def export_story(story_id: int, fmt: str = "pdf", overlay: bool = False, captions: bool = True) -> list[str]:
-        """Export the active versions: fmt is strip, grid, pdf, cbz or project (an archive that imports back)."""
-        files = studio.export_story(int(story_id), fmt, overlay=bool(overlay), captions=bool(captions))
-        return [str(f) for f in files]
-
-    @api_errors
-    def import_project(archive: str | None) -> dict:
-        """Import a project archive (from export_story with fmt="project") as a new story."""
-        if archive is None:
-            raise ValueError("import_project needs a project archive (.zip)")
-        story = studio.import_project(archive)
-        return {**story_dict(story), "notes": list(studio.notes)}
-
-    @api_errors
-    def export_characters() -> str:
-        """The whole cast as a zip (imports back with import_characters)."""
-        return str(studio.export_characters(studio.exports_dir / "cast.zip"))
-
-    @api_errors
-    def import_characters(archive: str | None, on_clash: str = "rename") -> list[dict]:
-        """Import a cast zip; on_clash is rename (Mia (2)) or skip."""
-        if archive is None:
-            raise ValueError("import_characters needs a cast archive (.zip)")
-        return [character_dict(c) for c in studio.import_characters(archive, on_clash)]
-
-    # -- registration: gr.api for JSON-only endpoints, hidden components where files travel --
-
+def register_api(sessions: Sessions) -> None:
+    """Add the named endpoints to the Blocks being built."""
+    characters, stories, generation = (
+        CharacterEndpoints(sessions),
+        StoryEndpoints(sessions),
+        GenerationEndpoints(sessions),
+    )
     model = {"concurrency_id": "model"}
     for fn in (
-        list_characters,
-        delete_character,
-        list_stories,
-        create_story,
-        get_story,
-        add_panel,
-        update_panel,
-        move_panel,
-        delete_panel,
-        set_active_version,
+        characters.list_characters,
+        characters.delete_character,
+        stories.list_stories,
+        stories.create_story,
+        stories.get_story,
+        stories.add_panel,
+        stories.update_panel,
+        stories.move_panel,
+        stories.delete_panel,
+        stories.set_active_version,
     ):
         gr.api(fn, api_name=fn.__name__)
-    gr.api(generate_story, api_name="generate_story", **model)
+    gr.api(generation.generate_story, api_name="generate_story", **model)
+    register_file_endpoints(characters, stories, generation)
 
+
+def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoints, generation: GenerationEndpoints):
+    """Endpoints that take or give files travel through hidden components (gr.api speaks JSON only)."""
     with gr.Column(visible=False):
-        text = {"name": gr.Textbox(label="name"), "description": gr.Textbox(label="description")}
+        name, description = gr.Textbox(label="name"), gr.Textbox(label="description")
         character = gr.Textbox(label="character")
         image, mask = gr.File(label="image", type="filepath"), gr.File(label="mask", type="filepath")
         result = gr.JSON(label="result")
-        panel_id, version_id, story_id = (
-            gr.Number(label="panel_id", precision=0),
-            gr.Number(label="version_id", precision=0),
-            gr.Number(label="story_id", precision=0),
-        )
+        panel_id = gr.Number(label="panel_id", precision=0)
+        version_id = gr.Number(label="version_id", precision=0)
+        story_id = gr.Number(label="story_id", precision=0)
         new_seed = gr.Checkbox(label="new_seed", value=False)
         picture = gr.Image(label="image", format="png", type="pil")
         legend = gr.JSON(label="legend")
@@ -304,21 +352,14 @@ def register_api(studio) -> None:  # noqa: C901 - one endpoint per nested functi
         on_clash = gr.Textbox(label="on_clash", value="rename")
         one_file = gr.File(label="file")
 
-    gr.on(
-        [], add_character, [text["name"], text["description"], image, mask], result, api_name="add_character", **model
-    )
-    gr.on(
-        [],
-        update_character,
-        [character, text["name"], text["description"], image, mask],
-        result,
-        api_name="update_character",
-        **model,
-    )
-    gr.on([], reencode_character, [character], result, api_name="reencode_character", **model)
-    gr.on([], generate_panel, [panel_id, new_seed], [picture, result], api_name="generate_panel", **model)
-    gr.on([], version_overlay, [version_id, opacity], [picture, legend], api_name="version_overlay")
-    gr.on([], export_story, [story_id, fmt, overlay, captions], files, api_name="export_story")
-    gr.on([], import_project, [archive], result, api_name="import_project")
-    gr.on([], export_characters, [], one_file, api_name="export_characters")
-    gr.on([], import_characters, [archive, on_clash], result, api_name="import_characters")
+    model = {"concurrency_id": "model"}
+    gr.on([], characters.add_character, [name, description, image, mask], result, api_name="add_character", **model)
+    inputs = [character, name, description, image, mask]
+    gr.on([], characters.update_character, inputs, result, api_name="update_character", **model)
+    gr.on([], characters.reencode_character, [character], result, api_name="reencode_character", **model)
+    gr.on([], characters.export_characters, [], one_file, api_name="export_characters")
+    gr.on([], characters.import_characters, [archive, on_clash], result, api_name="import_characters")
+    gr.on([], generation.generate_panel, [panel_id, new_seed], [picture, result], api_name="generate_panel", **model)
+    gr.on([], stories.version_overlay, [version_id, opacity], [picture, legend], api_name="version_overlay")
+    gr.on([], stories.export_story, [story_id, fmt, overlay, captions], files, api_name="export_story")
+    gr.on([], stories.import_project, [archive], result, api_name="import_project")

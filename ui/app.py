@@ -6,13 +6,13 @@ demo.launch(**launch_options(studio))
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
 from .api import register_api
-from .characters import EXAMPLE_CAST_DIR, add_example_cast, build_characters_tab
+from .characters import build_characters_tab
+from .session import Sessions
 from .storyboard import build_storyboard_tab
 
 PREVIEW_BANNER = "Preview mode: tiny random model, images are not meaningful"
@@ -26,36 +26,40 @@ def banner_html(text: str) -> str:
     )
 
 
-def build_app(studio, *, example_cast_dir: Path | None = EXAMPLE_CAST_DIR) -> gr.Blocks:
+def sessions_for(studio) -> Sessions:
+    """The app's way to find each caller's Studio."""
+    return studio if isinstance(studio, Sessions) else Sessions(studio)
+
+
+def build_app(studio, *, example_cast_dir=None) -> gr.Blocks:
     """The Gradio app around one Studio; queued so that one generation runs at a time."""
+    sessions = sessions_for(studio)
     with gr.Blocks(title="AnyStory Studio") as demo:
-        if studio.preview:
+        if sessions.preview:
             gr.HTML(banner_html(PREVIEW_BANNER))
         gr.Markdown(
             "# AnyStory Studio\n"
             "Keep a cast of characters and draw them consistently across the panels of a story. "
             "Add characters in **Characters**, then write panels that name them as `[Name]` in **Storyboard**."
         )
-        register_api(studio)  # first, so that the named endpoints keep their names
+        register_api(sessions)  # first, so that the named endpoints keep their names
         with gr.Tabs():
             with gr.Tab("Characters", id="characters", elem_id="tab-characters") as characters_item:
-                characters = build_characters_tab(studio, example_cast_dir=example_cast_dir)
+                characters = build_characters_tab(sessions, example_cast_dir=example_cast_dir)
             with gr.Tab("Storyboard", id="storyboard", elem_id="tab-storyboard") as storyboard_item:
-                storyboard = build_storyboard_tab(studio)
+                storyboard = build_storyboard_tab(sessions)
 
         private: dict[str, Any] = {"api_visibility": "private"}
-        demo.load(characters.refresh, characters.refresh_inputs, characters.refresh_outputs, **private)
-        demo.load(storyboard.refresh, storyboard.inputs, storyboard.outputs, **private)
-        characters_item.select(characters.refresh, characters.refresh_inputs, characters.refresh_outputs, **private)
-        storyboard_item.select(storyboard.refresh, storyboard.inputs, storyboard.outputs, **private)
+        for tab, item in ((characters, characters_item), (storyboard, storyboard_item)):
+            demo.load(tab.refresh, tab.inputs, tab.outputs, **private)
+            item.select(tab.refresh, tab.inputs, tab.outputs, **private)
     demo.queue(default_concurrency_limit=1)
     return demo
 
 
 def launch_options(studio) -> dict[str, Any]:
     """Safe launch settings: 20 MB uploads, and only the app's own exports folder served."""
-    studio.exports_dir.mkdir(parents=True, exist_ok=True)
-    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": [str(studio.exports_dir)]}
+    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": sessions_for(studio).served_folders}
 
 
-__all__ = ["PREVIEW_BANNER", "add_example_cast", "build_app", "launch_options"]
+__all__ = ["PREVIEW_BANNER", "build_app", "launch_options"]

@@ -16,6 +16,8 @@ from typing import Any
 
 import gradio as gr
 
+from .session import session_key
+
 log = logging.getLogger("anystory.ui")
 
 # What a user can cause: refused pictures (ImageInputError), refused actions (StudioError,
@@ -99,24 +101,21 @@ class CancelEvents:
         self._events: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
 
-    def _key(self, request: gr.Request | None) -> str:
-        return getattr(request, "session_hash", None) or "api"
-
     def start(self, request: gr.Request | None) -> threading.Event:
         """A fresh (unset) event for a generation that starts now."""
         with self._lock:
-            event = self._events[self._key(request)] = threading.Event()
+            event = self._events[session_key(request)] = threading.Event()
             return event
 
     def finish(self, request: gr.Request | None) -> None:
         """The run ended: a later Cancel has nothing to stop."""
         with self._lock:
-            self._events.pop(self._key(request), None)
+            self._events.pop(session_key(request), None)
 
     def cancel(self, request: gr.Request | None) -> bool:
         """Stop this session's running generation; False when none runs."""
         with self._lock:
-            event = self._events.get(self._key(request))
+            event = self._events.get(session_key(request))
         if event is None:
             return False
         event.set()

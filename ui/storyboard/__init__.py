@@ -1,0 +1,47 @@
+"""The Storyboard tab: stories of ordered panels, the panel form, generation with progress and
+Cancel, versions, the router's overlay, exports and imports.
+
+    layout.py      the components, part by part (the page's layout)
+    view.py        what the tab shows for a story / panel / version (Studio -> component values)
+    form.py        the panel form as values (page -> panel settings)
+    panels.py      stories and panels: pick, create, rename, save, add, duplicate, move, delete
+    generation.py  generate, re-roll, generate all, cancel
+    versions.py    inspect a version, make it active, redraw the overlay
+    files.py       export and import
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..session import Sessions
+from .files import wire_files
+from .generation import Generation
+from .layout import StoryboardLayout, layout_storyboard
+from .panels import wire_panels, wire_stories
+from .versions import wire_versions
+from .view import StoryboardView
+
+
+@dataclass
+class StoryboardTab:
+    """What the app needs to refresh this tab (from app load and tab switches)."""
+
+    refresh: object  # (story_id, panel_id, request) -> {component: value}
+    inputs: list
+    outputs: list
+
+
+def build_storyboard_tab(sessions: Sessions) -> StoryboardTab:
+    """Lay out the Storyboard tab inside the current Blocks and wire its parts."""
+    tab: StoryboardLayout = layout_storyboard(sessions.panel_defaults, sessions.routers)
+    view = StoryboardView(tab)
+    wire_stories(tab, view, sessions)
+    refresh = wire_panels(tab, view, sessions)
+    Generation(tab, view, sessions).wire()
+    wire_versions(tab, view, sessions)
+    wire_files(tab, view, sessions)
+    return StoryboardTab(refresh=refresh, inputs=[tab.bar.story_pick, tab.strip.panel_pick], outputs=tab.view_outputs)
+
+
+__all__ = ["StoryboardTab", "build_storyboard_tab"]

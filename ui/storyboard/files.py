@@ -1,0 +1,39 @@
+"""Export the active versions (strip, page grid, PDF, CBZ, project archive); import a project."""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from ..common import notes_markdown, shows_errors
+from ..session import Sessions
+from .layout import StoryboardLayout
+from .panels import PRIVATE
+from .view import StoryboardView
+
+
+def wire_files(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) -> None:
+    status, files = tab.status, tab.files
+
+    @shows_errors(status)
+    def export(story_id, fmt, with_overlay, with_captions, request: gr.Request) -> dict:
+        if story_id is None:
+            raise ValueError("pick a story first")
+        studio = sessions.studio(request)
+        written = studio.export_story(story_id, fmt, overlay=bool(with_overlay), captions=bool(with_captions))
+        notes = studio.notes if fmt == "project" else []
+        done = f"exported {', '.join(f.name for f in written)}"
+        return {status: notes_markdown(notes, done), files.exported: [str(f) for f in written]}
+
+    @shows_errors(status)
+    def import_project(path, request: gr.Request) -> dict:
+        if path is None:
+            raise ValueError("choose a project archive (.zip) first")
+        studio = sessions.studio(request)
+        story = studio.import_project(path)
+        done = notes_markdown(studio.notes, f"imported “{story.title}”")
+        return {**view.render(studio, story.id), status: done, files.project_archive: None}
+
+    inputs = [tab.bar.story_pick, files.export_format, files.with_overlay, files.with_captions]
+    files.export.click(export, inputs, [status, files.exported], **PRIVATE)
+    outputs = [files.project_archive, *tab.view_outputs]
+    files.import_project.click(import_project, [files.project_archive], outputs, **PRIVATE)

@@ -1,0 +1,106 @@
+"""Generate one panel, re-roll it, generate the whole story, cancel: queued in the "model"
+concurrency group (one generation at a time), with progress, and Cancel for your own run only."""
+
+from __future__ import annotations
+
+import html
+
+import gradio as gr
+
+from ..common import CancelEvents, error_markdown, error_message, gpu, notes_markdown, progress_reporter
+from ..session import Sessions
+from .form import FormValues, save_form
+from .layout import StoryboardLayout
+from .panels import PRIVATE
+from .view import StoryboardView
+
+
+def generate_panel_work(studio, story_id, panel_id, report, event) -> str:
+    version = studio.generate_panel(panel_id, progress=report, cancel=event)
+    return f"generated panel {studio.get_panel(panel_id).position + 1} (seed {version.settings['seed']})"
+
+
+def reroll_panel_work(studio, story_id, panel_id, report, event) -> str:
+    version = studio.reroll_panel(panel_id, progress=report, cancel=event)
+    return f"re-rolled panel {studio.get_panel(panel_id).position + 1} with seed {version.settings['seed']}"
+
+
+def generate_story_work(studio, story_id, panel_id, report, event) -> str:
+    made = studio.generate_story(story_id, progress=report, cancel=event)
+    return f"generated {len(made)} panel(s); up-to-date panels were kept" if made else "every panel is up to date"
+
+
+class Generation:
+    """The three generation buttons and Cancel, wired to the Studio."""
+
+    def __init__(self, tab: StoryboardLayout, view: StoryboardView, sessions: Sessions):
+        self.tab, self.view, self.sessions = tab, view, sessions
+        self.cancels = CancelEvents()
+
+    def run(self, studio, story_id, panel_id, form: FormValues, request, progress, work, needs_panel: bool) -> dict:
+        """Save the form, run `work`, show the result; a failure is shown with the panel's failed state."""
+        status = self.tab.status
+        try:
+            if story_id is None:
+                raise ValueError("create a story first")
+            if panel_id is not None or needs_panel:
+                save_form(studio, panel_id, form)
+            event = self.cancels.start(request)
+            try:
+                done = work(studio, story_id, panel_id, progress_reporter(progress), event)
+            finally:
+                self.cancels.finish(request)
+            return {**self.view.render(studio, story_id, panel_id), status: notes_markdown(studio.notes, done)}
+        except Exception as err:  # noqa: BLE001 - shown, and the panel shows its failed state
+            message = error_message(err)
+            gr.Warning(html.escape(message))
+            try:
+                refreshed = self.view.render(studio, story_id, panel_id)
+            except Exception:  # noqa: BLE001
+                refreshed = {}
+            return {**refreshed, status: error_markdown(message)}
+
+    def handler(self, name: str, work, *, needs_panel: bool = True):
+        """A queued handler over the panel form. Its parameters are spelled out: gradio hands
+        gr.Request and gr.Progress only to named parameters."""
+
+        @gpu
+        def handler(
+            story_id,
+            panel_id,
+            prompt,
+            ticked,
+            seed,
+            steps,
+            guidance,
+            width,
+            height,
+            router,
+            rows,
+            request: gr.Request,
+            progress=gr.Progress(),
+        ) -> dict:
+            form = FormValues(prompt, ticked, seed, steps, guidance, width, height, router, rows)
+            studio = self.sessions.studio(request)
+            return self.run(studio, story_id, panel_id, form, request, progress, work, needs_panel)
+
+        handler.__name__ = handler.__qualname__ = name
+        return handler
+
+    def stop(self, request: gr.Request) -> None:
+        """Set this session's cancel event, and say so in a toast: the status line is the
+        generation's own, whose answer ("cancelled") may come back before this one does."""
+        if self.cancels.cancel(request):
+            gr.Info("Cancelling: the generation stops after the current step.")
+        else:
+            gr.Info("Nothing of yours is generating.")
+
+    def wire(self) -> None:
+        tab, buttons = self.tab, self.tab.buttons
+        queued = {"concurrency_id": "model", "show_progress_on": [tab.inspector.active_image], **PRIVATE}
+        inputs, outputs = tab.form_inputs, tab.view_outputs
+        buttons.generate.click(self.handler("generate_one", generate_panel_work), inputs, outputs, **queued)
+        buttons.reroll.click(self.handler("reroll_one", reroll_panel_work), inputs, outputs, **queued)
+        every = self.handler("generate_every", generate_story_work, needs_panel=False)
+        buttons.generate_all.click(every, inputs, outputs, **queued)
+        buttons.cancel.click(self.stop, None, None, **PRIVATE)  # queued (toasts need it), not in the "model" group

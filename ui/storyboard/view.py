@@ -1,0 +1,243 @@
+"""What the Storyboard tab shows for a story, one of its panels and one of its versions.
+
+`render` reads the Studio and returns {component: value} for every component of
+`StoryboardLayout.view_outputs`; the handlers call it after their one Studio call, so the tab
+never shows a stale part.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from typing import Any
+
+import gradio as gr
+from PIL import Image, ImageDraw
+
+from ..common import escape
+from .layout import ALL_LAYERS, RouteOverlay, StoryboardLayout
+
+DISPLAY_MIN_SIDE = 320  # px: smaller images are enlarged on screen (not in exports)
+STATUS_TEXT = {
+    "empty": "not generated yet",
+    "ready": "ready: the active image matches the settings",
+    "outdated": "outdated: the settings changed since the active image",
+    "failed": "failed",
+}
+
+
+def placeholder(text: str, side: int = 128) -> Image.Image:
+    """A grey square with a word, for a panel that has no image yet."""
+    picture = Image.new("RGB", (side, side), (225, 225, 225))
+    draw = ImageDraw.Draw(picture)
+    draw.rectangle([0, 0, side - 1, side - 1], outline=(170, 170, 170), width=2)
+    draw.text((10, side // 2 - 6), text, fill=(90, 90, 90))
+    return picture
+
+
+def short(text: str, length: int = 48) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= length else text[: length - 1] + "…"
+
+
+def for_display(picture: Image.Image, min_side: int = DISPLAY_MIN_SIDE) -> Image.Image:
+    """Small panels (preview mode) enlarged by a whole factor, pixels kept sharp, so they can be seen."""
+    factor = -(-min_side // max(picture.size))
+    if factor <= 1:
+        return picture
+    return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
+
+
+def legend_html(entries: list[tuple[str, str]]) -> str:
+    """The overlay's colours as text next to the image: a swatch and a name per entry."""
+    items = [
+        f'<span class="legend-entry" style="margin-right:14px;white-space:nowrap">'
+        f'<span style="display:inline-block;width:14px;height:14px;background:{colour};'
+        f'border:1px solid #444;vertical-align:middle;margin-right:5px"></span>{html.escape(name)}</span>'
+        for name, colour in entries
+    ]
+    return f'<div id="overlay-legend-entries">Legend: {"".join(items)}</div>'
+
+
+def number_or_none(value: Any) -> float | None:
+    """A table cell as a number; blank / NaN cells are None."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    number = float(value)
+    return None if math.isnan(number) else number
+
+
+def story_labels(stories: list) -> list[tuple[str, int]]:
+    """Dropdown labels: the title, with the id where two stories share one."""
+    titles = [s.title for s in stories]
+    return [(s.title if titles.count(s.title) == 1 else f"{s.title} · #{s.id}", s.id) for s in stories]
+
+
+class StoryboardView:
+    def __init__(self, tab: StoryboardLayout):
+        self.tab = tab
+
+    def render(self, studio, story_id: int | None, panel_id: int | None = None, version_id: int | None = None) -> dict:
+        """Everything the tab shows for a story and one of its panels (the first story/panel when
+        the one asked for is gone)."""
+        tab = self.tab
+        stories = studio.stories()
+        if story_id is None or story_id not in {s.id for s in stories}:
+            story_id = stories[-1].id if stories else None
+        out: dict = {tab.bar.story_pick: gr.update(choices=story_labels(stories), value=story_id)}
+        cast_choices = [(c.name, c.id) for c in studio.characters()]
+        if story_id is None:
+            return {**out, **self._strip([], None), **self._no_panel(cast_choices, self.EMPTY_STORYBOARD)}
+        panels = studio.panels(story_id)
+        ids = [p.id for p in panels]
+        if panel_id not in ids:
+            panel_id = ids[0] if ids else None
+        out.update(self._strip_items(studio, panels, panel_id))
+        if panel_id is None:
+            return {**out, **self._no_panel(cast_choices, "This story has no panels: click **+ Panel**.")}
+        panel = studio.get_panel(panel_id)
+        kept = studio.versions(panel_id)
+        if version_id not in [v.id for v in kept]:
+            version_id = panel.active_version_id
+        return {
+            **out,
+            **self._form(studio, panel, cast_choices),
+            **self._inspector(studio, panel, kept, version_id),
+            **self.overlay(studio, version_id),
+        }
+
+    EMPTY_STORYBOARD = "Create a story to start: type a title and click **New story**."
+
+    # -- parts --
+
+    def _strip(self, items: list, panel_id: int | None, ids: list[int] | None = None, labels=None) -> dict:
+        strip = self.tab.strip
+        return {
+            strip.strip: items,
+            strip.panel_ids: ids or [],
+            strip.panel_pick: gr.update(choices=labels or [], value=panel_id),
+        }
+
+    def _strip_items(self, studio, panels: list, panel_id: int | None) -> dict:
+        items = []
+        for panel in panels:
+            if panel.active_version_id is not None:
+                picture = studio.version_image(panel.active_version_id)
+            else:
+                picture = placeholder("no image yet")
+            items.append((picture, f"{panel.position + 1} · {panel.status}"))
+        labels = [(f"Panel {p.position + 1} · {p.status} · {short(p.prompt) or '(no prompt)'}", p.id) for p in panels]
+        return self._strip(items, panel_id, [p.id for p in panels], labels)
+
+    def _no_panel(self, cast_choices: list, message: str) -> dict:
+        form, inspector = self.tab.form, self.tab.inspector
+        return {
+            form.prompt: "",
+            form.ticked: gr.update(choices=cast_choices, value=[]),
+            form.per_character: [],
+            inspector.panel_status: message,
+            inspector.active_image: None,
+            inspector.versions: [],
+            inspector.version_ids: [],
+            inspector.inspected: None,
+            inspector.inspected_text: "",
+            **self.overlay(None, None),
+        }
+
+    def _form(self, studio, panel, cast_choices: list) -> dict:
+        form = self.tab.form
+        cast = studio.panel_cast(panel)
+        named = {character.id for character, is_named in cast if is_named and character.id not in panel.characters}
+        known = ", ".join(name for name, _ in cast_choices) or "none yet (add some in the Characters tab)"
+        size = (panel.width, panel.height)
+        rows = []
+        for character, _ in cast:
+            box = panel.layout.get(character.id)
+            rows.append([character.name, panel.strengths.get(character.id, 1.0), *(box if box else [None] * 4)])
+        return {
+            form.prompt: gr.update(value=panel.prompt, info=f"Name characters as [Name]. Known: {known}"),
+            form.ticked: gr.update(
+                choices=[(f"{name} (named)" if cid in named else name, cid) for name, cid in cast_choices],
+                value=[c for c in panel.characters if c in {cid for _, cid in cast_choices}],
+            ),
+            form.seed: panel.seed,
+            form.steps: panel.steps,
+            form.guidance: panel.guidance,
+            form.aspect: gr.update(value=next((a for a, s in form.sizes.items() if s == size), None)),
+            form.width: panel.width,
+            form.height: panel.height,
+            form.router: panel.router,
+            form.per_character: gr.update(value=rows),
+        }
+
+    def _inspector(self, studio, panel, kept: list, version_id: int | None) -> dict:
+        inspector = self.tab.inspector
+        active = panel.active_version_id
+        return {
+            inspector.panel_status: self._panel_status(studio, panel),
+            inspector.active_image: for_display(studio.version_image(active)) if active else None,
+            inspector.versions: [
+                (
+                    studio.version_image(v.id),
+                    f"v{n + 1} · seed {v.settings.get('seed')}" + (" · active" if v.id == active else ""),
+                )
+                for n, v in enumerate(kept)
+            ],
+            inspector.version_ids: [v.id for v in kept],
+            inspector.inspected: version_id,
+            inspector.inspected_text: self._inspected_caption(panel, kept, version_id),
+        }
+
+    @staticmethod
+    def _panel_status(studio, panel) -> str:
+        text = f"**Panel {panel.position + 1}: {STATUS_TEXT.get(panel.status, panel.status)}**"
+        if panel.status == "failed" and panel.error:
+            text += f" — {escape(panel.error)}"
+        if panel.active_version_id is not None:
+            settings = studio.get_version(panel.active_version_id).settings
+            text += f"\n\nThe model saw: *{escape(settings.get('model_prompt', ''))}*"
+            for note in settings.get("notes", []):
+                text += f"\n\nNote: {escape(note)}"
+        return text
+
+    @staticmethod
+    def _inspected_caption(panel, kept: list, version_id: int | None) -> str:
+        if version_id is None:
+            return ""
+        number = [v.id for v in kept].index(version_id) + 1
+        settings = kept[number - 1].settings
+        state = "the active version" if version_id == panel.active_version_id else "not active"
+        router_used = settings.get("router_used") or "none"
+        return f"Inspecting **v{number}** ({state}) · seed {settings.get('seed')} · router {router_used}"
+
+    def overlay(self, studio, version_id: int | None, opacity=0.45, grid_value=ALL_LAYERS, first=None, last=None):
+        """Overlay image, legend and the record controls for one version."""
+        overlay: RouteOverlay = self.tab.overlay
+        empty = {overlay.image: None, overlay.legend: "", overlay.record_row: gr.update(visible=False)}
+        if version_id is None:
+            return empty
+        if studio.get_version(version_id).route_map_path is None:
+            return {**empty, overlay.legend: "<div>No characters in this version, so no routes to show.</div>"}
+        grids, recorded_steps = studio.route_record_choices(version_id)
+        chosen_grid, step_range = None, None
+        view: dict = {overlay.record_row: gr.update(visible=bool(grids))}
+        if grids:
+            labels = [f"{h}x{w}" for h, w in grids]
+            if grid_value in labels:
+                chosen_grid = grids[labels.index(grid_value)]
+            else:
+                grid_value = ALL_LAYERS
+            low, high = recorded_steps[0], recorded_steps[-1]
+            first = low if first is None else int(min(max(first, low), high))
+            last = high if last is None else int(min(max(last, first), high))
+            if (first, last) != (low, high):
+                step_range = (first, last + 1)
+            many = high > low
+            top = high if many else low + 1
+            view[overlay.grid] = gr.update(choices=[ALL_LAYERS, *labels], value=grid_value)
+            view[overlay.step_from] = gr.update(minimum=low, maximum=top, value=first, interactive=many)
+            view[overlay.step_to] = gr.update(minimum=low, maximum=top, value=last, interactive=many)
+        picture = studio.version_overlay(version_id, float(opacity), steps=step_range, grid=chosen_grid)
+        view[overlay.image] = for_display(picture)
+        view[overlay.legend] = legend_html(studio.version_legend(version_id))
+        return view
