@@ -10,6 +10,8 @@ test-artifacts/ (gitignored). Without /usr/bin/chromium the test FAILS: CI insta
 from __future__ import annotations
 
 import re
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ import pytest
 from .ui_support import ARTIFACTS, CAST, IGNORE_GRADIO_WARNINGS, gradio_temp, launch, preview_pipe, preview_studio
 
 __all__ = ["gradio_temp", "preview_pipe"]  # fixtures used by name
-pytestmark = IGNORE_GRADIO_WARNINGS
+pytestmark = [IGNORE_GRADIO_WARNINGS, pytest.mark.browser, pytest.mark.slow]
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -194,20 +196,43 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         demo.close()
 
 
+class HeldAtFirstStep:
+    """The Studio's pipeline, held at its first step until the generation is cancelled: the test
+    waits on that event (the step was reached), never on a race with a fast generation."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self.reached = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, *args, callback_on_step_end, **kwargs):
+        def held(pipe, step, timestep, tensors):
+            self.reached.set()
+            for _ in range(600):  # the Studio's callback raises GenerationCancelled once Cancel is clicked
+                callback_on_step_end(pipe, step, timestep, tensors)
+                time.sleep(0.1)
+            raise AssertionError("the generation was never cancelled")
+
+        return self._pipe(*args, callback_on_step_end=held, **kwargs)
+
+
 def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, tmp_path):
     from playwright.sync_api import expect
 
     studio = preview_studio(tmp_path / "data", preview_pipe)
     studio.add_example_cast()
+    held = studio.pipeline = HeldAtFirstStep(preview_pipe)
     story = studio.create_story("Slow")
-    panel = studio.add_panel(story.id, "[Rex] runs", steps=1000)
+    panel = studio.add_panel(story.id, "[Rex] runs", steps=20)
     demo, url = launch(studio)
     try:
         page = open_page(browser, url)
         page.locator("button[role=tab]:has-text('Storyboard')").first.click()
         expect(page.locator("#panel-prompt textarea")).to_have_value("[Rex] runs")
         page.locator("#generate-panel").click()
-        expect(page.locator("#active-image")).to_contain_text(re.compile(r"step \d+ of 1000"))  # the progress bar
+        assert held.reached.wait(timeout=SLOW / 1000), "the generation never reached its first step"
         page.locator("#cancel-generation").click()
         expect(page.get_by_text("Cancelling: the generation stops after the current step.")).to_be_visible()  # a toast
         status = page.locator("#storyboard-status")

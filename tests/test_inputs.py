@@ -108,6 +108,7 @@ def test_truncated_or_foreign_encoding_file(tmp_path, subjects):
         SubjectEncoding.load(tmp_path / "pickle.safetensors")
 
 
+@pytest.mark.slow
 def test_subject_scale_zero_removes_the_subject(pipe, subjects):
     """Strength 0 for subject 1 equals generating with subject 1's positions left to nobody's reference."""
     a = pipe("x", subjects=subjects[:2], router="none", subject_scales=[1.0, 0.0], generator=seeded(), **GEN)

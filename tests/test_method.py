@@ -30,12 +30,14 @@ def two_regions(size=8):
     return [left, right]
 
 
+@pytest.mark.slow
 def test_no_subjects_equals_plain_sdxl(pipe, plain):
     ours = pipe(PROMPT, generator=seeded(), **GEN).images
     reference = plain(PROMPT, generator=seeded(), **GEN).images
     assert np.array_equal(ours, reference)
 
 
+@pytest.mark.slow
 def test_zero_clip_values_change_nothing_with_reference_off(pipe, plain, subjects):
     _, cross = pipe.anystory_processors()
     assert all(p.to_v_ip.weight.abs().max() == 0 for p in cross)  # untrained: W'_v = 0
@@ -45,12 +47,14 @@ def test_zero_clip_values_change_nothing_with_reference_off(pipe, plain, subject
         assert np.abs(out.images - reference).max() <= 1e-6
 
 
+@pytest.mark.slow
 def test_reference_path_is_on_by_default_and_changes_the_image(pipe, plain, subjects):
     reference = plain(PROMPT, generator=seeded(), **GEN).images
     out = pipe(PROMPT, subjects=subjects[:2], generator=seeded(), **GEN).images
     assert np.abs(out - reference).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_cached_reference_kv_equals_recomputing_every_step(pipe):
     image = make_subject_image(4, alpha=True)
     cached = pipe.encode_subject(image)
@@ -62,6 +66,7 @@ def test_cached_reference_kv_equals_recomputing_every_step(pipe):
     assert np.abs(a - b).max() <= 1e-6
 
 
+@pytest.mark.slow
 def test_encodings_keep_only_the_reference_tokens_inside_the_mask(pipe, tmp_path):
     """encode_subject stores the in-mask tokens only; an encoding with every token (format 1, or
     made by hand) attends to the same ones and gives the same image."""
@@ -140,6 +145,7 @@ def test_layout_maps_equal_the_given_regions(pipe, subjects):
     assert torch.equal(maps[2], 1 - left - right)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("router", ["learned", "layout"])
 def test_permuting_subjects_permutes_maps_and_keeps_the_image(pipe, subjects, router):
     layout = two_regions()

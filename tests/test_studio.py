@@ -44,6 +44,7 @@ def cast(studio):
 # -- encode once ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_eight_panels_with_two_characters_encode_twice(studio):
     mia, rex = cast(studio)
     story = studio.create_story("The walk")
@@ -149,20 +150,27 @@ def test_failed_encoding_writes_nothing(studio, monkeypatch):
 
 
 def test_concurrent_adds(studio):
+    """Four adds released together by a barrier (two of them under one name): the distinct names
+    are all added, and exactly one of the two same-name adds wins."""
+    barrier = threading.Barrier(4)
     errors = []
 
     def add(name, seed):
+        barrier.wait(timeout=30)
         try:
             studio.add_character(name, "", png(synthetic_subject(seed)))
         except Exception as err:  # noqa: BLE001
             errors.append(err)
 
-    threads = [threading.Thread(target=add, args=(f"C{i}", i)) for i in range(2)]
+    jobs = [("C0", 0), ("C1", 1), ("Twin", 2), ("twin", 3)]
+    threads = [threading.Thread(target=add, args=job) for job in jobs]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert errors == [] and sorted(c.name for c in studio.characters()) == ["C0", "C1"]
+    assert len(errors) == 1 and "already exists" in str(errors[0])
+    names = sorted(c.name for c in studio.characters())
+    assert names[:2] == ["C0", "C1"] and len(names) == 3 and names[2].casefold() == "twin"
 
 
 # -- deleting ------------------------------------------------------------------------------------
@@ -217,6 +225,7 @@ def test_generation_keeps_versions_with_routes(studio):
     assert studio.set_active_version(panel.id, first.id).active_version_id == first.id
 
 
+@pytest.mark.slow
 def test_reroll_keeps_the_other_panels(studio):
     cast(studio)
     story = studio.create_story("s")
@@ -229,6 +238,7 @@ def test_reroll_keeps_the_other_panels(studio):
     assert len(studio.versions(a.id)) == 1 and len(studio.versions(b.id)) == 2
 
 
+@pytest.mark.slow
 def test_generate_all_skips_up_to_date_panels(studio):
     cast(studio)
     story = studio.create_story("s")
@@ -256,6 +266,7 @@ def test_long_prompt_warns(studio):
     assert "the rest is ignored" in studio.plan_panel(panel).warnings[0]
 
 
+@pytest.mark.slow
 def test_layout_router_needs_boxes(studio):
     mia, rex = cast(studio)
     story = studio.create_story("s")
@@ -267,6 +278,7 @@ def test_layout_router_needs_boxes(studio):
     assert version.settings["router_used"] == "layout"
 
 
+@pytest.mark.slow
 def test_cancel_keeps_earlier_versions(studio):
     cast(studio)
     story = studio.create_story("s")
@@ -295,6 +307,7 @@ def test_failure_is_marked_with_its_reason(studio, monkeypatch):
     assert "smaller size" in studio.get_panel(panel.id).error
 
 
+@pytest.mark.slow
 def test_progress_is_reported(studio):
     cast(studio)
     story = studio.create_story("s")

@@ -19,6 +19,8 @@ from anystory.training.synthetic import SyntheticConfig, generate
 from anystory.training.trainer import Trainer, checkpoints
 from anystory.weights import adapter_state_dict
 
+pytestmark = [pytest.mark.training, pytest.mark.slow]
+
 RESOLUTION = 64
 
 

@@ -18,7 +18,7 @@ from PIL import Image
 from .ui_support import CAST, IGNORE_GRADIO_WARNINGS, ROOT, gradio_temp, launch, preview_pipe, preview_studio
 
 __all__ = ["gradio_temp", "preview_pipe"]  # fixtures used by name
-pytestmark = IGNORE_GRADIO_WARNINGS
+pytestmark = [IGNORE_GRADIO_WARNINGS, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -31,6 +31,7 @@ def public(tiny_folder, ip_file):
 # -- public-weights mode -------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_public_clip_path_matches_diffusers_ip_adapter(tiny_folder, ip_file, public, plain):
     image = make_subject_image(7, alpha=False)
     theirs = StableDiffusionXLPipeline.from_pretrained(str(tiny_folder), local_files_only=True)
@@ -130,6 +131,7 @@ def _trained_looking(pipe_factory):
     return pipe
 
 
+@pytest.mark.slow
 def test_checkpoint_round_trip_is_exact(tiny_folder, tmp_path):
     source = _trained_looking(lambda: AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True))
     source.set_progress_bar_config(disable=True)
@@ -147,6 +149,7 @@ def test_checkpoint_round_trip_is_exact(tiny_folder, tmp_path):
     assert np.array_equal(run(source), run(loaded))
 
 
+@pytest.mark.slow
 def test_stage_one_checkpoint_uses_the_prompt_router(tiny_folder, tmp_path):
     pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", config=AnyStoryConfig(routing_dim=0, router_dim=32, reference_size=64), local_files_only=True)
     folder = pipe.save_adapter(tmp_path / "stage1")
@@ -252,6 +255,7 @@ def test_missing_local_path_gives_advice():
         AnyStoryPipeline.from_pretrained("./no/such/folder", adapter="init")
 
 
+@pytest.mark.slow
 def test_single_file_base(tiny_folder, tmp_path, plain):
     from .single_file import write_single_file_sdxl
 
