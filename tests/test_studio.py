@@ -72,6 +72,21 @@ def test_stale_encoding_is_encoded_again_with_a_note(studio):
     assert studio.stale_characters() == []
 
 
+def test_a_failed_encode_marks_the_character_failed_and_re_encode_retries(studio, monkeypatch):
+    mia, _ = cast(studio)
+    real = studio.pipeline.encode_subject
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("the encoder ran out of memory")
+
+    monkeypatch.setattr(studio.pipeline, "encode_subject", broken)
+    with pytest.raises(StudioError, match="Mia could not be encoded: the encoder ran out of memory"):
+        studio.reencode_character("Mia")
+    assert studio.encoding_status(studio.get_character("Mia")) == "failed"
+    monkeypatch.setattr(studio.pipeline, "encode_subject", real)
+    assert studio.encoding_status(studio.reencode_character("Mia")) == "ready"
+
+
 # -- characters: bad input -----------------------------------------------------------------------
 
 
