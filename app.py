@@ -20,6 +20,19 @@ except ImportError:
     pass
 
 DEFAULT_DATA_DIR = "./data"
+LIMIT_NAMES = (
+    "max_characters",
+    "max_stories",
+    "max_panels",
+    "max_versions",
+    "max_bytes",
+    "max_side",
+    "max_steps",
+    "job_budget",
+    "job_seconds",
+    "max_queue",
+    "expiry_days",
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -53,16 +66,70 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--offload", action="store_true", help="move model parts to the GPU only while used (less memory)"
     )
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off unless asked)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--workspaces",
+        action="store_true",
+        default=bool(os.environ.get("SPACE_ID")),  # on a Hugging Face Space: strangers share the app
+        help="give every browser (and API client) its own private workspace, with hosting limits "
+        "(on by default when $SPACE_ID is set)",
+    )
+    parser.add_argument(
+        "--limit",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="change one limit, e.g. --limit max_characters=50 --limit expiry_days=14 (none: no limit); "
+        "names: " + ", ".join(LIMIT_NAMES),
+    )
+    args = parser.parse_args(argv)
+    try:
+        args.limits = parse_limits(args.limit, hosted=args.workspaces)
+    except ValueError as err:
+        parser.error(str(err))
+    return args
+
+
+def parse_limits(items: list[str], *, hosted: bool):
+    """`Limits` for the command line: the hosted defaults with --workspaces, else the local ones,
+    changed by NAME=VALUE items."""
+    from anystory.limits import Limits
+
+    changes = {}
+    for item in items:
+        name, _, value = item.partition("=")
+        name = name.strip()
+        if name not in LIMIT_NAMES or not value.strip():
+            raise ValueError(f"--limit {item!r}: use NAME=VALUE with NAME one of {', '.join(LIMIT_NAMES)}")
+        value = value.strip().lower()
+        if value == "none":
+            if name in ("max_side", "max_steps", "job_budget"):
+                raise ValueError(f"--limit {name} needs a number (it has no 'none')")
+            changes[name] = None
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError(f"--limit {item!r}: {value!r} is not a number") from None
+        if number < 0:
+            raise ValueError(f"--limit {item!r}: a limit cannot be negative")
+        changes[name] = number if name in ("job_seconds", "expiry_days") else int(number)
+    return Limits.hosted(**changes) if hosted else Limits.local(**changes)
 
 
 def open_studio(args: argparse.Namespace):
-    """The Studio for these arguments: the tiny offline model with --preview, else the real one."""
-    from anystory.studio import Studio
+    """What the UI is built around: one Studio on this data folder, or, with --workspaces, a
+    private workspace per visitor, all on one pipeline."""
+    from anystory.studio import Studio, load_pipeline
 
-    if args.preview:
-        return Studio.open(args.data_dir, preview=True, adapter=args.adapter)
-    return Studio.open(args.data_dir, model=args.model, adapter=args.adapter, offload=args.offload)
+    model = dict(preview=True) if args.preview else dict(model=args.model, offload=args.offload)
+    if not args.workspaces:
+        return Studio.open(args.data_dir, adapter=args.adapter, limits=args.limits, **model)
+    from anystory.workspaces import Workspaces
+    from ui.session import WorkspaceSessions
+
+    pipeline = load_pipeline(args.data_dir, adapter=args.adapter, **model)
+    workspaces = Workspaces(args.data_dir, pipeline, preview=args.preview, limits=args.limits)
+    return WorkspaceSessions(workspaces, login=bool(os.environ.get("OAUTH_CLIENT_ID")))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from ui import build_app, launch_options
 
-    if studio.preview and not studio.character_names() and not studio.stories():
+    if not args.workspaces and studio.preview and not studio.character_names() and not studio.stories():
         added = studio.add_example_cast()
         print(f"preview mode: added the example cast ({', '.join(added)})")
 

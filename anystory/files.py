@@ -84,3 +84,21 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> Path:
     with open_atomic(path) as f:
         f.write(data)
     return Path(path)
+
+
+def folder_bytes(folder: str | os.PathLike, *, own_only: bool = False) -> int:
+    """Bytes of the files under `folder` (0 when it does not exist); links are not followed.
+
+    With `own_only`, files hard-linked from elsewhere (shared, like the example cast in every
+    workspace) are not counted.
+    """
+    total = 0
+    for root, _, names in os.walk(folder):
+        for name in names:
+            try:
+                stat = os.lstat(os.path.join(root, name))
+            except FileNotFoundError:  # removed while we walked
+                continue
+            if not (own_only and stat.st_nlink > 1):
+                total += stat.st_size
+    return total

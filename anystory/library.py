@@ -287,6 +287,42 @@ class Library:
             self.db["characters"].delete(row["id"])
             tx.discard_after_commit(f"characters/{row['id']}")
 
+    def adopt_characters(self, source: Library) -> list[Character]:
+        """Add every character of another library (another data folder) whose name is free here,
+        sharing its files instead of copying them (the example cast in each new workspace)."""
+        added = []
+        with source.database.snapshot(), self.database.transaction() as tx:
+            for row in source._rows():
+                if list(self.db["characters"].rows_where("name_key = ?", [row["name_key"]])):
+                    continue
+                fields = {k: row[k] for k in ("name", "name_key", "description", "encoder_id", "status")}
+                stamp = now()
+                character_id = int(
+                    self.db["characters"]
+                    .insert(
+                        {
+                            **fields,
+                            "image_path": "",
+                            "mask_path": "",
+                            "thumbnail_path": "",
+                            "encoding_path": None,
+                            "created": stamp,
+                            "updated": stamp,
+                        }
+                    )  # fmt: skip
+                    .last_pk
+                )
+                folder = PurePosixPath("characters", str(character_id))
+                tx.fresh_folder(folder)
+                paths = {}
+                for column, _ in _FILES.values():
+                    if row[column]:
+                        source_file = source.database.absolute(row[column])
+                        paths[column] = tx.link(folder / source_file.name, source_file)
+                self.db["characters"].update(character_id, paths)
+                added.append(character_id)
+        return [self.get_character(i) for i in added]
+
     # -- archives --
 
     def archive_records(self, ids: list[int] | None) -> list[dict]:

@@ -28,6 +28,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+from typing import Any, Protocol
 
 import sqlite_utils
 
@@ -223,6 +224,18 @@ class Transaction:
         self._created.append(path)
         return PurePosixPath(relative).as_posix()
 
+    def link(self, relative: str | PurePosixPath, source: Path) -> str:
+        """Give this data folder `source`'s file without copying its bytes (a hard link; a copy where
+        the disk cannot link). Safe because stored files are never changed in place: a change is a
+        new file under a new name."""
+        path = self.data_dir / relative
+        try:
+            os.link(source, path)
+        except OSError:
+            write_atomic(path, Path(source).read_bytes())
+        self._created.append(path)
+        return PurePosixPath(relative).as_posix()
+
     def discard_after_commit(self, relative: str | PurePosixPath | None) -> None:
         """Delete a file or folder once the rows no longer pointing to it are committed."""
         if relative:
@@ -249,6 +262,18 @@ def _remove(path: Path) -> None:
         log.warning("could not remove %s: %s", path, err)
 
 
+class CommitGuard(Protocol):
+    """Checks a write transaction before it commits; raising refuses it (rows and files roll back).
+
+    `before(db)` runs when the transaction starts, `check(db, before)` just before its commit, on
+    the same connection, so it sees the transaction's own rows and files.
+    """
+
+    def before(self, db: sqlite_utils.Database) -> Any: ...
+
+    def check(self, db: sqlite_utils.Database, before: Any) -> None: ...
+
+
 class StudioDatabase:
     """One data folder: the SQLite database `<data_dir>/anystory.db` and the files of its rows.
 
@@ -259,6 +284,7 @@ class StudioDatabase:
 
     def __init__(self, data_dir: str | os.PathLike, *, busy_timeout_s: float = 30.0):
         self.data_dir = Path(data_dir).expanduser().absolute()
+        self.guard: CommitGuard | None = None  # checked before every commit (the Studio's limits)
         self.path = self.data_dir / DB_NAME
         self.busy_timeout_s = busy_timeout_s
         self._local = threading.local()
@@ -341,7 +367,11 @@ class StudioDatabase:
             db.execute("BEGIN IMMEDIATE")
             self._local.tx = tx
             try:
+                guard = self.guard
+                before = guard.before(db) if guard is not None else None
                 yield tx
+                if guard is not None:
+                    guard.check(db, before)  # inside the transaction: a refusal rolls rows and files back
             except BaseException:
                 self._local.tx = None
                 db.rollback()
@@ -408,6 +438,12 @@ class StudioDatabase:
     def absolute(self, relative: str | None) -> Path | None:
         """A stored relative path as an absolute one."""
         return None if relative is None else self.data_dir / relative
+
+    def count(self, table: str) -> int:
+        """Rows in one of the record tables (characters, stories, panels, versions)."""
+        if table not in ("characters", "stories", "panels", "versions"):
+            raise ValueError(f"no record table {table!r}")
+        return self.db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
     def read_bytes(self, relative: str) -> bytes:
         return (self.data_dir / relative).read_bytes()

@@ -14,9 +14,11 @@ are detected as stale and re-encoded on first use, with a note.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,8 +28,11 @@ from PIL import Image
 
 from . import images as imgs
 from . import render
+from .files import folder_bytes
 from .library import Character, Library
+from .limits import Limits
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
+from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .storage import StudioDatabase
 from .story import ROUTERS, Panel, Stories, Story, Version
@@ -61,20 +66,64 @@ class PanelPlan:
     warnings: list[str] = field(default_factory=list)
 
 
+class LimitsGuard:
+    """The Studio's limits, checked before every commit: a write that adds rows past a count limit,
+    or grows the folder past its byte limit, is refused and rolled back (rows and files)."""
+
+    TABLES = ("characters", "stories", "panels", "versions")
+
+    def __init__(self, database: StudioDatabase, limits: Limits):
+        self.database, self.limits = database, limits
+
+    def _counts(self) -> dict[str, int]:
+        return {table: self.database.count(table) for table in self.TABLES}
+
+    def _bytes(self) -> int | None:
+        return folder_bytes(self.database.data_dir, own_only=True) if self.limits.max_bytes is not None else None
+
+    def before(self, db) -> tuple[dict[str, int], int | None]:
+        return self._counts(), self._bytes()
+
+    def check(self, db, before: tuple[dict[str, int], int | None]) -> None:
+        counts, used = before
+        for table, now in self._counts().items():
+            if now > counts[table]:
+                self.limits.check_count(table, counts[table], now - counts[table])
+        after = self._bytes()
+        if after is not None and after > used:
+            self.limits.check_bytes(used, after - used)
+
+
 class Studio:
-    def __init__(self, data_dir: str | os.PathLike, pipeline, *, preview: bool = False, keep_route_record: bool = True):
+    def __init__(
+        self,
+        data_dir: str | os.PathLike,
+        pipeline,
+        *,
+        preview: bool = False,
+        keep_route_record: bool = True,
+        limits: Limits | None = None,
+        model_slot: ModelSlot | None = None,
+    ):
+        """One data folder (a writer's cast and stories) on a loaded pipeline.
+
+        Several Studios (workspaces) can share one pipeline: give them one `model_slot`, so that
+        one model call (encode or generate) runs at a time among them, the others waiting in line.
+        """
         self.data_dir = Path(data_dir)
+        self.limits = limits or Limits.local()
         self._database = StudioDatabase(self.data_dir)
+        self._database.guard = LimitsGuard(self._database, self.limits)
         self._library = Library(self._database)
         self._stories = Stories(self._database)
         self.pipeline = pipeline
         self.preview = preview
         self.keep_route_record = keep_route_record
-        self.panel_defaults = dict(PREVIEW_PANEL if preview else REAL_PANEL, router=pipeline.default_router)
+        self.panel_defaults = panel_defaults_for(pipeline, preview)
         self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
         self._local = threading.local()  # per thread: `notes`
         self._encodings: dict[int, tuple[str, str, object]] = {}  # id -> (updated, encoder_id, encoding)
-        self._gpu = threading.RLock()  # one model call (encode or generate) at a time
+        self._gpu = model_slot or ModelSlot(self.limits.max_queue)  # one model call at a time
         self._state = threading.Lock()
         self._busy: set[int] = set()  # characters used by the running generation
         self.exports_dir = self.data_dir / "exports"
@@ -101,31 +150,19 @@ class Studio:
         adapter: str | None = None,
         preview: bool = False,
         offload: bool = False,
+        limits: Limits | None = None,
         **pipeline_kwargs,
     ) -> Studio:
         """Load the model (the tiny offline one in preview mode) and open the data folder."""
-        from .pipeline import DEFAULT_BASE, AnyStoryPipeline
+        pipeline = load_pipeline(
+            data_dir, model=model, adapter=adapter, preview=preview, offload=offload, **pipeline_kwargs
+        )
+        return cls(data_dir, pipeline, preview=preview, limits=limits)
 
-        data_dir = Path(data_dir)
-        if preview:
-            from .tiny import write_tiny_ip_adapter, write_tiny_sdxl
-
-            models = data_dir / "models"
-            folder = models / "tiny-sdxl"
-            if not (folder / "model_index.json").exists():
-                write_tiny_sdxl(folder)
-            ip_adapter = models / "tiny-ip-adapter-plus.safetensors"
-            if not ip_adapter.exists():
-                write_tiny_ip_adapter(folder, ip_adapter)
-            pipeline = AnyStoryPipeline.from_pretrained(
-                str(folder), adapter=adapter, ip_adapter=str(ip_adapter), local_files_only=True, **pipeline_kwargs
-            )
-        else:
-            pipeline = AnyStoryPipeline.from_pretrained(model or DEFAULT_BASE, adapter=adapter, **pipeline_kwargs)
-            if offload:
-                pipeline.enable_model_cpu_offload()
-        pipeline.set_progress_bar_config(disable=True)
-        return cls(data_dir, pipeline, preview=preview)
+    def close(self) -> None:
+        """Close the data folder's database connections (the Studio is not used afterwards)."""
+        self._database.close()
+        self._encodings.clear()
 
     @property
     def model_id(self) -> str:
@@ -152,15 +189,22 @@ class Studio:
 
     def _encode(self, picture: Image.Image, mask: Image.Image):
         try:
-            with self._gpu:  # the pipeline swaps attention processors while encoding: not re-entrant
+            with self._gpu.turn():  # the pipeline swaps attention processors while encoding: one at a time
                 encoding = self.pipeline.encode_subject(picture, mask)
         except ValueError as err:
             raise StudioError(str(err)) from err
         self.encode_count += 1
         return encoding
 
+    def check_room(self, what: str) -> None:
+        """Refuse early (before any model call) when one more `what` would pass a limit."""
+        self.limits.check_count(what, self._database.count(what))
+        if self.limits.max_bytes is not None:
+            self.limits.check_bytes(folder_bytes(self.data_dir, own_only=True))
+
     def add_character(self, name: str, description: str, image, mask=None) -> Character:
         """Check the picture and mask, encode once, store everything in one transaction."""
+        self.check_room("characters")
         picture, mask_image, self.notes = self._prepare_picture(image, mask)
         encoding = self._encode(picture, mask_image)
         character = self._library.add_character(
@@ -208,6 +252,16 @@ class Studio:
     def get_character(self, id_or_name) -> Character:
         """By id, or by name in any case; CharacterNotFound lists the known names."""
         return self._library.get_character(id_or_name)
+
+    def has_own_characters(self) -> bool:
+        """Whether the cast holds a character of its own (not one shared, unchanged, from the
+        example cast: those files are hard links to the shared copy)."""
+        return any(os.stat(c.image_path).st_nlink == 1 for c in self._library.characters())
+
+    def adopt_example_cast(self, template: Studio) -> list[Character]:
+        """Give this Studio the characters of another one (the example cast, encoded once), sharing
+        their stored files; a name already in this cast is left alone."""
+        return self._library.adopt_characters(template._library)
 
     def add_example_cast(self, folder: str | os.PathLike | None = None) -> list[str]:
         """Add the built-in cast (assets/cast/cast.json); names already in the cast are left alone."""
@@ -466,8 +520,10 @@ class Studio:
         if new_seed:
             self._stories.update_panel(panel_id, seed=int(np.random.default_rng().integers(0, 2**31 - 1)))
         panel = self._stories.get_panel(panel_id)
+        self.limits.check_job(panel.width, panel.height, panel.steps)
+        self.check_room("versions")
         plan = self.plan_panel(panel)
-        with self._gpu:
+        with self._model_turn(progress, cancel):
             self.notes = list(plan.warnings)
             subjects = [self.character_encoding(c) for c in plan.character_ids]
             arguments = self._router_arguments(panel, plan)
@@ -475,9 +531,17 @@ class Studio:
                 arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
                 arguments["return_route_record"] = self.keep_route_record
 
+            started = time.monotonic()
+
             def on_step(pipe, step, timestep, tensors):
                 if cancel is not None and cancel.is_set():
                     raise GenerationCancelled("generation cancelled; the panel keeps its earlier versions")
+                if self.limits.job_seconds is not None and time.monotonic() - started > self.limits.job_seconds:
+                    minutes = self.limits.job_seconds / 60
+                    raise GenerationCancelled(
+                        f"generation stopped: it ran past the {minutes:g}-minute limit of one job; "
+                        "the panel keeps its earlier versions (try fewer steps or a smaller size)"
+                    )
                 if progress is not None:
                     progress((step + 1) / panel.steps, f"step {step + 1} of {panel.steps}")
                 return {}
@@ -524,17 +588,50 @@ class Studio:
                 panel_id, settings, self.model_id, imgs.png_bytes(image), route_maps, route_maps_suffix=".npz"
             )
 
-    def generate_story(self, story_id: int, *, only_outdated: bool = True, progress=None, cancel=None) -> list[Version]:
-        """Generate every panel that has no up-to-date image (all of them with only_outdated=False)."""
+    @contextlib.contextmanager
+    def _model_turn(self, progress, cancel):
+        """This job's turn at the model: the visitor sees their place in line and may cancel."""
+
+        def on_wait(ahead: int) -> None:
+            if progress is not None:
+                progress(0.0, f"waiting for the model: {ahead} job{'s' if ahead != 1 else ''} ahead of yours")
+
+        try:
+            with self._gpu.turn(on_wait=on_wait, cancel=cancel):
+                yield
+        except TurnCancelled as err:
+            raise GenerationCancelled("generation cancelled before it started; the panel is as it was") from err
+
+    def outdated_panels(self, story_id: int) -> list[Panel]:
+        """The story's panels without an up-to-date image (empty, outdated or failed), in order."""
+        return [p for p in self._stories.panels(story_id) if p.status != "ready"]
+
+    def generate_story(
+        self,
+        story_id: int,
+        *,
+        only_outdated: bool = True,
+        progress: Callable[[float, str], None] | None = None,
+        cancel: threading.Event | None = None,
+        run_panel: Callable[..., Version] | None = None,
+    ) -> list[Version]:
+        """Generate every panel that has no up-to-date image (all of them with only_outdated=False).
+
+        `run_panel(panel_id, progress=..., cancel=...)` generates one panel (default
+        `generate_panel`; the app passes one that makes each panel its own GPU call).
+        """
+        run_panel = run_panel or self.generate_panel
+        panels = self.outdated_panels(story_id) if only_outdated else self._stories.panels(story_id)
         versions = []
-        panels = [p for p in self._stories.panels(story_id) if not only_outdated or p.status != "ready"]
         for number, panel in enumerate(panels):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled(f"generation cancelled after {number} of {len(panels)} panels")
 
             def panel_progress(fraction, text, number=number):
                 if progress is not None:
                     progress((number + fraction) / len(panels), f"panel {number + 1} of {len(panels)}: {text}")
 
-            versions.append(self.generate_panel(panel.id, progress=panel_progress, cancel=cancel))
+            versions.append(run_panel(panel.id, progress=panel_progress, cancel=cancel))
         return versions
 
     def reroll_panel(self, panel_id: int, **kwargs) -> Version:
@@ -637,6 +734,45 @@ class Studio:
             [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
         )
         return story
+
+
+def panel_defaults_for(pipeline, preview: bool) -> dict:
+    """A new panel's size, steps, guidance and router on this pipeline."""
+    return dict(PREVIEW_PANEL if preview else REAL_PANEL, router=pipeline.default_router)
+
+
+def load_pipeline(
+    data_dir: str | os.PathLike,
+    *,
+    model: str | None = None,
+    adapter: str | None = None,
+    preview: bool = False,
+    offload: bool = False,
+    **pipeline_kwargs,
+):
+    """The AnyStory pipeline a Studio runs on: the tiny offline one (kept under data_dir/models) in
+    preview mode, else `model` (hub id, folder or single file) with `adapter` (or public weights)."""
+    from .pipeline import DEFAULT_BASE, AnyStoryPipeline
+
+    if preview:
+        from .tiny import write_tiny_ip_adapter, write_tiny_sdxl
+
+        models = Path(data_dir) / "models"
+        folder = models / "tiny-sdxl"
+        if not (folder / "model_index.json").exists():
+            write_tiny_sdxl(folder)
+        ip_adapter = models / "tiny-ip-adapter-plus.safetensors"
+        if not ip_adapter.exists():
+            write_tiny_ip_adapter(folder, ip_adapter)
+        pipeline = AnyStoryPipeline.from_pretrained(
+            str(folder), adapter=adapter, ip_adapter=str(ip_adapter), local_files_only=True, **pipeline_kwargs
+        )
+    else:
+        pipeline = AnyStoryPipeline.from_pretrained(model or DEFAULT_BASE, adapter=adapter, **pipeline_kwargs)
+        if offload:
+            pipeline.enable_model_cpu_offload()
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
 
 
 def _record_for_image(record: list[dict] | None, index: int) -> list[dict] | None:

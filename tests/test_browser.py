@@ -10,13 +10,20 @@ test-artifacts/ (gitignored). Without /usr/bin/chromium the test FAILS: CI insta
 from __future__ import annotations
 
 import re
-import threading
-import time
 from pathlib import Path
 
 import pytest
 
-from .ui_support import ARTIFACTS, CAST, IGNORE_GRADIO_WARNINGS, gradio_temp, launch, preview_pipe, preview_studio
+from .ui_support import (
+    ARTIFACTS,
+    CAST,
+    IGNORE_GRADIO_WARNINGS,
+    HeldAtFirstStep,
+    gradio_temp,
+    launch,
+    preview_pipe,
+    preview_studio,
+)
 
 __all__ = ["gradio_temp", "preview_pipe"]  # fixtures used by name
 pytestmark = [IGNORE_GRADIO_WARNINGS, pytest.mark.browser, pytest.mark.slow]
@@ -196,28 +203,6 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         demo.close()
 
 
-class HeldAtFirstStep:
-    """The Studio's pipeline, held at its first step until the generation is cancelled: the test
-    waits on that event (the step was reached), never on a race with a fast generation."""
-
-    def __init__(self, pipe):
-        self._pipe = pipe
-        self.reached = threading.Event()
-
-    def __getattr__(self, name):
-        return getattr(self._pipe, name)
-
-    def __call__(self, *args, callback_on_step_end, **kwargs):
-        def held(pipe, step, timestep, tensors):
-            self.reached.set()
-            for _ in range(600):  # the Studio's callback raises GenerationCancelled once Cancel is clicked
-                callback_on_step_end(pipe, step, timestep, tensors)
-                time.sleep(0.1)
-            raise AssertionError("the generation was never cancelled")
-
-        return self._pipe(*args, callback_on_step_end=held, **kwargs)
-
-
 def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, tmp_path):
     from playwright.sync_api import expect
 
@@ -244,3 +229,59 @@ def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, t
         page.close()
     finally:
         demo.close()
+
+
+def test_workspaces_keep_visitors_apart(browser, gradio_temp, preview_pipe, tmp_path):
+    """Two browsers (two Playwright contexts) on one app with workspaces: what one adds the other
+    never sees; both start with the example cast; a reload keeps your work; deleting your
+    workspace removes only yours."""
+    from playwright.sync_api import expect
+
+    from anystory.limits import Limits
+    from anystory.workspaces import Workspaces
+    from ui.session import WorkspaceSessions
+
+    workspaces = Workspaces(tmp_path / "root", preview_pipe, preview=True, limits=Limits.hosted())
+    sessions = WorkspaceSessions(workspaces)
+    demo, url = launch(sessions)
+    try:
+        first, second = (browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in range(2))
+        a, b = (visit(context, url) for context in (first, second))
+        for page in (a, b):
+            for name in ("Mia", "Rex", "Bolt"):
+                expect(page.locator("#cast-gallery")).to_contain_text(f"{name} · ready")
+        add_character(a, "Zed", "a tall man in a grey coat", CAST / "bolt.png")
+        expect(a.locator("#cast-gallery")).to_contain_text("Zed · ready")
+        b.reload()
+        b.locator("#preview-banner").wait_for()
+        expect(b.locator("#cast-gallery")).to_contain_text("Mia · ready")
+        expect(b.locator("#cast-gallery")).not_to_contain_text("Zed")
+        a.reload()  # the same browser finds the same workspace
+        a.locator("#preview-banner").wait_for()
+        expect(a.locator("#cast-gallery")).to_contain_text("Zed · ready")
+        expect(a.locator("#workspace-status")).to_contain_text("Welcome back")
+        shot(a, "7-workspace-a")
+
+        a.locator("#workspace-bar").click()
+        a.locator("#workspace-delete").click()
+        a.locator("#workspace-confirm-delete").click()
+        expect(a.locator("#workspace-status")).to_contain_text("your workspace was deleted")
+        expect(a.locator("#cast-gallery")).not_to_contain_text("Zed")
+        expect(a.locator("#cast-gallery")).to_contain_text("Mia · ready")
+        shot(a, "8-workspace-deleted")
+        assert workspaces.count() == 2  # b's and a's new one
+        b.reload()
+        b.locator("#preview-banner").wait_for()
+        expect(b.locator("#workspace-status")).to_contain_text("Welcome back")
+        first.close()
+        second.close()
+    finally:
+        demo.close()
+
+
+def visit(context, url: str):
+    page = context.new_page()
+    page.set_default_timeout(SLOW)
+    page.goto(url)
+    page.locator("#preview-banner").wait_for()
+    return page

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -59,8 +61,9 @@ def preview_studio(data_dir: Path, pipe, side: int = 128) -> Studio:
     return studio
 
 
-def launch(studio: Studio):
-    """Build the app around `studio` and start it on a free port; returns (demo, url)."""
+def launch(studio):
+    """Build the app around `studio` (a Studio, or WorkspaceSessions) and start it on a free port;
+    returns (demo, url)."""
     from ui import build_app, launch_options
 
     demo = build_app(studio)
@@ -69,3 +72,25 @@ def launch(studio: Studio):
         prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, **launch_options(studio)
     )
     return demo, f"http://127.0.0.1:{port}/"
+
+
+class HeldAtFirstStep:
+    """The Studio's pipeline, held at its first step until the generation is cancelled: the test
+    waits on that event (the step was reached), never on a race with a fast generation."""
+
+    def __init__(self, pipe):
+        self._pipe = pipe
+        self.reached = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._pipe, name)
+
+    def __call__(self, *args, callback_on_step_end, **kwargs):
+        def held(pipe, step, timestep, tensors):
+            self.reached.set()
+            for _ in range(600):  # the Studio's callback raises GenerationCancelled once Cancel is clicked
+                callback_on_step_end(pipe, step, timestep, tensors)
+                time.sleep(0.1)
+            raise AssertionError("the generation was never cancelled")
+
+        return self._pipe(*args, callback_on_step_end=held, **kwargs)

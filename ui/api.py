@@ -21,7 +21,8 @@ from typing import Any
 
 import gradio as gr
 
-from .common import api_errors, gpu
+from .common import MODEL, api_errors, gpu
+from .gpu_jobs import panel_runner
 from .session import Sessions
 
 SETTING_KEYS = ("prompt", "characters", "seed", "steps", "guidance", "width", "height", "router", "strengths", "layout")
@@ -188,7 +189,7 @@ class CharacterEndpoints:
     def export_characters(self, request: gr.Request = None) -> str:
         """The whole cast as a zip (imports back with import_characters)."""
         studio = self.sessions.studio(request)
-        return str(studio.export_characters(studio.exports_dir / "cast.zip"))
+        return self.sessions.hand_out(studio.export_characters(studio.exports_dir / "cast.zip"))
 
     @api_errors
     def import_characters(
@@ -271,7 +272,7 @@ class StoryEndpoints:
         files = self.sessions.studio(request).export_story(
             int(story_id), fmt, overlay=bool(overlay), captions=bool(captions)
         )
-        return [str(f) for f in files]
+        return [self.sessions.hand_out(f) for f in files]
 
     @api_errors
     def import_project(self, archive: str | None, request: gr.Request = None) -> dict:
@@ -287,20 +288,65 @@ class GenerationEndpoints:
     def __init__(self, sessions: Sessions):
         self.sessions = sessions
 
-    @gpu
     @api_errors
     def generate_panel(self, panel_id: int, new_seed: bool = False, request: gr.Request = None):
-        """Generate one panel (new_seed: re-roll). Returns the image and the version (settings, notes)."""
+        """Generate one panel (new_seed: re-roll). Returns the image and the version (settings, notes).
+        /cancel from the same client stops it after the current step."""
         studio = self.sessions.studio(request)
-        version = studio.generate_panel(int(panel_id), new_seed=bool(new_seed))
+        event = self.sessions.cancels.start(request)
+        try:
+            version = panel_runner(studio)(int(panel_id), new_seed=bool(new_seed), cancel=event)
+        finally:
+            self.sessions.cancels.finish(request)
         return studio.version_image(version.id), version_dict(version)
 
-    @gpu
     @api_errors
     def generate_story(self, story_id: int, regenerate_all: bool = False, request: gr.Request = None) -> list[dict]:
-        """Generate the panels that have no up-to-date image (all with regenerate_all); returns the new versions."""
-        made = self.sessions.studio(request).generate_story(int(story_id), only_outdated=not regenerate_all)
+        """Generate the panels that have no up-to-date image (all with regenerate_all); returns the new
+        versions. Each panel is its own GPU call; /cancel from the same client stops the run."""
+        studio = self.sessions.studio(request)
+        event = self.sessions.cancels.start(request)
+        try:
+            made = studio.generate_story(
+                int(story_id), only_outdated=not regenerate_all, cancel=event, run_panel=panel_runner(studio)
+            )
+        finally:
+            self.sessions.cancels.finish(request)
         return [version_dict(v) for v in made]
+
+    @api_errors
+    def cancel(self, request: gr.Request = None) -> str:
+        """Stop this client's running generation after its current step (others' jobs are not touched)."""
+        if self.sessions.cancels.cancel(request):
+            return "cancelling: the generation stops after the current step"
+        return "nothing of yours is generating"
+
+
+class WorkspaceEndpoints:
+    """A script's workspace: each gradio_client Client gets its own; keep its key to come back."""
+
+    def __init__(self, sessions: Sessions):
+        self.sessions = sessions
+
+    @api_errors
+    def workspace(self, request: gr.Request = None) -> dict:
+        """This client's workspace: its key (keep it to reopen the workspace from another script) and its limits."""
+        return {"key": self.sessions.current_key(request), "limits": self.sessions.limits.describe()}
+
+    @api_errors
+    def open_workspace(self, key: str, request: gr.Request = None) -> dict:
+        """Act in the workspace this key opens from now on (the key is checked; a wrong one is refused)."""
+        try:
+            self.sessions.open_key(request, key)
+        except KeyError as err:
+            raise ValueError(str(err)) from err
+        return self.workspace(request)
+
+    @api_errors
+    def delete_workspace(self, request: gr.Request = None) -> str:
+        """Delete this client's workspace with everything in it."""
+        self.sessions.delete(request)
+        return "deleted this workspace with everything in it"
 
 
 # -- registration: gr.api for JSON-only endpoints, hidden components where files travel ----------------
@@ -313,7 +359,7 @@ def register_api(sessions: Sessions) -> None:
         StoryEndpoints(sessions),
         GenerationEndpoints(sessions),
     )
-    model = {"concurrency_id": "model"}
+    model = MODEL
     for fn in (
         characters.list_characters,
         characters.delete_character,
@@ -328,6 +374,11 @@ def register_api(sessions: Sessions) -> None:
     ):
         gr.api(fn, api_name=fn.__name__)
     gr.api(generation.generate_story, api_name="generate_story", **model)
+    gr.api(generation.cancel, api_name="cancel", queue=False)  # beside the queue: it must reach a full one
+    if sessions.workspaces:
+        workspace = WorkspaceEndpoints(sessions)
+        for fn in (workspace.workspace, workspace.open_workspace, workspace.delete_workspace):
+            gr.api(fn, api_name=fn.__name__)
     register_file_endpoints(characters, stories, generation)
 
 
@@ -352,7 +403,7 @@ def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoi
         on_clash = gr.Textbox(label="on_clash", value="rename")
         one_file = gr.File(label="file")
 
-    model = {"concurrency_id": "model"}
+    model = MODEL
     gr.on([], characters.add_character, [name, description, image, mask], result, api_name="add_character", **model)
     inputs = [character, name, description, image, mask]
     gr.on([], characters.update_character, inputs, result, api_name="update_character", **model)

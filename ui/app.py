@@ -10,10 +10,12 @@ from typing import Any
 
 import gradio as gr
 
+from . import gpu_jobs
 from .api import register_api
 from .characters import build_characters_tab
 from .session import Sessions
 from .storyboard import build_storyboard_tab
+from .workspace import WorkspaceBar, wire_workspace
 
 PREVIEW_BANNER = "Preview mode: tiny random model, images are not meaningful"
 MAX_FILE_SIZE = "20mb"
@@ -27,13 +29,15 @@ def banner_html(text: str) -> str:
 
 
 def sessions_for(studio) -> Sessions:
-    """The app's way to find each caller's Studio."""
+    """The app's way to find each caller's Studio: a Studio (one for everyone) or Sessions."""
     return studio if isinstance(studio, Sessions) else Sessions(studio)
 
 
 def build_app(studio, *, example_cast_dir=None) -> gr.Blocks:
-    """The Gradio app around one Studio; queued so that one generation runs at a time."""
+    """The Gradio app around one Studio (or WorkspaceSessions: a Studio per visitor); queued so
+    that one generation runs at a time."""
     sessions = sessions_for(studio)
+    gpu_jobs.serve(sessions)
     with gr.Blocks(title="AnyStory Studio") as demo:
         if sessions.preview:
             gr.HTML(banner_html(PREVIEW_BANNER))
@@ -43,6 +47,7 @@ def build_app(studio, *, example_cast_dir=None) -> gr.Blocks:
             "Add characters in **Characters**, then write panels that name them as `[Name]` in **Storyboard**."
         )
         register_api(sessions)  # first, so that the named endpoints keep their names
+        bar = WorkspaceBar.create(sessions, sessions.browser_secret) if sessions.workspaces else None
         with gr.Tabs():
             with gr.Tab("Characters", id="characters", elem_id="tab-characters") as characters_item:
                 characters = build_characters_tab(sessions, example_cast_dir=example_cast_dir)
@@ -50,16 +55,27 @@ def build_app(studio, *, example_cast_dir=None) -> gr.Blocks:
                 storyboard = build_storyboard_tab(sessions)
 
         private: dict[str, Any] = {"api_visibility": "private"}
-        for tab, item in ((characters, characters_item), (storyboard, storyboard_item)):
-            demo.load(tab.refresh, tab.inputs, tab.outputs, **private)
-            item.select(tab.refresh, tab.inputs, tab.outputs, **private)
-    demo.queue(default_concurrency_limit=1)
+        refreshes = [(tab.refresh, tab.inputs, tab.outputs) for tab in (characters, storyboard)]
+        if bar is not None:
+            wire_workspace(demo, bar, sessions, refreshes)  # the workspace is bound before the tabs draw
+        else:
+            for refresh in refreshes:
+                demo.load(*refresh, **private)
+        for (refresh, inputs, outputs), item in zip(refreshes, (characters_item, storyboard_item)):
+            item.select(refresh, inputs, outputs, **private)
+    demo.queue(default_concurrency_limit=1)  # model jobs wait in the Studio's own line (common.MODEL)
     return demo
 
 
 def launch_options(studio) -> dict[str, Any]:
-    """Safe launch settings: 20 MB uploads, and only the app's own exports folder served."""
-    return {"max_file_size": MAX_FILE_SIZE, "allowed_paths": sessions_for(studio).served_folders}
+    """Safe launch settings: 20 MB uploads; only the local app's own exports folder is served by
+    path, and with workspaces nothing of the data folder is."""
+    sessions = sessions_for(studio)
+    return {
+        "max_file_size": MAX_FILE_SIZE,
+        "allowed_paths": sessions.served_folders,
+        "blocked_paths": sessions.blocked_folders,
+    }
 
 
 __all__ = ["PREVIEW_BANNER", "build_app", "launch_options"]

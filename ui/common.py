@@ -16,9 +16,11 @@ from typing import Any
 
 import gradio as gr
 
-from .session import session_key
-
 log = logging.getLogger("anystory.ui")
+
+# Events that call the model: all enter at once and wait in line in the Studio's model slot
+# (anystory/model_slot.py), which shows each its place, lets it cancel, and refuses past the limit.
+MODEL: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": None}
 
 # What a user can cause: refused pictures (ImageInputError), refused actions (StudioError,
 # CharacterInUse, GenerationCancelled), bad settings (ValueError), unknown ids or names
@@ -94,6 +96,11 @@ def api_errors(handler: Callable) -> Callable:
     return wrapper
 
 
+def session_key(request: gr.Request | None) -> str:
+    """The caller's browser session or API client ("api" for a direct Python call)."""
+    return getattr(request, "session_hash", None) or "api"
+
+
 class CancelEvents:
     """One threading.Event per browser session (or API caller): Cancel stops only your own run."""
 
@@ -122,13 +129,25 @@ class CancelEvents:
         return True
 
 
-def gpu(handler: Callable) -> Callable:
-    """`spaces.GPU` (ZeroGPU on Hugging Face Spaces) when the package is there; unchanged otherwise."""
+def on_zero_gpu() -> bool:
+    """Whether the app runs on Hugging Face ZeroGPU (the `spaces` package, on a ZeroGPU Space)."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return False
+    return bool(getattr(getattr(spaces, "config", None), "Config", None) and spaces.config.Config.zero_gpu)
+
+
+def gpu(handler: Callable | None = None, *, duration: Callable[..., float] | float | None = None) -> Callable:
+    """`spaces.GPU` (ZeroGPU on Hugging Face Spaces) when the package is there, with an optional
+    duration (seconds, or a function of the handler's arguments); unchanged otherwise."""
+    if handler is None:
+        return functools.partial(gpu, duration=duration)
     try:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
         return handler
-    return spaces.GPU(handler)
+    return spaces.GPU(handler, duration=duration) if duration is not None else spaces.GPU(handler)
 
 
 def progress_reporter(progress: gr.Progress | None) -> Callable[[float, str], None] | None:

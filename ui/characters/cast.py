@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..common import escape, gpu, notes_markdown, shows_errors
+from ..common import MODEL, escape, gpu, notes_markdown, shows_errors
 from ..session import Sessions
 from .form import PRIVATE
 from .layout import CharactersLayout
@@ -73,7 +73,7 @@ def wire_cast(tab: CharactersLayout, view: CharactersView, sessions: Sessions, e
         if not studio.character_names():
             raise ValueError("the cast is empty: nothing to export")
         path = studio.export_characters(studio.exports_dir / "cast.zip")
-        return {status: notes_markdown([], "cast exported: download it below"), files.exported: str(path)}
+        return {status: notes_markdown([], "cast exported: download it below"), files.exported: sessions.hand_out(path)}
 
     @shows_errors(status)
     def import_cast(path, clash, query, request: gr.Request) -> dict:
@@ -99,8 +99,8 @@ def wire_cast(tab: CharactersLayout, view: CharactersView, sessions: Sessions, e
         }
 
     listed = [status, *cast.outputs]
-    cast.search.change(show, [cast.search], listed, show_progress="hidden", **PRIVATE)
-    cast.reencode.click(reencode, [form.selected, cast.search], listed, concurrency_id="model", **PRIVATE)
+    cast.search.input(show, [cast.search], listed, show_progress="hidden", **PRIVATE)  # typing, not load-time changes
+    cast.reencode.click(reencode, [form.selected, cast.search], listed, **MODEL, **PRIVATE)
     cast.delete.click(ask_delete, [form.selected], [status, cast.confirm_box, cast.confirm_text], **PRIVATE)
     deleted = [status, cast.confirm_box, *cast.outputs, *form.outputs]
     cast.confirm_delete.click(delete, [form.selected, cast.search], deleted, **PRIVATE)
@@ -108,5 +108,5 @@ def wire_cast(tab: CharactersLayout, view: CharactersView, sessions: Sessions, e
     files.export_cast.click(export_cast, None, [status, files.exported], **PRIVATE)
     imported = [status, files.archive, *cast.outputs]
     files.import_cast.click(import_cast, [files.archive, files.on_clash, cast.search], imported, **PRIVATE)
-    cast.add_examples.click(add_examples, [cast.search], listed, concurrency_id="model", **PRIVATE)
+    cast.add_examples.click(add_examples, [cast.search], listed, **MODEL, **PRIVATE)
     return show

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
-from ..common import gpu, notes_markdown, shows_errors
+from ..common import MODEL, gpu, notes_markdown, shows_errors
 from ..session import Sessions
 from .layout import MASK_FROM_ALPHA, MASK_PAINTED, MASK_SAVED, MASK_UPLOADED, CharactersLayout
 from .view import CharactersView, load_picture, painted_mask, same_pixels
@@ -123,4 +123,4 @@ def wire_form(tab: CharactersLayout, view: CharactersView, sessions: Sessions) -
     save_inputs = [form.selected, form.name, form.description, form.picture, form.mask_source]
     save_inputs += [form.mask_upload, form.mask_painter, cast.search]
     save_outputs = [status, *cast.outputs, *form.outputs]
-    form.save.click(save, save_inputs, save_outputs, concurrency_id="model", **PRIVATE)
+    form.save.click(save, save_inputs, save_outputs, **MODEL, **PRIVATE)

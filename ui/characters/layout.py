@@ -33,7 +33,8 @@ class CastList:
     def create_examples_row(cls) -> tuple[gr.Row, gr.Button]:
         with gr.Row(visible=False) as example_row:
             gr.Markdown(
-                "Your cast is empty. Start with ours: Mia (a girl with a red scarf), Rex (a brown dog) and Bolt (a robot)."
+                "Your cast is empty. Start with ours: Mia (a girl with a red scarf), Rex (a brown dog) "
+                "and Bolt (a robot)."
             )
             add_examples = gr.Button("Add the example cast", variant="secondary", elem_id="add-example-cast")
         return example_row, add_examples

@@ -22,7 +22,7 @@ def wire_files(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
         written = studio.export_story(story_id, fmt, overlay=bool(with_overlay), captions=bool(with_captions))
         notes = studio.notes if fmt == "project" else []
         done = f"exported {', '.join(f.name for f in written)}"
-        return {status: notes_markdown(notes, done), files.exported: [str(f) for f in written]}
+        return {status: notes_markdown(notes, done), files.exported: [sessions.hand_out(f) for f in written]}
 
     @shows_errors(status)
     def import_project(path, request: gr.Request) -> dict:

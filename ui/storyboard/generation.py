@@ -7,7 +7,8 @@ import html
 
 import gradio as gr
 
-from ..common import CancelEvents, error_markdown, error_message, gpu, notes_markdown, progress_reporter
+from ..common import MODEL, error_markdown, error_message, notes_markdown, progress_reporter
+from ..gpu_jobs import panel_runner
 from ..session import Sessions
 from .form import FormValues, save_form
 from .layout import StoryboardLayout
@@ -16,17 +17,17 @@ from .view import StoryboardView
 
 
 def generate_panel_work(studio, story_id, panel_id, report, event) -> str:
-    version = studio.generate_panel(panel_id, progress=report, cancel=event)
+    version = panel_runner(studio)(panel_id, progress=report, cancel=event)
     return f"generated panel {studio.get_panel(panel_id).position + 1} (seed {version.settings['seed']})"
 
 
 def reroll_panel_work(studio, story_id, panel_id, report, event) -> str:
-    version = studio.reroll_panel(panel_id, progress=report, cancel=event)
+    version = panel_runner(studio)(panel_id, new_seed=True, progress=report, cancel=event)
     return f"re-rolled panel {studio.get_panel(panel_id).position + 1} with seed {version.settings['seed']}"
 
 
 def generate_story_work(studio, story_id, panel_id, report, event) -> str:
-    made = studio.generate_story(story_id, progress=report, cancel=event)
+    made = studio.generate_story(story_id, progress=report, cancel=event, run_panel=panel_runner(studio))
     return f"generated {len(made)} panel(s); up-to-date panels were kept" if made else "every panel is up to date"
 
 
@@ -35,7 +36,7 @@ class Generation:
 
     def __init__(self, tab: StoryboardLayout, view: StoryboardView, sessions: Sessions):
         self.tab, self.view, self.sessions = tab, view, sessions
-        self.cancels = CancelEvents()
+        self.cancels = sessions.cancels
 
     def run(self, studio, story_id, panel_id, form: FormValues, request, progress, work, needs_panel: bool) -> dict:
         """Save the form, run `work`, show the result; a failure is shown with the panel's failed state."""
@@ -61,10 +62,9 @@ class Generation:
             return {**refreshed, status: error_markdown(message)}
 
     def handler(self, name: str, work, *, needs_panel: bool = True):
-        """A queued handler over the panel form. Its parameters are spelled out: gradio hands
-        gr.Request and gr.Progress only to named parameters."""
+        """A queued handler over the panel form (the model work in it is a GPU job: gpu_jobs.py). Its
+        parameters are spelled out: gradio hands gr.Request and gr.Progress only to named parameters."""
 
-        @gpu
         def handler(
             story_id,
             panel_id,
@@ -97,7 +97,7 @@ class Generation:
 
     def wire(self) -> None:
         tab, buttons = self.tab, self.tab.buttons
-        queued = {"concurrency_id": "model", "show_progress_on": [tab.inspector.active_image], **PRIVATE}
+        queued = {**MODEL, "show_progress_on": [tab.inspector.active_image], **PRIVATE}
         inputs, outputs = tab.form_inputs, tab.view_outputs
         buttons.generate.click(self.handler("generate_one", generate_panel_work), inputs, outputs, **queued)
         buttons.reroll.click(self.handler("reroll_one", reroll_panel_work), inputs, outputs, **queued)
