@@ -149,6 +149,12 @@ class Library:
 
     # -- writing --
 
+    def check_name(self, name: str, except_id: int | None = None) -> str:
+        """The name as it would be stored, if it is valid and free (ValueError says why not)."""
+        name = validate_name(name)
+        self._check_free(name, except_id)
+        return name
+
     def _check_free(self, name: str, except_id: int | None = None) -> None:
         for row in self.db["characters"].rows_where("name_key = ?", [name_key(name)]):
             if row["id"] != except_id:

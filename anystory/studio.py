@@ -203,7 +203,9 @@ class Studio:
             self.limits.check_bytes(folder_bytes(self.data_dir, own_only=True))
 
     def add_character(self, name: str, description: str, image, mask=None) -> Character:
-        """Check the picture and mask, encode once, store everything in one transaction."""
+        """Check the name, the limits, the picture and mask (all cheap), then encode once and store
+        everything in one transaction."""
+        self._library.check_name(name)
         self.check_room("characters")
         picture, mask_image, self.notes = self._prepare_picture(image, mask)
         encoding = self._encode(picture, mask_image)
@@ -223,6 +225,8 @@ class Studio:
         """Rename / re-describe; a new picture or mask is re-encoded at once."""
         character = self._library.get_character(id_or_name)
         self.notes = []
+        if name is not None:
+            self._library.check_name(name, except_id=character.id)  # before any encoding
         if image is None and mask is None:
             return self._library.update_character(character.id, name=name, description=description)
         picture = image if image is not None else Image.open(character.image_path)
@@ -352,8 +356,9 @@ class Studio:
         picture, mask_image, warnings = self._prepare_picture(image, mask)
         return imgs.mask_preview(picture, mask_image), warnings
 
-    def export_characters(self, path, ids: list[int] | None = None) -> Path:
-        return self._library.export_characters(path, ids)
+    def export_characters(self, path=None, ids: list[int] | None = None) -> Path:
+        """The cast (or some of it) as a zip that imports back; a new file in exports/ by default."""
+        return self._library.export_characters(path or self.export_path("cast", ".zip"), ids)
 
     def import_characters(self, path, on_clash: str = "rename") -> list[Character]:
         imported = self._library.import_characters(path, on_clash)
@@ -479,7 +484,9 @@ class Studio:
         limit = self.pipeline.anystory_config.max_subjects
         if len(ids) > limit:
             raise StudioError(f"this panel has {len(ids)} characters; at most {limit} can share a picture")
-        tokens = len(self.pipeline.tokenizer(prompt).input_ids)
+        # The real text encoders read 77 CLIP tokens. The preview's tiny tokenizer splits words into
+        # letters, so its count would tell a writer to cut prompts that fit a real model: no warning.
+        tokens = 0 if self.preview else len(self.pipeline.tokenizer(prompt).input_ids)
         window = self.pipeline.tokenizer.model_max_length
         if tokens > window:
             plan.warnings.append(
@@ -693,9 +700,9 @@ class Studio:
         if fmt not in EXPORT_FORMATS:
             raise StudioError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         story = self._stories.get_story(story_id)
-        stem = render.safe_filename(story.title)
         suffix = {"strip": ".png", "grid": ".png", "pdf": ".pdf", "cbz": ".cbz", "project": ".zip"}[fmt]
-        path = Path(path) if path else self.exports_dir / f"{stem}{suffix}"
+        kind = {"strip": "strip", "grid": "pages"}.get(fmt, fmt)
+        path = Path(path) if path else self.export_path(f"{story.title} - {kind}", suffix)
         path.parent.mkdir(parents=True, exist_ok=True)
         if fmt == "project":
             return [self._stories.export_project(story_id, path)]
@@ -723,6 +730,23 @@ class Studio:
         return [
             render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)
         ]
+
+    def export_path(self, name: str, suffix: str) -> Path:
+        """A new file in the exports folder: `name - <date time>.suffix`, never an earlier export's."""
+        stamp = time.strftime("%Y-%m-%d %H%M%S")
+        stem = f"{render.safe_filename(name, max_length=64)} - {stamp}"
+        path, n = self.exports_dir / f"{stem}{suffix}", 1
+        while path.exists() or path.with_name(f"{path.stem}-1{suffix}").exists():
+            n += 1
+            path = self.exports_dir / f"{stem} ({n}){suffix}"
+        return path
+
+    def exports(self) -> list[Path]:
+        """The files in the exports folder, newest first."""
+        if not self.exports_dir.is_dir():
+            return []
+        files = [p for p in self.exports_dir.iterdir() if p.is_file() and not p.name.startswith(".")]
+        return sorted(files, key=lambda p: p.stat().st_mtime, reverse=True)
 
     def _has_routes(self, version_id: int) -> bool:
         return self._stories.get_version(version_id).route_map_path is not None

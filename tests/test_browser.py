@@ -159,17 +159,33 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         assert studio.get_panel(panels[0].id).active_version_id == panels[0].active_version_id
         shot(page, "3-versions")
 
-        # -- Export a PDF, then the project archive, and import it back --
-        page.locator("#export-format").get_by_text("PDF", exact=True).click()
-        page.locator("#export-story").click()
-        expect(status).to_contain_text("exported The walk.pdf")
-        expect(page.locator("#exported-files a").first).to_have_attribute("href", re.compile(r"The%20walk\.pdf$"))
-        pdf = data_dir / "exports" / "The walk.pdf"
+        # -- Export a PDF, a PNG strip and PNG pages (each keeps its own file), the project archive; import it --
+        exports = data_dir / "exports"
+        for choice, kind, suffix in (
+            ("PDF", "pdf", ".pdf"),
+            ("PNG strip", "strip", ".png"),
+            ("PNG page grid", "pages", ".png"),
+        ):
+            page.locator("#export-format").get_by_text(choice, exact=True).click()
+            page.locator("#export-story").click()
+            expect(status).to_contain_text(
+                re.compile(rf"exported The walk - {kind} - [0-9-]+ [0-9]+{re.escape(suffix)}")
+            )
+            expect(page.locator("#exported-files a").first).to_have_attribute(
+                "href", re.compile(rf"{kind}.*{re.escape(suffix)}$")
+            )
+        (pdf,) = exports.glob("The walk - pdf - *.pdf")
         assert pdf.read_bytes().startswith(b"%PDF")
+        assert (
+            len(list(exports.glob("The walk - strip - *.png")))
+            == 1
+            == len(list(exports.glob("The walk - pages - *.png")))
+        )
         page.locator("#export-format").get_by_text("Project archive", exact=False).click()
         page.locator("#export-story").click()
-        expect(status).to_contain_text("exported The walk.zip")
-        page.locator("#project-archive input[type=file]").set_input_files(str(data_dir / "exports" / "The walk.zip"))
+        expect(status).to_contain_text("exported The walk - project - ")
+        (archive,) = exports.glob("The walk - project - *.zip")
+        page.locator("#project-archive input[type=file]").set_input_files(str(archive))
         page.locator("#import-project").click()
         expect(status).to_contain_text("imported “The walk”")
         expect(page.locator("#panel-strip img")).to_have_count(2)

@@ -17,7 +17,9 @@ from anystory.tiny import synthetic_subject, write_tiny_ip_adapter
 @pytest.fixture(scope="session")
 def public_pipe(tiny_folder, tmp_path_factory):
     ip_file = write_tiny_ip_adapter(tiny_folder, tmp_path_factory.mktemp("ip") / "ip.safetensors")
-    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True)
+    pipe = AnyStoryPipeline.from_pretrained(
+        str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -64,7 +66,9 @@ def test_a_new_studio_reads_encodings_from_disk(studio, public_pipe):
 
 def test_stale_encoding_is_encoded_again_with_a_note(studio):
     mia, _ = cast(studio)
-    studio._library.set_encoding(mia.id, studio._library.read_encoding(mia.id), "other-weights")  # as other weights would
+    studio._library.set_encoding(
+        mia.id, studio._library.read_encoding(mia.id), "other-weights"
+    )  # as other weights would
     assert [c.name for c in studio.stale_characters()] == ["Mia"]
     studio.notes = []
     studio.character_encoding(mia.id)
@@ -274,11 +278,37 @@ def test_ticked_characters_join_the_prompt(studio):
     assert plan.character_ids == [mia.id, rex.id] and plan.phrases[1] == "a small brown dog"
 
 
-def test_long_prompt_warns(studio):
-    cast(studio)
+def test_long_prompt_warns_with_the_models_own_tokenizer(studio, public_pipe, tmp_path):
+    real = Studio(tmp_path / "real", public_pipe)  # not preview: the tokenizer is the model's
+    cast(real)
+    story = real.create_story("s")
+    panel = real.add_panel(story.id, "[Mia] " + "walks slowly " * 60)
+    assert "the rest is ignored" in real.plan_panel(panel).warnings[0]
+    # The preview's tiny tokenizer splits words into letters: it would call a prompt that fits a
+    # real CLIP window too long, so preview says nothing about length.
+    studio.add_example_cast()
     story = studio.create_story("s")
-    panel = studio.add_panel(story.id, "[Mia] " + "walks slowly " * 60)
-    assert "the rest is ignored" in studio.plan_panel(panel).warnings[0]
+    panel = studio.add_panel(story.id, "[Bolt], [Mia] and [Rex] watch the storm from the window")
+    assert len(studio.pipeline.tokenizer(studio.plan_panel(panel).prompt).input_ids) > 77
+    assert studio.plan_panel(panel).warnings == []
+
+
+def test_names_are_checked_before_the_encoder_runs(studio):
+    cast(studio)
+    before = studio.encode_count
+    for name, message in (("mia", "already exists"), ("", "cannot be empty"), ("[Zed]", "cannot contain")):
+        with pytest.raises(ValueError, match=message):
+            studio.add_character(name, "", png(synthetic_subject(3)))
+    with pytest.raises(ValueError, match="already exists"):
+        studio.update_character("Rex", name="MIA", image=png(synthetic_subject(4)))
+    assert studio.encode_count == before
+
+
+def test_every_export_keeps_its_own_file(studio, generated):
+    written = [studio.export_story(generated.id, fmt)[0] for fmt in ("strip", "grid", "strip", "pdf", "project")]
+    assert len({p.name for p in written}) == 5 and all(p.is_file() for p in written)
+    assert [p.name.split(" - ")[1] for p in written] == ["strip", "pages", "strip", "pdf", "project"]
+    assert set(studio.exports()) >= set(written)
 
 
 @pytest.mark.slow

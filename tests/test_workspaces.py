@@ -271,11 +271,11 @@ def test_another_workspaces_files_are_refused_by_url(shared_app):
     a.predict(story["id"], False, api_name="/generate_story")
     (handed,) = a.predict(story["id"], "pdf", False, True, api_name="/export_story")
     studio = workspaces.open(a.predict(api_name="/workspace")["key"])
-    stored = studio.exports_dir / "Exported.pdf"
+    (stored,) = studio.exports_dir.glob("Exported - pdf - *.pdf")
     assert stored.is_file() and open(handed, "rb").read(5) == b"%PDF-"
     version = studio.get_version(studio.panels(story["id"])[0].active_version_id)
     file_route = url + "gradio_api/file="
-    (served,) = list(Path(os.environ["GRADIO_TEMP_DIR"]).rglob("Exported.pdf"))  # the copy gradio hands out
+    (served,) = list(Path(os.environ["GRADIO_TEMP_DIR"]).rglob(stored.name))  # the copy gradio hands out
     assert fetch(file_route + urllib.parse.quote(str(served))) == 200  # the route works: the refusals below mean it
     for target in (
         str(stored),

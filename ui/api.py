@@ -189,7 +189,7 @@ class CharacterEndpoints:
     def export_characters(self, request: gr.Request = None) -> str:
         """The whole cast as a zip (imports back with import_characters)."""
         studio = self.sessions.studio(request)
-        return self.sessions.hand_out(studio.export_characters(studio.exports_dir / "cast.zip"))
+        return self.sessions.hand_out(studio.export_characters())
 
     @api_errors
     def import_characters(

@@ -72,7 +72,7 @@ def wire_cast(tab: CharactersLayout, view: CharactersView, sessions: Sessions, e
         studio = sessions.studio(request)
         if not studio.character_names():
             raise ValueError("the cast is empty: nothing to export")
-        path = studio.export_characters(studio.exports_dir / "cast.zip")
+        path = studio.export_characters()
         return {status: notes_markdown([], "cast exported: download it below"), files.exported: sessions.hand_out(path)}
 
     @shows_errors(status)
