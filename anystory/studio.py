@@ -352,6 +352,10 @@ class Studio:
         """A mask found by automatic matting (optional rembg); ImageInputError says when it is missing."""
         return imgs.auto_mask(imgs.read_image(image, "image"))
 
+    def read_picture(self, image) -> Image.Image:
+        """A user's picture decoded as a character's picture would be (ImageInputError says why not)."""
+        return imgs.read_image(image, "image")
+
     def mask_preview(self, image, mask=None) -> tuple[Image.Image, list[str]]:
         picture, mask_image, warnings = self._prepare_picture(image, mask)
         return imgs.mask_preview(picture, mask_image), warnings

@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import html
+
 import gradio as gr
 
-from ..common import MODEL, gpu, notes_markdown, shows_errors
+from ..common import MODEL, error_markdown, error_message, gpu, notes_markdown, shows_errors
 from ..session import Sessions
 from .layout import MASK_FROM_ALPHA, MASK_PAINTED, MASK_SAVED, MASK_UPLOADED, CharactersLayout
-from .view import CharactersView, load_picture, painted_mask, same_pixels
+from .view import CharactersView, painted_mask, same_pixels
 
 PRIVATE = {"api_visibility": "private"}  # UI events stay off the API page; the named API is ui/api.py
 
@@ -63,11 +65,21 @@ def wire_form(tab: CharactersLayout, view: CharactersView, sessions: Sessions) -
             form.paint_box: gr.update(visible=source == MASK_PAINTED),
         }
 
-    def new_picture(path: str | None, source: str) -> dict:
-        """A new picture: paint over it, and its own alpha replaces the saved mask (sizes may differ)."""
+    def new_picture(path: str | None, source: str, request: gr.Request) -> dict:
+        """A new picture: checked at once (a bad one is refused in words and taken away), painted
+        over, and its own alpha replaces the saved mask (sizes may differ)."""
         source = MASK_FROM_ALPHA if source == MASK_SAVED else source
-        painter = None if path is None else {"background": load_picture(path), "layers": [], "composite": None}
-        return {form.mask_painter: painter, form.mask_preview: None, form.mask_source: source}
+        if path is None:
+            return {form.mask_painter: None, form.mask_preview: None, form.mask_source: source, status: ""}
+        try:
+            picture = sessions.studio(request).read_picture(path)
+        except Exception as err:  # noqa: BLE001 - refused pictures become a message
+            message = error_message(err)
+            gr.Warning(html.escape(message))
+            empty = {form.picture: None, form.mask_painter: None, form.mask_preview: None}
+            return {**empty, form.mask_source: source, status: error_markdown(message)}
+        painter = {"background": picture, "layers": [], "composite": None}
+        return {form.mask_painter: painter, form.mask_preview: None, form.mask_source: source, status: ""}
 
     @shows_errors(status)
     def auto_mask(path: str | None, request: gr.Request) -> dict:
@@ -114,7 +126,7 @@ def wire_form(tab: CharactersLayout, view: CharactersView, sessions: Sessions) -
     form.new.click(start_new, None, [status, cast.confirm_box, *form.outputs], **PRIVATE)
     tools = [form.upload_box, form.paint_box]
     form.mask_source.change(show_mask_tools, [form.mask_source], tools, show_progress="hidden", **PRIVATE)
-    picture_outputs = [form.mask_painter, form.mask_preview, form.mask_source]
+    picture_outputs = [form.picture, form.mask_painter, form.mask_preview, form.mask_source, status]
     form.picture.upload(new_picture, [form.picture, form.mask_source], picture_outputs, **PRIVATE)
     form.picture.clear(new_picture, [form.picture, form.mask_source], picture_outputs, **PRIVATE)
     auto_outputs = [status, form.mask_upload, form.mask_source, *tools, form.mask_preview]

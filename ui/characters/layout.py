@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ..components import PictureUpload
+
 MASK_FROM_ALPHA = "Alpha channel of the picture"
 MASK_UPLOADED = "Uploaded mask"
 MASK_PAINTED = "Painted mask"
@@ -141,7 +143,7 @@ class CharacterForm:
             info="[Name] in a panel prompt is replaced by these words.",
             elem_id="character-description",
         )
-        picture = gr.Image(
+        picture = PictureUpload(
             label="Reference picture (a transparent PNG gives the mask at once)",
             type="filepath",
             image_mode=None,
@@ -152,7 +154,7 @@ class CharacterForm:
         )
         mask_source = gr.Radio(MASK_SOURCES, value=MASK_FROM_ALPHA, label="Mask", elem_id="mask-source")
         with gr.Group(visible=False) as upload_box:
-            mask_upload = gr.Image(
+            mask_upload = PictureUpload(
                 label="Mask (white or opaque = the character)",
                 type="filepath",
                 image_mode=None,
