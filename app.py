@@ -132,15 +132,34 @@ def open_studio(args: argparse.Namespace):
     return WorkspaceSessions(workspaces, login=bool(os.environ.get("OAUTH_CLIENT_ID")))
 
 
+def quiet_libraries() -> None:
+    """One clear line per problem and nothing else: the libraries' progress bars and advice a user
+    cannot act on (optional torchvision, dtype notes, hub retries) stay out of the terminal."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    import logging
+
+    for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "httpx"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    for library in (diffusers_logging, transformers_logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet_libraries()
     from anystory.weights import CheckpointError, ModelLoadError
 
     try:
         studio = open_studio(args)
     except (ModelLoadError, CheckpointError, OSError, ValueError) as err:  # diffusers raises ValueError for bad paths
         print(f"error: the model could not be loaded: {err}", file=sys.stderr)
-        print("hint: run `python app.py --preview` to try the app with the tiny offline model.", file=sys.stderr)
+        if "--preview" not in str(err):
+            print("hint: run `python app.py --preview` to try the app with the tiny offline model.", file=sys.stderr)
         return 2
 
     from ui import build_app, launch_options
@@ -154,8 +173,16 @@ def main(argv: list[str] | None = None) -> int:
         server_name=args.host,
         server_port=args.port,
         share=bool(args.share),
+        quiet=True,
+        prevent_thread_lock=True,
         **launch_options(studio),
     )
+    print(f"AnyStory Studio is running at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else ""))
+    print("Press Ctrl+C to stop.")
+    try:
+        demo.block_thread()
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -462,6 +462,26 @@ class Studio:
                 self._stories.update_panel(panel_id, **restored)
         return self._stories.set_active_version(panel_id, version_id)
 
+    def panel_problems(self, panel: Panel) -> list[str]:
+        """What stops a panel from being generated, in words, as the cast is now: characters its
+        prompt names that are not in the cast, ticked characters that were deleted, too many
+        characters. Empty when the panel can be generated."""
+        known = {name_key(c.name): c for c in self._library.characters()}
+        problems = []
+        unknown = list(dict.fromkeys(n for n in mentioned_names(panel.prompt) if name_key(n) not in known))
+        for name in unknown:
+            problems.append(f"[{name}] is not in the cast")
+        ids = {c.id for c in known.values()}
+        gone = [c for c in panel.characters if c not in ids]
+        if gone:
+            problems.append(f"{len(gone)} ticked character(s) were deleted; untick them")
+        cast = {known[name_key(n)].id for n in mentioned_names(panel.prompt) if name_key(n) in known}
+        cast |= {c for c in panel.characters if c in ids}
+        limit = self.pipeline.anystory_config.max_subjects
+        if len(cast) > limit:
+            problems.append(f"{len(cast)} characters; at most {limit} can share a picture")
+        return problems
+
     def plan_panel(self, panel: Panel) -> PanelPlan:
         """[Name] -> description; ticked-but-unnamed characters are appended to the prompt so each
         subject has words of its own; every subject must still exist."""
@@ -633,7 +653,13 @@ class Studio:
         """
         run_panel = run_panel or self.generate_panel
         panels = self.outdated_panels(story_id) if only_outdated else self._stories.panels(story_id)
-        versions = []
+        skipped = []
+        for panel in list(panels):  # panels that cannot be generated are left out, and said so
+            problems = self.panel_problems(panel)
+            if problems:
+                panels.remove(panel)
+                skipped.append(f"skipped panel {panel.position + 1}: {'; '.join(problems)}")
+        versions, notes = [], list(skipped)
         for number, panel in enumerate(panels):
             if cancel is not None and cancel.is_set():
                 raise GenerationCancelled(f"generation cancelled after {number} of {len(panels)} panels")
@@ -643,6 +669,8 @@ class Studio:
                     progress((number + fraction) / len(panels), f"panel {number + 1} of {len(panels)}: {text}")
 
             versions.append(run_panel(panel.id, progress=panel_progress, cancel=cancel))
+            notes += [f"panel {panel.position + 1}: {note}" for note in self.notes]
+        self.notes = notes
         return versions
 
     def reroll_panel(self, panel_id: int, **kwargs) -> Version:

@@ -111,16 +111,23 @@ def hub_call(function, repo: str, *args, **kwargs):
     except RepositoryNotFoundError as err:
         raise ModelLoadError(f"{repo} was not found on the hub: check the id, or pass a local folder or file.") from err
     except (LocalEntryNotFoundError, OfflineModeIsEnabled, ConnectionError) as err:
-        raise ModelLoadError(
-            f"{repo} could not be downloaded (no network, or HF_HUB_OFFLINE is set) and is not in the local "
-            f"cache: connect and retry, pass a local folder or .safetensors file, or run `app.py --preview`."
-        ) from err
+        raise ModelLoadError(_not_downloadable(repo)) from err
     except OSError as err:
         if os.path.exists(repo):
             raise
+        if "cached" in str(err) or "outgoing traffic" in str(err):  # diffusers' words for "offline, not cached"
+            raise ModelLoadError(_not_downloadable(repo)) from err
         raise ModelLoadError(
             f"{repo} could not be loaded: {err}. Pass a local folder or file, or run `app.py --preview`."
         ) from err
+
+
+def _not_downloadable(repo: str) -> str:
+    return (
+        f"{repo} is not in the local Hugging Face cache and cannot be downloaded (no network, or "
+        "HF_HUB_OFFLINE is set): connect and retry, pass a local folder or .safetensors file with --model, "
+        "or run `python app.py --preview`."
+    )
 
 
 # -- the public IP-Adapter Plus weights ----------------------------------------------------------

@@ -226,3 +226,49 @@ def test_app_model_load_error_exits_with_a_hint(capsys, tmp_path):
     code = app_module.main(["--model", str(tmp_path / "missing-model"), "--data-dir", str(tmp_path / "data")])
     err = capsys.readouterr().err
     assert code == 2 and "could not be loaded" in err and "--preview" in err
+
+
+def test_start_up_says_one_clear_line_per_thing(tmp_path):
+    """Plain `app.py` with no network: one error line with what to do, nothing of the libraries'
+    advice; `app.py --preview`: where it runs, nothing else (no warnings, no progress bars, no tips)."""
+    import os
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    run = subprocess.run(
+        [sys.executable, "app.py", "--data-dir", str(tmp_path / "a")],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = [line for line in (run.stdout + run.stderr).splitlines() if line.strip()]
+    assert run.returncode == 2 and len(lines) == 1, lines
+    assert "not in the local Hugging Face cache" in lines[0] and "--preview" in lines[0]
+    for noise in ("local_files_only", "stacktrace", "Couldn't connect", "torchvision"):
+        assert noise not in lines[0]
+
+    from .ui_support import free_port
+
+    port = free_port()
+    app = subprocess.Popen(
+        [sys.executable, "app.py", "--preview", "--data-dir", str(tmp_path / "b"), "--port", str(port)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines, deadline = [], time.time() + 300
+        while time.time() < deadline:
+            line = app.stdout.readline()
+            if line.strip():
+                lines.append(line.rstrip())
+            if "Press Ctrl+C" in line or app.poll() is not None:
+                break
+    finally:
+        app.terminate()
+        app.wait(30)
+    assert lines == [
+        "preview mode: added the example cast (Mia, Rex, Bolt)",
+        f"AnyStory Studio is running at http://127.0.0.1:{port}/",
+        "Press Ctrl+C to stop.",
+    ], lines
