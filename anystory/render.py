@@ -308,8 +308,14 @@ def overlay(
     *,
     outline: int | None = None,
     background_label: str = "background",
+    show: Sequence[int] | None = None,
+    hatch_background: bool = False,
 ) -> Image.Image:
     """The panel with each character's region tinted in its colour, outlined, plus a legend.
+
+    `show`: the character slots to draw (None: all); the others are left as the image is.
+    `hatch_background`: the background slot is drawn as thin grey diagonal hatching, so the
+    regions no character owns are visible too.
 
     route_maps: [S, h, w], S = len(names) + 1 (characters in order, background last), at any
     grid. One-hot maps are upscaled nearest (crisp cells) and each owned pixel is blended with
@@ -359,20 +365,38 @@ def overlay(
         mix = np.tensordot(share, colours[:num_characters], axes=(0, 0)) if num_characters else 0.0
         out = pixels * (1 - opacity * character_share) + opacity * mix
 
-    thickness = max(1, round(min(size) / 256)) if outline is None else int(outline)
+    shown = np.ones(num_characters + 1, dtype=bool)
+    if show is not None:
+        shown[:num_characters] = False
+        shown[[int(i) for i in show if 0 <= int(i) < num_characters]] = True
+    out = np.where(shown[labels][..., None], out, pixels)  # hidden characters: the image as it is
+    if hatch_background:
+        spacing = max(6, round(min(size) / 40))
+        ys, xs = np.indices(labels.shape)
+        hatch = ((xs + ys) % spacing < max(1, spacing // 6)) & (labels == num_characters)
+        out = np.where(hatch[..., None], pixels * 0.35 + np.array(_HATCH_INK, dtype=np.float32) * 0.65, out)
+
+    thickness = max(2, round(min(size) / 160)) if outline is None else int(outline)
     if thickness > 0 and num_characters:
-        edge = _borders(labels, thickness) & (labels < num_characters)
+        edge = _borders(labels, thickness) & (labels < num_characters) & shown[labels]
+        inner = _borders(labels, max(1, thickness // 2)) & edge
         out = np.where(edge[..., None], colours[labels], out)
+        # a dark line along the colour line: the border reads on light and on busy pictures alike
+        out = np.where((edge & ~inner)[..., None], colours[labels] * 0.35, out)
 
     result = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), mode="RGB")
     if not legend:
         return result
-    entries = list(zip(palette(num_characters), names)) + [(BACKGROUND_COLOUR, background_label)]
+    entries = [entry for i, entry in enumerate(zip(palette(num_characters), names)) if shown[i]]
+    entries.append((BACKGROUND_COLOUR, background_label))
     strip_image = _legend(entries, size[0])
     framed = Image.new("RGB", (size[0], size[1] + strip_image.height), (255, 255, 255))
     framed.paste(result, (0, 0))
     framed.paste(strip_image, (0, size[1]))
     return framed
+
+
+_HATCH_INK = (110, 110, 110)
 
 
 def _legend(entries: list[tuple[RGB, str]], width: int) -> Image.Image:

@@ -688,8 +688,13 @@ class Studio:
         opacity: float = 0.45,
         steps: tuple[int, int] | None = None,
         grid: tuple[int, int] | None = None,
+        *,
+        legend: bool = True,
+        show: list[int] | None = None,
     ) -> Image.Image:
-        """The routes of a version over its image: one colour per character, legend with names."""
+        """The routes of a version over its image: each character's region filled and outlined in
+        its colour, the background hatched, a legend with names below (`legend=False` where the
+        page shows its own); `show` keeps only those characters (indexes into the version's)."""
         version = self._stories.get_version(version_id)
         image = self.version_image(version_id)
         if version.route_map_path is None:
@@ -698,7 +703,8 @@ class Studio:
         maps = final
         if record is not None and (steps is not None or grid is not None):
             maps = render.select_route_maps(record, steps=steps, grid=grid)
-        return render.overlay(image, maps, version.settings.get("subject_names", []), opacity=opacity)
+        names = version.settings.get("subject_names", [])
+        return render.overlay(image, maps, names, opacity=opacity, legend=legend, show=show, hatch_background=True)
 
     def version_legend(self, version_id: int) -> list[tuple[str, str]]:
         """(name, "#rrggbb") of each overlay colour: the version's characters, then the background."""

@@ -97,6 +97,21 @@ def test_overlay_tints_character_regions_and_leaves_the_background():
     assert not np.array_equal(out[32, 12], out[12, 48])
 
 
+def test_overlay_hatches_the_background_and_draws_only_the_characters_asked_for():
+    image = grey_image()
+    maps = three_regions(64, 64)  # at the image's own size: masks index its pixels
+    plain = np.asarray(image).astype(int)
+    hatched = np.asarray(overlay(image, maps, ["Ann", "Bob"], legend=False, hatch_background=True)).astype(int)
+    background = maps[2]
+    changed = np.any(hatched != plain, axis=-1)
+    assert 0.05 < changed[background.astype(bool)].mean() < 0.5  # thin lines over the background, not a fill
+    only_bob = np.asarray(overlay(image, maps, ["Ann", "Bob"], legend=False, show=[1])).astype(int)
+    assert np.array_equal(only_bob[maps[0].astype(bool)], plain[maps[0].astype(bool)])  # Ann hidden: untouched
+    assert not np.array_equal(only_bob[maps[1].astype(bool)], plain[maps[1].astype(bool)])
+    legend = overlay(image, maps, ["Ann", "Bob"], show=[1])
+    assert legend.height > image.height  # the legend below lists the shown character and the background
+
+
 def test_overlay_upscales_one_hot_maps_nearest_so_edges_stay_crisp():
     labels = np.array([[0, 1], [2, 2]])
     out = np.asarray(overlay(grey_image((40, 40)), one_hot(labels, 3), ["A", "B"], legend=False, outline=0))
