@@ -89,6 +89,7 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
 
         # -- Export a PDF, a PNG strip and PNG pages (each keeps its own file), the project archive; import it --
         exports = data_dir / "exports"
+        page.locator("#files-part").get_by_text("Export and import").click()  # the part opens
         for choice, kind, suffix in (
             ("PDF", "pdf", ".pdf"),
             ("PNG strip", "strip", ".png"),

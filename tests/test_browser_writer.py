@@ -49,3 +49,140 @@ def test_a_bad_picture_is_refused_in_words_and_the_tab_keeps_working(app, browse
     expect(page.locator("#cast-gallery")).to_contain_text("Mia · ready")
     add_character(page, "Zed", "a tall man in a grey coat", CAST / "bolt.png")  # the tab still works
     expect(page.locator("#cast-gallery")).to_contain_text("Zed · ready")
+
+
+def storyboard(page):
+    page.locator("button[role=tab]:has-text('Storyboard')").first.click()
+
+
+def test_an_empty_storyboard_offers_only_new_story(app, browser):
+    from playwright.sync_api import expect
+
+    _, url = app
+    page = open_page(browser, url)
+    storyboard(page)
+    expect(page.locator("#panel-status")).to_contain_text("No story yet: type a title above and click New story")
+    for button in ("add-panel", "duplicate-panel", "delete-panel", "save-panel", "generate-panel", "generate-all"):
+        expect(page.locator(f"#{button}")).to_be_disabled()
+    expect(page.locator("#create-story")).to_be_enabled()
+    title_box, hint = page.locator("#story-title").bounding_box(), page.locator("#panel-status").bounding_box()
+    assert abs(hint["y"] - title_box["y"]) < 250  # the hint sits by the title box, not a screen away
+    shot(page, "writer-11-empty")
+    fill(page, "story-title", "First")
+    page.locator("#create-story").click()
+    expect(page.locator("#generate-panel")).to_be_enabled()
+
+
+def test_the_editor_fits_one_screen(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("One screen")
+    studio.add_panel(story.id, "[Mia] reads")
+    page = open_page(browser, url)
+    storyboard(page)
+    expect(page.locator("#panel-prompt textarea")).to_have_value("[Mia] reads")
+    for part in ("panel-strip", "panel-prompt", "generate-panel", "generate-all", "active-image"):
+        box = page.locator(f"#{part}").bounding_box()
+        assert box is not None and box["y"] + min(box["height"], 80) <= 1000, (part, box)  # seen without scrolling
+    shot(page, "writer-11-one-screen")
+
+
+def test_named_characters_are_shown_in_the_panel(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Named")
+    studio.add_panel(story.id, "[Mia] waves at the sea")
+    page = open_page(browser, url)
+    storyboard(page)
+    expect(page.locator("#panel-named")).to_contain_text("In this panel (named in the prompt): Mia")
+    ticks = page.locator("#panel-characters")
+    expect(ticks).to_contain_text("Rex")
+    expect(ticks).not_to_contain_text("Mia")  # no empty box that would say Mia is not in the panel
+    shot(page, "writer-8-named")
+
+
+def test_panels_that_name_unknown_characters_need_attention(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Stale")
+    studio.add_panel(story.id, "[Rex] digs")
+    page = open_page(browser, url)
+    storyboard(page)
+    status = page.locator("#storyboard-status")
+    page.locator("#add-panel").click()
+    expect(status).to_contain_text("added panel 2")
+    fill(page, "panel-prompt", "[Nobody] waves")
+    page.locator("#save-panel").click()
+    expect(status).to_contain_text("saved panel 2 — needs attention: [Nobody] is not in the cast")
+    expect(page.locator("#panel-strip")).to_contain_text("2 · needs attention")
+    expect(page.locator("#panel-status")).to_contain_text("needs attention — [Nobody] is not in the cast")
+
+    # delete Rex in the Characters tab: panel 1 needs attention too
+    page.locator("button[role=tab]:has-text('Characters')").first.click()
+    page.locator("#cast-gallery").get_by_text("Rex · ready").click()
+    page.locator("#delete-character").click()
+    page.locator("#confirm-delete").click()
+    expect(page.locator("#characters-status")).to_contain_text("deleted Rex")
+    storyboard(page)
+    expect(page.locator("#panel-strip")).to_contain_text("1 · needs attention")
+    page.locator("#generate-all").click()
+    expect(status).to_contain_text("nothing generated: 2 panel(s) need attention")
+    expect(status).to_contain_text("skipped panel 1: [Rex] is not in the cast")
+    expect(status).to_contain_text("skipped panel 2: [Nobody] is not in the cast")
+    shot(page, "writer-4-attention")
+
+
+def test_the_active_version_and_the_overlay_read_at_a_glance(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Versions")
+    panel = studio.add_panel(story.id, "[Mia] and [Rex] at the beach")
+    studio.generate_panel(panel.id)
+    studio.reroll_panel(panel.id)
+    page = open_page(browser, url)
+    storyboard(page)
+    versions = page.locator("#version-gallery")
+    expect(versions).to_contain_text("✓ v2 active")
+    expect(page.locator("#make-active")).to_be_disabled()  # the inspected version is the active one
+    versions.locator("img").first.click()
+    expect(page.locator("#inspected-version")).to_contain_text("Inspecting v1 (not active)")
+    expect(page.locator("#make-active")).to_be_enabled()
+
+    legend = page.locator("#overlay-legend")
+    for name in ("Mia", "Rex", "background"):
+        expect(legend).to_contain_text(name)
+    assert page.locator(".legend-entry").count() == 3  # one legend: the picture has none drawn in
+    before = page.locator("#overlay-image img").get_attribute("src")
+    page.locator("#overlay-shown").get_by_label("Mia").uncheck()
+    expect(legend).not_to_contain_text("Mia")
+    expect(page.locator("#overlay-image img")).not_to_have_attribute("src", before)
+    shot(page, "writer-6-overlay")
+
+
+def test_generate_all_reports_on_the_strip_which_panel_is_drawn(app, browser):
+    from playwright.sync_api import expect
+
+    from .ui_support import HeldAtFirstStep
+
+    studio, url = app
+    held = studio.pipeline = HeldAtFirstStep(studio.pipeline)
+    story = studio.create_story("Progress")
+    for prompt in ("[Mia] reads", "[Rex] sleeps"):
+        studio.add_panel(story.id, prompt)
+    page = open_page(browser, url)
+    storyboard(page)
+    status = page.locator("#storyboard-status")
+    page.locator("#save-panel").click()
+    expect(status).to_contain_text("saved panel 1")  # a line from before the run...
+    page.locator("#generate-all").click()
+    expect(status).to_contain_text("Generating the panels that need it")  # ...is not left standing
+    assert held.reached.wait(60)
+    expect(page.locator("#panel-strip")).to_contain_text("panel 1 of 2")  # progress drawn on the strip
+    expect(page.locator("#active-image")).not_to_contain_text("panel 1 of 2")
+    shot(page, "writer-9-progress")
+    page.locator("#cancel-generation").click()
+    expect(status).to_contain_text("generation cancelled")

@@ -63,10 +63,15 @@ class FormValues:
 
 
 def save_form(studio, panel_id: int | None, form: FormValues):
-    """Write the form into its panel (a real change outdates the panel's image)."""
+    """Write the form into its panel (a real change outdates the panel's image). The form lists
+    only characters the prompt does not name; ticks the panel had on named ones are kept."""
     if panel_id is None:
         raise ValueError("pick or add a panel first")
-    return studio.update_panel(panel_id, **form.settings(studio))
+    settings = form.settings(studio)
+    named = {c.id for c, is_named in studio.panel_cast(studio.get_panel(panel_id)) if is_named}
+    kept = [c for c in studio.get_panel(panel_id).characters if c in named and c not in settings["characters"]]
+    settings["characters"] = kept + settings["characters"]
+    return studio.update_panel(panel_id, **settings)
 
 
 def form_handler(sessions: Sessions, work: Callable[..., dict], name: str) -> Callable:

@@ -28,7 +28,10 @@ def reroll_panel_work(studio, story_id, panel_id, report, event) -> str:
 
 def generate_story_work(studio, story_id, panel_id, report, event) -> str:
     made = studio.generate_story(story_id, progress=report, cancel=event, run_panel=panel_runner(studio))
-    return f"generated {len(made)} panel(s); up-to-date panels were kept" if made else "every panel is up to date"
+    skipped = sum(note.startswith("skipped panel") for note in studio.notes)
+    if made:
+        return f"generated {len(made)} panel(s); up-to-date panels were kept"
+    return f"nothing generated: {skipped} panel(s) need attention" if skipped else "every panel is up to date"
 
 
 class Generation:
@@ -79,13 +82,24 @@ class Generation:
             rows,
             request: gr.Request,
             progress=gr.Progress(),
-        ) -> dict:
+        ):
             form = FormValues(prompt, ticked, seed, steps, guidance, width, height, router, rows)
             studio = self.sessions.studio(request)
-            return self.run(studio, story_id, panel_id, form, request, progress, work, needs_panel)
+            yield {self.tab.status: self.starting(studio, panel_id, needs_panel)}  # no stale line meanwhile
+            yield self.run(studio, story_id, panel_id, form, request, progress, work, needs_panel)
 
         handler.__name__ = handler.__qualname__ = name
         return handler
+
+    @staticmethod
+    def starting(studio, panel_id, needs_panel: bool) -> str:
+        """The status line while a generation runs (its progress is drawn on the part it changes)."""
+        if not needs_panel:
+            return "Generating the panels that need it: progress on the strip…"
+        try:
+            return f"Generating panel {studio.get_panel(panel_id).position + 1}…"
+        except (KeyError, TypeError):
+            return "Generating…"
 
     def stop(self, request: gr.Request) -> None:
         """Set this session's cancel event, and say so in a toast: the status line is the
@@ -97,10 +111,11 @@ class Generation:
 
     def wire(self) -> None:
         tab, buttons = self.tab, self.tab.buttons
-        queued = {**MODEL, "show_progress_on": [tab.inspector.active_image], **PRIVATE}
+        one = {**MODEL, "show_progress_on": [tab.inspector.active_image], **PRIVATE}
+        story = {**MODEL, "show_progress_on": [tab.strip.strip], **PRIVATE}  # "panel 2 of 5: step 3 of 8"
         inputs, outputs = tab.form_inputs, tab.view_outputs
-        buttons.generate.click(self.handler("generate_one", generate_panel_work), inputs, outputs, **queued)
-        buttons.reroll.click(self.handler("reroll_one", reroll_panel_work), inputs, outputs, **queued)
+        buttons.generate.click(self.handler("generate_one", generate_panel_work), inputs, outputs, **one)
+        buttons.reroll.click(self.handler("reroll_one", reroll_panel_work), inputs, outputs, **one)
         every = self.handler("generate_every", generate_story_work, needs_panel=False)
-        buttons.generate_all.click(every, inputs, outputs, **queued)
+        buttons.generate_all.click(every, inputs, outputs, **story)
         buttons.cancel.click(self.stop, None, None, **PRIVATE)  # queued (toasts need it), not in the "model" group

@@ -51,7 +51,7 @@ class StoryBar:
             story_pick = gr.Dropdown(label="Story", choices=[], value=None, scale=3, elem_id="story-pick")
             title = gr.Textbox(
                 label="Title",
-                placeholder="a title for a new story, or a new title for this one",
+                placeholder="type a title, then New story (or Rename this one)",
                 scale=3,
                 elem_id="story-title",
             )
@@ -73,29 +73,36 @@ class PanelStrip:
 
     @classmethod
     def create(cls) -> PanelStrip:
+        panel_pick = gr.Dropdown(label="Panel", choices=[], value=None, elem_id="panel-pick")
         strip = gr.Gallery(
             label="Panels (click one to edit it)",
-            columns=6,
-            height=200,
+            columns=1,
+            height=430,
             allow_preview=False,
             object_fit="contain",
             fit_columns=False,
             format="png",
             elem_id="panel-strip",
         )
-        with gr.Row(equal_height=True):
-            panel_pick = gr.Dropdown(label="Panel", choices=[], value=None, scale=4, elem_id="panel-pick")
-            add_panel = gr.Button("+ Panel", scale=1, elem_id="add-panel")
-            duplicate_panel = gr.Button("Duplicate", scale=1, elem_id="duplicate-panel")
-            move_up = gr.Button("↑ Up", scale=1, elem_id="move-up")
-            move_down = gr.Button("↓ Down", scale=1, elem_id="move-down")
-            delete_panel = gr.Button("Delete", variant="stop", scale=1, elem_id="delete-panel")
+        with gr.Row():
+            add_panel = gr.Button("+ Panel", size="sm", min_width=60, elem_id="add-panel")
+            duplicate_panel = gr.Button("Duplicate", size="sm", min_width=60, elem_id="duplicate-panel")
+        with gr.Row():
+            move_up = gr.Button("↑ Up", size="sm", min_width=40, elem_id="move-up")
+            move_down = gr.Button("↓ Down", size="sm", min_width=40, elem_id="move-down")
+            delete_panel = gr.Button("Delete", variant="stop", size="sm", min_width=40, elem_id="delete-panel")
         return cls(strip, panel_pick, add_panel, duplicate_panel, move_up, move_down, delete_panel, gr.State([]))
+
+    @property
+    def buttons(self) -> list:
+        """The buttons that need a story (and a panel) to act on."""
+        return [self.add_panel, self.duplicate_panel, self.move_up, self.move_down, self.delete_panel]
 
 
 @dataclass
 class PanelForm:
     prompt: gr.Textbox
+    named: gr.Markdown  # the characters the prompt names: in the panel, no box to tick
     ticked: gr.CheckboxGroup
     seed: gr.Number
     steps: gr.Number
@@ -112,19 +119,32 @@ class PanelForm:
     def create(cls, defaults: dict, routers: tuple[str, ...]) -> PanelForm:
         sizes = aspect_sizes(int(defaults["width"]))
         prompt = gr.Textbox(label="Prompt", lines=3, elem_id="panel-prompt")
+        named = gr.Markdown(elem_id="panel-named")
         ticked = gr.CheckboxGroup(
-            label="Characters in this panel",
-            info="Named ones ([Name]) are in already; a ticked one that the prompt does not name is added to it.",
+            label="Also in this panel",
+            info="Characters the prompt does not name; a ticked one is added to the prompt with its description.",
             choices=[],
             elem_id="panel-characters",
         )
         with gr.Row():
-            seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="panel-seed")
+            seed = gr.Number(0, label="Seed", precision=0, minimum=0, elem_id="panel-seed", min_width=90)
             steps = gr.Number(
-                defaults["steps"], label="Steps", precision=0, minimum=1, maximum=1000, elem_id="panel-steps"
+                defaults["steps"],
+                label="Steps",
+                precision=0,
+                minimum=1,
+                maximum=1000,
+                elem_id="panel-steps",
+                min_width=90,
             )
             guidance = gr.Number(
-                defaults["guidance"], label="Guidance", minimum=0, maximum=100, step=0.5, elem_id="panel-guidance"
+                defaults["guidance"],
+                label="Guidance",
+                minimum=0,
+                maximum=100,
+                step=0.5,
+                elem_id="panel-guidance",
+                min_width=90,
             )
         with gr.Row():
             aspect = gr.Dropdown(
@@ -132,10 +152,19 @@ class PanelForm:
                 choices=[(f"{a} ({w}×{h})", a) for a, (w, h) in sizes.items()],
                 value=None,
                 elem_id="panel-aspect",
+                min_width=90,
             )
-            width = gr.Number(defaults["width"], label="Width", precision=0, minimum=64, step=8, elem_id="panel-width")
+            width = gr.Number(
+                defaults["width"], label="Width", precision=0, minimum=64, step=8, elem_id="panel-width", min_width=90
+            )
             height = gr.Number(
-                defaults["height"], label="Height", precision=0, minimum=64, step=8, elem_id="panel-height"
+                defaults["height"],
+                label="Height",
+                precision=0,
+                minimum=64,
+                step=8,
+                elem_id="panel-height",
+                min_width=90,
             )
         router = gr.Radio(
             list(routers),
@@ -157,7 +186,19 @@ class PanelForm:
         )
         save_panel = gr.Button("Save panel", elem_id="save-panel")
         return cls(
-            prompt, ticked, seed, steps, guidance, aspect, width, height, router, per_character, save_panel, sizes
+            prompt,
+            named,
+            ticked,
+            seed,
+            steps,
+            guidance,
+            aspect,
+            width,
+            height,
+            router,
+            per_character,
+            save_panel,
+            sizes,
         )
 
     @property
@@ -176,11 +217,15 @@ class GenerationButtons:
     @classmethod
     def create(cls) -> GenerationButtons:
         with gr.Row():
-            generate = gr.Button("Generate", variant="primary", elem_id="generate-panel")
-            reroll = gr.Button("Re-roll (new seed)", elem_id="reroll-panel")
-            generate_all = gr.Button("Generate all", variant="primary", elem_id="generate-all")
-            cancel = gr.Button("Cancel", variant="stop", elem_id="cancel-generation")
+            generate = gr.Button("Generate", variant="primary", min_width=80, elem_id="generate-panel")
+            reroll = gr.Button("Re-roll", min_width=70, elem_id="reroll-panel")
+            generate_all = gr.Button("Generate all", variant="primary", min_width=90, elem_id="generate-all")
+            cancel = gr.Button("Cancel", variant="stop", min_width=70, elem_id="cancel-generation")
         return cls(generate, reroll, generate_all, cancel)
+
+    @property
+    def all(self) -> list:
+        return [self.generate, self.reroll, self.generate_all, self.cancel]
 
 
 @dataclass
@@ -197,12 +242,12 @@ class VersionInspector:
     def create(cls) -> VersionInspector:
         panel_status = gr.Markdown(elem_id="panel-status")
         active_image = gr.Image(
-            label="Active version", interactive=False, format="png", height=300, elem_id="active-image"
+            label="Active version", interactive=False, format="png", height=330, elem_id="active-image"
         )
         versions = gr.Gallery(
             label="Versions (click one to inspect it)",
             columns=5,
-            height=150,
+            height=130,
             allow_preview=False,
             object_fit="contain",
             fit_columns=False,
@@ -210,7 +255,7 @@ class VersionInspector:
             elem_id="version-gallery",
         )
         inspected_text = gr.Markdown(elem_id="inspected-version")
-        make_active = gr.Button("Make this version active", elem_id="make-active")
+        make_active = gr.Button("Make this version active", size="sm", elem_id="make-active")
         return cls(panel_status, active_image, versions, inspected_text, make_active, gr.State([]), gr.State(None))
 
 
@@ -218,6 +263,7 @@ class VersionInspector:
 class RouteOverlay:
     image: gr.Image
     legend: gr.HTML
+    shown: gr.CheckboxGroup  # the characters drawn (the legend's toggles)
     opacity: gr.Slider
     record_row: gr.Row
     grid: gr.Dropdown
@@ -226,20 +272,37 @@ class RouteOverlay:
 
     @classmethod
     def create(cls) -> RouteOverlay:
-        image = gr.Image(
-            label="Routes overlay (who is where)", interactive=False, format="png", height=340, elem_id="overlay-image"
-        )
-        legend = gr.HTML(elem_id="overlay-legend")
-        opacity = gr.Slider(0, 1, value=0.45, step=0.05, label="Overlay opacity", elem_id="overlay-opacity")
-        with gr.Row(visible=False) as record_row:
-            grid = gr.Dropdown(label="Layer resolution", choices=[ALL_LAYERS], value=ALL_LAYERS, elem_id="overlay-grid")
-            step_from = gr.Slider(0, 1, value=0, step=1, label="From step", elem_id="overlay-step-from")
-            step_to = gr.Slider(0, 1, value=1, step=1, label="To step", elem_id="overlay-step-to")
-        return cls(image, legend, opacity, record_row, grid, step_from, step_to)
+        with gr.Accordion("Who is where: the router's overlay", open=True, elem_id="overlay-part"):
+            with gr.Row(equal_height=False):
+                with gr.Column(scale=3):
+                    image = gr.Image(
+                        label="Routes overlay",
+                        show_label=False,  # the label would cover the picture's corner
+                        interactive=False,
+                        format="png",
+                        height=360,
+                        elem_id="overlay-image",
+                    )
+                with gr.Column(scale=2):
+                    legend = gr.HTML(elem_id="overlay-legend")
+                    shown = gr.CheckboxGroup(label="Show", choices=[], elem_id="overlay-shown")
+                    opacity = gr.Slider(0, 1, value=0.55, step=0.05, label="Fill opacity", elem_id="overlay-opacity")
+                    with gr.Row(visible=False) as record_row:
+                        grid = gr.Dropdown(
+                            label="Layer resolution", choices=[ALL_LAYERS], value=ALL_LAYERS, elem_id="overlay-grid"
+                        )
+                        step_from = gr.Slider(0, 1, value=0, step=1, label="From step", elem_id="overlay-step-from")
+                        step_to = gr.Slider(0, 1, value=1, step=1, label="To step", elem_id="overlay-step-to")
+        return cls(image, legend, shown, opacity, record_row, grid, step_from, step_to)
 
     @property
     def outputs(self) -> list:
-        return [self.image, self.legend, self.record_row, self.grid, self.step_from, self.step_to]
+        return [self.image, self.legend, self.shown, self.record_row, self.grid, self.step_from, self.step_to]
+
+    @property
+    def inputs(self) -> list:
+        """What drawing the overlay reads, after the version: opacity, shown, grid, steps."""
+        return [self.opacity, self.shown, self.grid, self.step_from, self.step_to]
 
 
 @dataclass
@@ -254,7 +317,7 @@ class StoryFiles:
 
     @classmethod
     def create(cls) -> StoryFiles:
-        with gr.Accordion("Export and import", open=True), gr.Row(equal_height=False):
+        with gr.Accordion("Export and import", open=False, elem_id="files-part"), gr.Row(equal_height=False):
             with gr.Column():
                 export_format = gr.Radio(
                     EXPORT_CHOICES, value="pdf", label="Export the active versions as", elem_id="export-format"
@@ -301,6 +364,7 @@ class StoryboardLayout:
             strip.panel_ids,
             strip.panel_pick,
             form.prompt,
+            form.named,
             form.ticked,
             form.seed,
             form.steps,
@@ -316,7 +380,12 @@ class StoryboardLayout:
             inspector.version_ids,
             inspector.inspected,
             inspector.inspected_text,
+            inspector.make_active,
             *self.overlay.outputs,
+            *self.strip.buttons,
+            bar.rename_story,
+            form.save_panel,
+            *self.buttons.all,
         ]
 
     @property
@@ -326,16 +395,19 @@ class StoryboardLayout:
 
 
 def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLayout:
+    """The editor on one screen: panels on the left, the panel's form in the middle, its image,
+    the Generate buttons and its versions on the right; the overlay and the files below."""
     status = gr.Markdown(elem_id="storyboard-status")
     bar = StoryBar.create()
-    strip = PanelStrip.create()
     with gr.Row(equal_height=False):
-        with gr.Column(scale=1):
+        with gr.Column(scale=2, min_width=220):
+            strip = PanelStrip.create()
+        with gr.Column(scale=4, min_width=360):
             form = PanelForm.create(defaults, routers)
+        with gr.Column(scale=4, min_width=360):
             buttons = GenerationButtons.create()
-        with gr.Column(scale=1):
             inspector = VersionInspector.create()
-            overlay = RouteOverlay.create()
+    overlay = RouteOverlay.create()
     files = StoryFiles.create()
     return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files)
 

@@ -71,7 +71,9 @@ def wire_panels(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions)
 
     def save(studio, story_id, panel_id, form: FormValues) -> dict:
         panel = save_form(studio, panel_id, form)
-        return shown(studio, story_id, panel.id, f"saved panel {panel.position + 1}")
+        problems = studio.panel_problems(panel)
+        done = f"saved panel {panel.position + 1}" + (f" — needs attention: {'; '.join(problems)}" if problems else "")
+        return shown(studio, story_id, panel.id, done)
 
     def add(studio, story_id, panel_id, form: FormValues) -> dict:
         if story_id is None:

@@ -30,14 +30,15 @@ def wire_versions(tab: StoryboardLayout, view: StoryboardView, sessions: Session
         return {**view.render(studio, story_id, panel_id, version_id), status: done}
 
     @shows_errors(status)
-    def redraw(version_id, opacity, grid, first, last, request: gr.Request) -> dict:
-        return {**view.overlay(sessions.studio(request), version_id, opacity, grid, first, last), status: ""}
+    def redraw(version_id, opacity, shown, grid, first, last, request: gr.Request) -> dict:
+        return {**view.overlay(sessions.studio(request), version_id, opacity, shown, grid, first, last), status: ""}
 
     outputs = tab.view_outputs
     inspector.versions.select(pick_version, [story_pick, panel_pick, inspector.version_ids], outputs, **PRIVATE)
     inspector.make_active.click(activate, [story_pick, panel_pick, inspector.inspected], outputs, **PRIVATE)
-    inputs = [inspector.inspected, overlay.opacity, overlay.grid, overlay.step_from, overlay.step_to]
+    inputs = [inspector.inspected, *overlay.inputs]
     redrawn = [status, *overlay.outputs]
+    overlay.shown.input(redraw, inputs, redrawn, show_progress="hidden", **PRIVATE)
     overlay.opacity.release(redraw, inputs, redrawn, show_progress="hidden", **PRIVATE)
     overlay.grid.input(redraw, inputs, redrawn, **PRIVATE)
     overlay.step_from.release(redraw, inputs, redrawn, show_progress="hidden", **PRIVATE)

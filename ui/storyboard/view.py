@@ -23,7 +23,10 @@ STATUS_TEXT = {
     "ready": "ready: the active image matches the settings",
     "outdated": "outdated: the settings changed since the active image",
     "failed": "failed",
+    "attention": "needs attention",
 }
+EMPTY_STORYBOARD = "No story yet: type a title above and click **New story**."
+NO_PANELS = "This story has no panels: click **+ Panel**."
 
 
 def placeholder(text: str, side: int = 128) -> Image.Image:
@@ -48,17 +51,6 @@ def for_display(picture: Image.Image, min_side: int = DISPLAY_MIN_SIDE) -> Image
     return picture.resize((picture.width * factor, picture.height * factor), Image.NEAREST)
 
 
-def legend_html(entries: list[tuple[str, str]]) -> str:
-    """The overlay's colours as text next to the image: a swatch and a name per entry."""
-    items = [
-        f'<span class="legend-entry" style="margin-right:14px;white-space:nowrap">'
-        f'<span style="display:inline-block;width:14px;height:14px;background:{colour};'
-        f'border:1px solid #444;vertical-align:middle;margin-right:5px"></span>{html.escape(name)}</span>'
-        for name, colour in entries
-    ]
-    return f'<div id="overlay-legend-entries">Legend: {"".join(items)}</div>'
-
-
 def number_or_none(value: Any) -> float | None:
     """A table cell as a number; blank / NaN cells are None."""
     if value is None or (isinstance(value, str) and not value.strip()):
@@ -71,6 +63,23 @@ def story_labels(stories: list) -> list[tuple[str, int]]:
     """Dropdown labels: the title, with the id where two stories share one."""
     titles = [s.title for s in stories]
     return [(s.title if titles.count(s.title) == 1 else f"{s.title} · #{s.id}", s.id) for s in stories]
+
+
+def legend_html(entries: list[tuple[str, str]]) -> str:
+    """The overlay's one legend, beside the picture: a swatch and a name per character, and the
+    background's hatching."""
+    items = []
+    for name, colour in entries:
+        if name == "background":
+            swatch = "background:repeating-linear-gradient(45deg,#6e6e6e 0 2px,#fff 2px 7px)"
+        else:
+            swatch = f"background:{colour}"
+        items.append(
+            '<div class="legend-entry" style="margin:3px 0;white-space:nowrap">'
+            f'<span style="display:inline-block;width:16px;height:16px;{swatch};border:2px solid #333;'
+            f'vertical-align:middle;margin-right:6px"></span>{html.escape(name)}</div>'
+        )
+    return f'<div id="overlay-legend-entries"><b>Legend</b>{"".join(items)}</div>'
 
 
 class StoryboardView:
@@ -87,14 +96,14 @@ class StoryboardView:
         out: dict = {tab.bar.story_pick: gr.update(choices=story_labels(stories), value=story_id)}
         cast_choices = [(c.name, c.id) for c in studio.characters()]
         if story_id is None:
-            return {**out, **self._strip([], None), **self._no_panel(cast_choices, self.EMPTY_STORYBOARD)}
+            return {**out, **self._strip([], None), **self._no_panel(cast_choices, EMPTY_STORYBOARD, story=False)}
         panels = studio.panels(story_id)
         ids = [p.id for p in panels]
         if panel_id not in ids:
             panel_id = ids[0] if ids else None
         out.update(self._strip_items(studio, panels, panel_id))
         if panel_id is None:
-            return {**out, **self._no_panel(cast_choices, "This story has no panels: click **+ Panel**.")}
+            return {**out, **self._no_panel(cast_choices, NO_PANELS, story=True)}
         panel = studio.get_panel(panel_id)
         kept = studio.versions(panel_id)
         if version_id not in [v.id for v in kept]:
@@ -104,11 +113,22 @@ class StoryboardView:
             **self._form(studio, panel, cast_choices),
             **self._inspector(studio, panel, kept, version_id),
             **self.overlay(studio, version_id),
+            **self._buttons(story=True, panel=True),
         }
 
-    EMPTY_STORYBOARD = "Create a story to start: type a title and click **New story**."
-
     # -- parts --
+
+    def _buttons(self, *, story: bool, panel: bool) -> dict:
+        """Buttons that have nothing to act on are off (an empty storyboard offers only New story)."""
+        tab = self.tab
+        strip, buttons = tab.strip, tab.buttons
+        on = {strip.add_panel: story, tab.bar.rename_story: story, buttons.generate_all: story}
+        for button in (strip.duplicate_panel, strip.move_up, strip.move_down, strip.delete_panel):
+            on[button] = panel
+        for button in (tab.form.save_panel, buttons.generate, buttons.reroll):
+            on[button] = panel
+        on[buttons.cancel] = story
+        return {button: gr.update(interactive=value) for button, value in on.items()}
 
     def _strip(self, items: list, panel_id: int | None, ids: list[int] | None = None, labels=None) -> dict:
         strip = self.tab.strip
@@ -119,20 +139,22 @@ class StoryboardView:
         }
 
     def _strip_items(self, studio, panels: list, panel_id: int | None) -> dict:
-        items = []
+        items, labels = [], []
         for panel in panels:
+            state = "needs attention" if studio.panel_problems(panel) else panel.status
             if panel.active_version_id is not None:
                 picture = studio.version_image(panel.active_version_id)
             else:
                 picture = placeholder("no image yet")
-            items.append((picture, f"{panel.position + 1} · {panel.status}"))
-        labels = [(f"Panel {p.position + 1} · {p.status} · {short(p.prompt) or '(no prompt)'}", p.id) for p in panels]
+            items.append((picture, f"{panel.position + 1} · {state}"))
+            labels.append((f"{panel.position + 1} · {short(panel.prompt, 28) or '(no prompt)'}", panel.id))
         return self._strip(items, panel_id, [p.id for p in panels], labels)
 
-    def _no_panel(self, cast_choices: list, message: str) -> dict:
+    def _no_panel(self, cast_choices: list, message: str, *, story: bool) -> dict:
         form, inspector = self.tab.form, self.tab.inspector
         return {
             form.prompt: "",
+            form.named: "",
             form.ticked: gr.update(choices=cast_choices, value=[]),
             form.per_character: [],
             inspector.panel_status: message,
@@ -141,24 +163,29 @@ class StoryboardView:
             inspector.version_ids: [],
             inspector.inspected: None,
             inspector.inspected_text: "",
+            inspector.make_active: gr.update(interactive=False),
             **self.overlay(None, None),
+            **self._buttons(story=story, panel=False),
         }
 
     def _form(self, studio, panel, cast_choices: list) -> dict:
         form = self.tab.form
         cast = studio.panel_cast(panel)
-        named = {character.id for character, is_named in cast if is_named and character.id not in panel.characters}
+        named = [character for character, is_named in cast if is_named]
+        named_ids = {c.id for c in named}
         known = ", ".join(name for name, _ in cast_choices) or "none yet (add some in the Characters tab)"
         size = (panel.width, panel.height)
         rows = []
         for character, _ in cast:
             box = panel.layout.get(character.id)
             rows.append([character.name, panel.strengths.get(character.id, 1.0), *(box if box else [None] * 4)])
+        in_panel = ", ".join(f"**{escape(c.name)}**" for c in named)
         return {
             form.prompt: gr.update(value=panel.prompt, info=f"Name characters as [Name]. Known: {known}"),
+            form.named: f"In this panel (named in the prompt): {in_panel}" if named else "",
             form.ticked: gr.update(
-                choices=[(f"{name} (named)" if cid in named else name, cid) for name, cid in cast_choices],
-                value=[c for c in panel.characters if c in {cid for _, cid in cast_choices}],
+                choices=[(name, cid) for name, cid in cast_choices if cid not in named_ids],
+                value=[c for c in panel.characters if c in {cid for _, cid in cast_choices} and c not in named_ids],
             ),
             form.seed: panel.seed,
             form.steps: panel.steps,
@@ -173,25 +200,27 @@ class StoryboardView:
     def _inspector(self, studio, panel, kept: list, version_id: int | None) -> dict:
         inspector = self.tab.inspector
         active = panel.active_version_id
+        captions = []
+        for n, version in enumerate(kept):
+            captions.append(f"✓ v{n + 1} active" if version.id == active else f"v{n + 1}")
         return {
-            inspector.panel_status: self._panel_status(studio, panel),
+            inspector.panel_status: self.panel_status(studio, panel),
             inspector.active_image: for_display(studio.version_image(active)) if active else None,
-            inspector.versions: [
-                (
-                    studio.version_image(v.id),
-                    f"v{n + 1} · seed {v.settings.get('seed')}" + (" · active" if v.id == active else ""),
-                )
-                for n, v in enumerate(kept)
-            ],
+            inspector.versions: [(studio.version_image(v.id), caption) for v, caption in zip(kept, captions)],
             inspector.version_ids: [v.id for v in kept],
             inspector.inspected: version_id,
             inspector.inspected_text: self._inspected_caption(panel, kept, version_id),
+            inspector.make_active: gr.update(interactive=version_id is not None and version_id != active),
         }
 
     @staticmethod
-    def _panel_status(studio, panel) -> str:
-        text = f"**Panel {panel.position + 1}: {STATUS_TEXT.get(panel.status, panel.status)}**"
-        if panel.status == "failed" and panel.error:
+    def panel_status(studio, panel) -> str:
+        problems = studio.panel_problems(panel)
+        state = "attention" if problems else panel.status
+        text = f"**Panel {panel.position + 1}: {STATUS_TEXT.get(state, state)}**"
+        if problems:
+            text += " — " + escape("; ".join(problems))
+        elif panel.status == "failed" and panel.error:
             text += f" — {escape(panel.error)}"
         if panel.active_version_id is not None:
             settings = studio.get_version(panel.active_version_id).settings
@@ -210,10 +239,17 @@ class StoryboardView:
         router_used = settings.get("router_used") or "none"
         return f"Inspecting **v{number}** ({state}) · seed {settings.get('seed')} · router {router_used}"
 
-    def overlay(self, studio, version_id: int | None, opacity=0.45, grid_value=ALL_LAYERS, first=None, last=None):
-        """Overlay image, legend and the record controls for one version."""
+    def overlay(
+        self, studio, version_id: int | None, opacity=0.55, shown=None, grid_value=ALL_LAYERS, first=None, last=None
+    ):
+        """Overlay image, its one legend, the per-character toggles and the record controls."""
         overlay: RouteOverlay = self.tab.overlay
-        empty = {overlay.image: None, overlay.legend: "", overlay.record_row: gr.update(visible=False)}
+        empty = {
+            overlay.image: None,
+            overlay.legend: "",
+            overlay.shown: gr.update(choices=[], value=[]),
+            overlay.record_row: gr.update(visible=False),
+        }
         if version_id is None:
             return empty
         if studio.get_version(version_id).route_map_path is None:
@@ -237,7 +273,13 @@ class StoryboardView:
             view[overlay.grid] = gr.update(choices=[ALL_LAYERS, *labels], value=grid_value)
             view[overlay.step_from] = gr.update(minimum=low, maximum=top, value=first, interactive=many)
             view[overlay.step_to] = gr.update(minimum=low, maximum=top, value=last, interactive=many)
-        picture = studio.version_overlay(version_id, float(opacity), steps=step_range, grid=chosen_grid)
+        legend = studio.version_legend(version_id)
+        names = [name for name, _ in legend[:-1]]
+        show = list(range(len(names))) if shown is None else [names.index(n) for n in shown if n in names]
+        picture = studio.version_overlay(
+            version_id, float(opacity), steps=step_range, grid=chosen_grid, legend=False, show=show
+        )
         view[overlay.image] = for_display(picture)
-        view[overlay.legend] = legend_html(studio.version_legend(version_id))
+        view[overlay.legend] = legend_html([entry for i, entry in enumerate(legend) if i in show or i == len(names)])
+        view[overlay.shown] = gr.update(choices=names, value=[names[i] for i in show])
         return view
