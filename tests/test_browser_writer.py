@@ -186,3 +186,22 @@ def test_generate_all_reports_on_the_strip_which_panel_is_drawn(app, browser):
     shot(page, "writer-9-progress")
     page.locator("#cancel-generation").click()
     expect(status).to_contain_text("generation cancelled")
+
+
+def test_the_cast_table_shows_where_each_character_is_used_uncut(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("The lighthouse")
+    for prompt in ("[Mia] climbs the stairs", "[Mia] and [Rex] at the top"):
+        studio.add_panel(story.id, prompt)
+    page = open_page(browser, url)
+    table = page.locator("#cast-table")
+    expect(table).to_contain_text("The lighthouse: panels 1, 2")
+    expect(table).to_contain_text("The lighthouse: panel 2")
+    cut = page.evaluate(
+        """() => [...document.querySelectorAll('#cast-table td, #cast-table th')]
+               .filter(c => c.innerText.trim() && c.scrollWidth > c.clientWidth + 1).map(c => c.innerText)"""
+    )
+    assert cut == [], cut
+    shot(page, "writer-11-cast-table")

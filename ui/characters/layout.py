@@ -58,6 +58,7 @@ class CastList:
             datatype=["str", "str", "str", "str"],
             interactive=False,
             wrap=True,
+            column_widths=["17%", "35%", "13%", "35%"],
             label="Encodings (ready: stored for the loaded weights · stale: made by other weights, "
             "encoded again on first use · missing · failed: Re-encode tries again)",
             elem_id="cast-table",

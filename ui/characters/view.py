@@ -45,6 +45,18 @@ def same_pixels(path_a: str | Path, path_b: str | Path) -> bool:
     return a.size == b.size and a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def used_in(users: list) -> str:
+    """Where a character is used, by story: "The lighthouse: panels 1, 3 · The walk: panel 2"."""
+    by_story: dict[int, tuple[str, list[int]]] = {}
+    for story, panel in users:
+        by_story.setdefault(story.id, (story.title, []))[1].append(panel.position + 1)
+    parts = []
+    for title, numbers in by_story.values():
+        word = "panel" if len(numbers) == 1 else "panels"
+        parts.append(f"{title}: {word} {', '.join(map(str, numbers))}")
+    return " · ".join(parts) or "—"
+
+
 class CharactersView:
     def __init__(self, tab: CharactersLayout):
         self.tab = tab
@@ -57,8 +69,7 @@ class CharactersView:
         for character in characters:
             state = studio.encoding_status(character)
             items.append((load_picture(character.thumbnail_path), f"{character.name} · {state}"))
-            used = [f"{story.title} #{panel.position + 1}" for story, panel in studio.panels_using(character.id)]
-            rows.append([character.name, character.description, state, ", ".join(used) or "—"])
+            rows.append([character.name, character.description, state, used_in(studio.panels_using(character.id))])
         return {
             cast.gallery: gr.update(value=items, selected_index=None),
             cast.table: gr.update(value=rows, headers=CAST_TABLE_HEADERS),
