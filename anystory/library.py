@@ -17,7 +17,7 @@ from typing import Any
 from .archive import check_archive, read_archive, read_json, safe_member_name, stored_file_name
 from .files import open_atomic
 from .mentions import rename_mentions
-from .names import MAX_NAME_LENGTH, name_key, validate_name
+from .names import name_key, numbered_name, validate_name
 from .storage import PNG_SIGNATURE, StudioDatabase, Transaction, now, require_png, token
 
 STATUSES = ("ready", "stale", "missing", "failed")
@@ -287,7 +287,7 @@ class Library:
         return self.get_character(row["id"])
 
     def delete_character(self, id_or_name: int | str) -> None:
-        """Delete the row and its files. Panels keep the id; `Stories.panels_using_character` finds them."""
+        """Delete the row and its files. Panels keep the id: `Stories.delete_character` removes both."""
         with self.database.transaction() as tx:
             row = self._row(id_or_name)
             self.db["characters"].delete(row["id"])
@@ -475,8 +475,7 @@ class Library:
             self.db["characters"].rows_where("name_key = ?", [name_key(candidate)])
         ):
             n += 1
-            suffix = f" ({n})"
-            candidate = name[: MAX_NAME_LENGTH - len(suffix)].rstrip() + suffix
+            candidate = numbered_name(name, n)
         return candidate
 
     def import_records(

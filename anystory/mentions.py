@@ -7,6 +7,7 @@ the character's description) and the spans of those descriptions, which the prom
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from .names import name_key
@@ -71,12 +72,14 @@ def resolve_mentions(prompt: str, characters: dict[str, tuple[int, str]]) -> tup
     return "".join(parts), mentions
 
 
-def rename_mentions(prompt: str, renames: dict[str, str]) -> str:
-    """Rewrite each `[old]` (any case) as `[new]` in one pass, leaving everything else as written."""
-    by_key = {name_key(old): new for old, new in renames.items()}
+def rename_mentions(prompt: str, renames: dict[str, str], key: Callable[[str], str] = name_key) -> str:
+    """Rewrite each `[old]` (any case) as `[new]` in one pass, leaving everything else as written.
+
+    `key` says when a written name is `old` (a migration passes the rule of its time)."""
+    by_key = {key(old): new for old, new in renames.items()}
     out, cursor = [], 0
     for start, end, written in iter_mentions(prompt):
-        new = by_key.get(name_key(written))
+        new = by_key.get(key(written))
         if new is not None:
             out.append(prompt[cursor:start])
             out.append(f"[{new}]")

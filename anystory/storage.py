@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import json
 import logging
 import os
 import secrets
 import shutil
 import sqlite3
 import threading
+import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any, Protocol
@@ -33,7 +35,8 @@ from typing import Any, Protocol
 import sqlite_utils
 
 from .files import is_temp_name, write_atomic
-from .names import name_key
+from .mentions import rename_mentions
+from .names import name_key, numbered_name, visible_name
 
 log = logging.getLogger(__name__)
 
@@ -135,11 +138,16 @@ def _migration_1(db: sqlite_utils.Database) -> None:
     )
 
 
-def _migration_2(db: sqlite_utils.Database) -> None:
+def _name_key_2(name: str) -> str:
+    """name_key as schema version 2 computed it (NFC + case folding); migrations 2 and 3 need it."""
+    return unicodedata.normalize("NFC", name.strip()).casefold()
+
+
+def _migration_2(db: sqlite_utils.Database) -> list[str]:
     """Unicode-aware unique names (NOCASE folds ASCII only) and lookup indexes."""
     db["characters"].add_column("name_key", str)
     for row in list(db.query("SELECT id, name FROM characters")):
-        db.execute("UPDATE characters SET name_key = ? WHERE id = ?", [name_key(row["name"]), row["id"]])
+        db.execute("UPDATE characters SET name_key = ? WHERE id = ?", [_name_key_2(row["name"]), row["id"]])
     _execute_all(
         db,
         """
@@ -148,10 +156,111 @@ def _migration_2(db: sqlite_utils.Database) -> None:
         CREATE INDEX versions_panel ON versions (panel_id);
         """,
     )
+    return []
 
 
-# Applied in order; never edit one that has shipped, append a new one.
-MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = [_migration_1, _migration_2]
+def _migration_3(db: sqlite_utils.Database) -> list[str]:
+    """Names compared as a reader sees them (names.name_key: NFKC, case folding, no invisible
+    characters). Every name_key is computed again; a name with invisible characters loses them,
+    and a name that now reads like an earlier character's is renamed "Name (2)" (both are kept),
+    with the panels' [Name] mentions following. Returns what was renamed, for the user."""
+    db.execute("DROP INDEX characters_name")  # names change one by one: no clash in between
+    db.execute("DROP INDEX characters_name_key")
+    taken: set[str] = set()
+    renamed: dict[str, str] = {}  # old name -> new name
+    notices = []
+    for row in list(db.query("SELECT id, name FROM characters ORDER BY id")):
+        old = row["name"]
+        base = visible_name(old) or f"Character {row['id']}"
+        new, number = base, 1
+        while name_key(new) in taken:
+            number += 1
+            new = numbered_name(base, number)
+        taken.add(name_key(new))
+        db.execute("UPDATE characters SET name = ?, name_key = ? WHERE id = ?", [new, name_key(new), row["id"]])
+        if new != old:
+            renamed[old] = new
+            why = "now reads like an earlier character's name" if number > 1 else "held invisible characters"
+            notices.append(f"character {row['id']} {old!r} was renamed {new!r}: its name {why}")
+    for panel in list(db.query("SELECT id, prompt FROM panels WHERE prompt LIKE '%[%'")):
+        prompt = rename_mentions(panel["prompt"], renamed, key=_name_key_2)
+        if prompt != panel["prompt"]:
+            db.execute("UPDATE panels SET prompt = ? WHERE id = ?", [prompt, panel["id"]])
+    _execute_all(
+        db,
+        """
+        CREATE UNIQUE INDEX characters_name ON characters (name COLLATE NOCASE);
+        CREATE UNIQUE INDEX characters_name_key ON characters (name_key);
+        """,
+    )
+    return notices
+
+
+def _migration_4(db: sqlite_utils.Database) -> list[str]:
+    """Character ids are never given out again (AUTOINCREMENT; SQLite needs the table rebuilt).
+
+    Without it the next character took a deleted one's id, and with it the per-panel strengths
+    and layout boxes the deleted one left. The sequence starts past every id a panel or a
+    version still names; panels lose the settings of characters that no longer exist.
+    """
+    existing = {row[0] for row in db.execute("SELECT id FROM characters")}
+    named = set(existing)
+    for panel in list(db.query("SELECT id, characters, strengths, layout FROM panels")):
+        ticked, strengths, layout = (json.loads(panel[c]) for c in ("characters", "strengths", "layout"))
+        named |= {int(i) for i in ticked} | {int(k) for k in strengths} | {int(k) for k in layout}
+        kept = (
+            [i for i in ticked if int(i) in existing],
+            {k: v for k, v in strengths.items() if int(k) in existing},
+            {k: v for k, v in layout.items() if int(k) in existing},
+        )
+        if kept != (ticked, strengths, layout):
+            db.execute(
+                "UPDATE panels SET characters = ?, strengths = ?, layout = ? WHERE id = ?",
+                [*(json.dumps(value, sort_keys=True) for value in kept), panel["id"]],
+            )
+    for (settings,) in db.execute("SELECT settings FROM versions").fetchall():
+        subjects = json.loads(settings).get("subjects") or []
+        named |= {int(i) for i in subjects if isinstance(i, int)}
+    columns = (
+        "id, name, description, image_path, mask_path, thumbnail_path, encoding_path, encoder_id, status, "
+        "created, updated, name_key"
+    )
+    _execute_all(
+        db,
+        f"""
+        CREATE TABLE characters_new (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT NOT NULL COLLATE NOCASE,
+            description TEXT NOT NULL DEFAULT '',
+            image_path TEXT NOT NULL,
+            mask_path TEXT NOT NULL,
+            thumbnail_path TEXT NOT NULL,
+            encoding_path TEXT,
+            encoder_id TEXT NOT NULL DEFAULT '',
+            status TEXT NOT NULL,
+            created TEXT NOT NULL,
+            updated TEXT NOT NULL,
+            name_key TEXT NOT NULL
+        );
+        INSERT INTO characters_new ({columns}) SELECT {columns} FROM characters;
+        DROP TABLE characters;
+        ALTER TABLE characters_new RENAME TO characters;
+        CREATE UNIQUE INDEX characters_name ON characters (name COLLATE NOCASE);
+        CREATE UNIQUE INDEX characters_name_key ON characters (name_key);
+        """,
+    )
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'characters'")
+    db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('characters', ?)", [max(named, default=0)])
+    return []
+
+
+# Applied in order; never edit one that has shipped, append a new one. Each returns notices for the user.
+MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
+    _migration_1,
+    _migration_2,
+    _migration_3,
+    _migration_4,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -163,8 +272,11 @@ def schema_version(db: sqlite_utils.Database) -> int:
     return row[0] or 0
 
 
-def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
-    """Apply the migrations after the database's version, up to `target`, each in a transaction."""
+def migrate(db: sqlite_utils.Database, target: int | None = None, notices: list[str] | None = None) -> int:
+    """Apply the migrations after the database's version, up to `target`, each in a transaction.
+
+    What a migration changed that the user should know (a renamed character) is logged and
+    appended to `notices`."""
     target = SCHEMA_VERSION if target is None else target
     db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied TEXT NOT NULL)")
     current = schema_version(db)
@@ -177,9 +289,13 @@ def migrate(db: sqlite_utils.Database, target: int | None = None) -> int:
         db.execute("BEGIN IMMEDIATE")  # another process may be migrating the same file
         try:
             if schema_version(db) < version:
-                MIGRATIONS[version - 1](db)
+                told = MIGRATIONS[version - 1](db) or []
                 db["schema_version"].insert({"version": version, "applied": now()})
                 log.info("migrated to schema version %d", version)
+                for notice in told:
+                    log.warning("schema version %d: %s", version, notice)
+                if notices is not None:
+                    notices.extend(told)
         except BaseException:
             db.rollback()
             raise
@@ -291,13 +407,14 @@ class StudioDatabase:
         self._lock = threading.RLock()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
         self._connections_lock = threading.Lock()
+        self.notices: list[str] = []  # what the migrations of this open changed that the user should know
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for folder, _ in FILE_OWNERS.values():
             (self.data_dir / folder).mkdir(exist_ok=True)
         db = self.db
         db.enable_wal()
         with self._lock:
-            migrate(db)
+            migrate(db, notices=self.notices)
         self.sweep()
 
     # -- connections --

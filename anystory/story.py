@@ -494,6 +494,25 @@ class Stories:
                 ids.add(found[0])
         return ids
 
+    def delete_character(self, id_or_name: int | str) -> None:
+        """Delete a character and, in the same transaction, its settings in every panel (ticked,
+        strength, layout box), so no later character inherits them. A `[Name]` left in a prompt
+        stays as written (generating the panel says the name is unknown)."""
+        with self.database.transaction():
+            character = self.library.get_character(id_or_name)
+            for row in list(self.db["panels"].rows_where(order_by="id")):
+                panel = self._panel(row)
+                changes = {}
+                if character.id in panel.characters:
+                    changes["characters"] = [c for c in panel.characters if c != character.id]
+                for key in ("strengths", "layout"):
+                    settings = getattr(panel, key)
+                    if character.id in settings:
+                        changes[key] = {k: v for k, v in settings.items() if k != character.id}
+                if changes:
+                    self.update_panel(panel.id, **changes)
+            self.library.delete_character(character.id)
+
     def panels_using_character(self, character_id: int) -> list[Panel]:
         """Panels (of every story) that tick the character or name it in the prompt."""
         character = self.library.get_character(character_id)

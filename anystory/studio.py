@@ -293,11 +293,7 @@ class Studio:
             if users and not force:
                 where = ", ".join(f"“{story.title}” panel {panel.position + 1}" for story, panel in users)
                 raise CharacterInUse(f"{character.name} is used by {where}; delete anyway to remove it from them")
-            for _, panel in users:  # untick it; a [Name] left in a prompt is reported at generation
-                if character.id in panel.characters:
-                    kept = [c for c in panel.characters if c != character.id]
-                    self._stories.update_panel(panel.id, characters=kept)
-            self._library.delete_character(character.id)
+            self._stories.delete_character(character.id)  # with its settings in every panel
             self._encodings.pop(character.id, None)
 
     def stale_characters(self) -> list[Character]:
