@@ -279,15 +279,22 @@ class Library:
         """Record that an encoding is stale (weights changed), failed, etc."""
         if status not in STATUSES:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}; got {status!r}")
-        with self.database.transaction():
-            row = self._row(id_or_name)
-            if status == "ready" and not row["encoding_path"]:
-                raise ValueError(f"character {row['name']!r} cannot be ready without an encoding")
-            self.db["characters"].update(row["id"], {"status": status, "updated": now()})
-        return self.get_character(row["id"])
+
+        def mark() -> int:  # a failure mark must get through on a full disk
+            with self.database.transaction():
+                row = self._row(id_or_name)
+                if status == "ready" and not row["encoding_path"]:
+                    raise ValueError(f"character {row['name']!r} cannot be ready without an encoding")
+                self.db["characters"].update(row["id"], {"status": status, "updated": now()})
+            return row["id"]
+
+        return self.get_character(self.database.with_reserve(mark))
 
     def delete_character(self, id_or_name: int | str) -> None:
         """Delete the row and its files. Panels keep the id: `Stories.delete_character` removes both."""
+        self.database.with_reserve(lambda: self._delete_character(id_or_name))
+
+    def _delete_character(self, id_or_name: int | str) -> None:
         with self.database.transaction() as tx:
             row = self._row(id_or_name)
             self.db["characters"].delete(row["id"])

@@ -30,11 +30,18 @@ import threading
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import sqlite_utils
 
-from .files import is_temp_name, write_atomic
+from .files import (
+    DiskFull,
+    disk_full_as_error as _os_disk_full_as_error,
+    is_temp_name,
+    reserve_space,
+    shrink_reserve,
+    write_atomic,
+)
 from .mentions import rename_mentions
 from .names import name_key, numbered_name, visible_name
 
@@ -42,6 +49,11 @@ log = logging.getLogger(__name__)
 
 DB_NAME = "anystory.db"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Disk kept back for the writes that free space on a full disk (`StudioDatabase.with_reserve`).
+RESERVE_NAME = ".space-reserve"
+RESERVE_BYTES = 8 * 1024 * 1024
+RESERVE_STEPS = 4
+T = TypeVar("T")
 
 # Folders of files owned by rows: table -> (folder under data_dir, columns holding relative paths).
 FILE_OWNERS: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -68,6 +80,18 @@ def require_png(data: bytes, what: str) -> bytes:
     if not data.startswith(PNG_SIGNATURE):
         raise ValueError(f"{what} is not PNG data")
     return data
+
+
+@contextlib.contextmanager
+def disk_full_as_error() -> Iterator[None]:
+    """Turn a full disk met inside (SQLite's SQLITE_FULL, the OS's ENOSPC / EDQUOT) into DiskFull."""
+    try:
+        with _os_disk_full_as_error():
+            yield
+    except sqlite3.OperationalError as err:
+        if getattr(err, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or "database or disk is full" in str(err):
+            raise DiskFull() from err
+        raise
 
 
 # -- schema --------------------------------------------------------------------------------------
@@ -398,11 +422,14 @@ class StudioDatabase:
     writers (a lock in this process, `BEGIN IMMEDIATE` across processes).
     """
 
-    def __init__(self, data_dir: str | os.PathLike, *, busy_timeout_s: float = 30.0):
+    def __init__(
+        self, data_dir: str | os.PathLike, *, busy_timeout_s: float = 30.0, reserve_bytes: int = RESERVE_BYTES
+    ):
         self.data_dir = Path(data_dir).expanduser().absolute()
         self.guard: CommitGuard | None = None  # checked before every commit (the Studio's limits)
         self.path = self.data_dir / DB_NAME
         self.busy_timeout_s = busy_timeout_s
+        self.reserve_bytes = reserve_bytes
         self._local = threading.local()
         self._lock = threading.RLock()
         self._connections: dict[threading.Thread, sqlite3.Connection] = {}
@@ -411,11 +438,13 @@ class StudioDatabase:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         for folder, _ in FILE_OWNERS.values():
             (self.data_dir / folder).mkdir(exist_ok=True)
-        db = self.db
-        db.enable_wal()
-        with self._lock:
-            migrate(db, notices=self.notices)
+        with disk_full_as_error():
+            db = self.db
+            db.enable_wal()
+            with self._lock:
+                migrate(db, notices=self.notices)
         self.sweep()
+        self.keep_reserve()
 
     # -- connections --
 
@@ -483,25 +512,59 @@ class StudioDatabase:
             tx = Transaction(self.data_dir)
             db.execute("BEGIN IMMEDIATE")
             self._local.tx = tx
-            try:
-                guard = self.guard
-                before = guard.before(db) if guard is not None else None
-                yield tx
-                if guard is not None:
-                    guard.check(db, before)  # inside the transaction: a refusal rolls rows and files back
-            except BaseException:
+            with disk_full_as_error():
+                try:
+                    guard = self.guard
+                    before = guard.before(db) if guard is not None else None
+                    yield tx
+                    if guard is not None:
+                        guard.check(db, before)  # inside the transaction: a refusal rolls rows and files back
+                except BaseException:
+                    self._local.tx = None
+                    db.rollback()
+                    tx._rollback()
+                    raise
                 self._local.tx = None
-                db.rollback()
-                tx._rollback()
-                raise
-            self._local.tx = None
-            try:
-                db.conn.execute("COMMIT")
-            except BaseException:
-                db.rollback()
-                tx._rollback()
-                raise
+                try:
+                    db.conn.execute("COMMIT")
+                except BaseException:
+                    db.rollback()
+                    tx._rollback()
+                    raise
             tx._commit()
+
+    def with_reserve(self, write: Callable[[], T]) -> T:
+        """Run `write`, one of the writes that must get through on a full disk (deletes, which
+        free space, and failure marks); returns what it returns.
+
+        SQLite needs a little space to delete (its write-ahead log grows first), so on DiskFull
+        the data folder's reserve (`RESERVE_NAME`, kept at `reserve_bytes`) gives back one step
+        and `write` runs again (its transaction rolled back whole), until the reserve is spent.
+        The reserve is made whole again once there is room. Inside another transaction `write`
+        just runs (the outer one decides)."""
+        if getattr(self._local, "tx", None) is not None:
+            return write()
+        while True:
+            try:
+                result = write()
+                break
+            except DiskFull:
+                freed = shrink_reserve(self.data_dir / RESERVE_NAME, max(1, self.reserve_bytes // RESERVE_STEPS))
+                if not freed:
+                    raise
+                log.warning("the disk is full: %d bytes of the reserve given to a write that frees space", freed)
+        self.keep_reserve()
+        return result
+
+    def keep_reserve(self) -> None:
+        """Make the reserve whole when the disk has room for it twice over (never the last bytes)."""
+        path = self.data_dir / RESERVE_NAME
+        have = path.stat().st_size if path.exists() else 0
+        if have >= self.reserve_bytes:
+            return
+        with contextlib.suppress(OSError):
+            if shutil.disk_usage(self.data_dir).free >= 2 * (self.reserve_bytes - have):
+                reserve_space(path, self.reserve_bytes)
 
     @contextlib.contextmanager
     def snapshot(self) -> Iterator[sqlite_utils.Database]:

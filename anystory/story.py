@@ -6,9 +6,11 @@ routing maps + the settings that made it); one version per panel is the active o
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
+import shutil
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -19,7 +21,8 @@ from .files import open_atomic
 from .library import Library
 from .mentions import mentioned_names, rename_mentions
 from .names import name_key
-from .storage import StudioDatabase, Transaction, now, require_png, token
+from .files import folder_bytes
+from .storage import DB_NAME, StudioDatabase, Transaction, now, require_png, token
 
 ROUTERS = ("learned", "prompt", "layout", "none")
 PANEL_STATUSES = ("empty", "ready", "outdated", "failed")
@@ -78,6 +81,32 @@ class Panel:
     def generation_settings(self) -> dict[str, Any]:
         """The settings a generation of this panel depends on (a good `settings` for a version)."""
         return {key: _copy(getattr(self, key)) for key in PANEL_DEFAULTS}
+
+
+@dataclass
+class DeletedVersions:
+    """What a bulk delete of versions freed."""
+
+    count: int
+    bytes_freed: int
+
+
+@dataclass
+class StorageReport:
+    """Where a data folder's bytes go, and the room left on its disk."""
+
+    characters: int  # pictures and encodings of the cast
+    versions: int  # kept panel images and route maps
+    exports: int
+    database: int
+    other: int  # models of the preview mode, the disk reserve, anything else
+    free: int  # free bytes on the data folder's disk
+    old_versions: int  # versions that are not their panel's active one: what `delete_versions` frees
+    old_version_bytes: int
+
+    @property
+    def total(self) -> int:
+        return self.characters + self.versions + self.exports + self.database + self.other
 
 
 @dataclass
@@ -288,6 +317,9 @@ class Stories:
 
     def delete_story(self, story_id: int) -> None:
         """Delete a story with its panels, versions and their files."""
+        self.database.with_reserve(lambda: self._delete_story(story_id))
+
+    def _delete_story(self, story_id: int) -> None:
         with self.database.transaction() as tx:
             self._row("stories", story_id, "story")
             for panel in list(self.db["panels"].rows_where("story_id = ?", [story_id])):
@@ -380,6 +412,9 @@ class Stories:
 
     def delete_panel(self, panel_id: int) -> None:
         """Delete a panel with its versions and their files; later panels move up."""
+        self.database.with_reserve(lambda: self._delete_panel(panel_id))
+
+    def _delete_panel(self, panel_id: int) -> None:
         with self.database.transaction() as tx:
             row = self._row("panels", panel_id, "panel")
             self._delete_panel_rows(tx, panel_id)
@@ -463,24 +498,109 @@ class Stories:
 
     def delete_version(self, version_id: int) -> Panel:
         """Delete one kept version; if it was active, the newest remaining one becomes active."""
-        with self.database.transaction() as tx:
-            version = self._row("versions", version_id, "version")
-            panel = self._row("panels", version["panel_id"], "panel")
-            self.db["versions"].delete(version_id)
-            tx.discard_after_commit(f"versions/{version_id}")
-            if panel["active_version_id"] == version_id:
-                newest = self.db.execute("SELECT MAX(id) FROM versions WHERE panel_id = ?", [panel["id"]]).fetchone()[0]
-                changes = {"active_version_id": newest, "updated": now()}
-                if newest is None and panel["status"] != "failed":
-                    changes["status"] = "empty"
-                self.db["panels"].update(panel["id"], changes)
-        return self.get_panel(panel["id"])
+
+        def delete() -> int:
+            with self.database.transaction() as tx:
+                return self._delete_version_row(tx, self._row("versions", version_id, "version"))
+
+        return self.get_panel(self.database.with_reserve(delete))
+
+    def _delete_version_row(self, tx: Transaction, version: dict) -> int:
+        """Delete a version's row (files after the commit); returns its panel's id."""
+        panel = self._row("panels", version["panel_id"], "panel")
+        self.db["versions"].delete(version["id"])
+        tx.discard_after_commit(f"versions/{version['id']}")
+        if panel["active_version_id"] == version["id"]:
+            newest = self.db.execute("SELECT MAX(id) FROM versions WHERE panel_id = ?", [panel["id"]]).fetchone()[0]
+            changes = {"active_version_id": newest, "updated": now()}
+            if newest is None and panel["status"] != "failed":
+                changes["status"] = "empty"
+            self.db["panels"].update(panel["id"], changes)
+        return panel["id"]
+
+    def delete_versions(
+        self,
+        story_id: int | None = None,
+        *,
+        keep_active: bool = True,
+        older_than: str | _dt.datetime | None = None,
+        batch: int = 200,
+    ) -> DeletedVersions:
+        """Delete kept versions in bulk (of one story, or of all): by default every version that
+        is not its panel's active one. `older_than` keeps the versions made since then.
+
+        Deleted a batch per transaction, each freeing its files before the next: on a full disk
+        the first batch makes room for the others. Returns how many versions and bytes went."""
+        query = "SELECT versions.id FROM versions JOIN panels ON panels.id = versions.panel_id WHERE 1"
+        args: list[Any] = []
+        if story_id is not None:
+            self._row("stories", story_id, "story")
+            query += " AND panels.story_id = ?"
+            args.append(story_id)
+        if keep_active:
+            query += " AND (panels.active_version_id IS NULL OR panels.active_version_id != versions.id)"
+        if older_than is not None:
+            if isinstance(older_than, _dt.datetime):
+                older_than = older_than.astimezone(_dt.timezone.utc).isoformat(timespec="microseconds")
+            query += " AND versions.created < ?"
+            args.append(str(older_than))
+        ids = [row[0] for row in self.db.execute(query + " ORDER BY versions.id", args)]
+        freed = 0
+        for start in range(0, len(ids), batch):
+            chunk = ids[start : start + batch]
+            sizes = sum(folder_bytes(self.database.data_dir / "versions" / str(i)) for i in chunk)
+
+            def delete(chunk: list[int] = chunk) -> None:
+                with self.database.transaction() as tx:
+                    for row in self.db["versions"].rows_where(f"id IN ({', '.join('?' * len(chunk))})", chunk):
+                        self._delete_version_row(tx, row)
+
+            self.database.with_reserve(delete)
+            freed += sizes
+        return DeletedVersions(count=len(ids), bytes_freed=freed)
+
+    def storage_report(self, exports_dir: Path) -> StorageReport:
+        """The data folder's bytes by kind (characters, versions, exports, database, other) and
+        its disk's free space."""
+        root = self.database.data_dir
+        sizes = {"characters": 0, "versions": 0, "exports": 0, "database": 0, "other": 0}
+        exports_dir = Path(exports_dir).absolute()
+        for entry in root.iterdir() if root.is_dir() else []:
+            if entry.name in ("characters", "versions"):
+                kind = entry.name
+            elif entry == exports_dir:
+                kind = "exports"
+            elif entry.name.startswith(DB_NAME):
+                kind = "database"
+            else:
+                kind = "other"
+            sizes[kind] += entry.stat().st_size if entry.is_file() else folder_bytes(entry)
+        if exports_dir.parent != root:
+            sizes["exports"] = folder_bytes(exports_dir)
+        old = [
+            row[0]
+            for row in self.db.execute(
+                "SELECT versions.id FROM versions JOIN panels ON panels.id = versions.panel_id"
+                " WHERE panels.active_version_id IS NULL OR panels.active_version_id != versions.id"
+            )
+        ]
+        return StorageReport(
+            **sizes,
+            free=shutil.disk_usage(root).free,
+            old_versions=len(old),
+            old_version_bytes=sum(folder_bytes(root / "versions" / str(i)) for i in old),
+        )
 
     def mark_failed(self, panel_id: int, reason: str) -> Panel:
-        """Record a failed generation; earlier versions and the active one stay."""
-        with self.database.transaction():
-            self._row("panels", panel_id, "panel")
-            self.db["panels"].update(panel_id, {"status": "failed", "error": str(reason), "updated": now()})
+        """Record a failed generation; earlier versions and the active one stay. Gets through on a
+        full disk (the reason may be that the disk is full)."""
+
+        def mark() -> None:
+            with self.database.transaction():
+                self._row("panels", panel_id, "panel")
+                self.db["panels"].update(panel_id, {"status": "failed", "error": str(reason), "updated": now()})
+
+        self.database.with_reserve(mark)
         return self.get_panel(panel_id)
 
     # -- characters in panels --
@@ -498,6 +618,9 @@ class Stories:
         """Delete a character and, in the same transaction, its settings in every panel (ticked,
         strength, layout box), so no later character inherits them. A `[Name]` left in a prompt
         stays as written (generating the panel says the name is unknown)."""
+        self.database.with_reserve(lambda: self._delete_character(id_or_name))
+
+    def _delete_character(self, id_or_name: int | str) -> None:
         with self.database.transaction():
             character = self.library.get_character(id_or_name)
             for row in list(self.db["panels"].rows_where(order_by="id")):

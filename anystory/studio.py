@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import threading
 import time
@@ -28,14 +29,16 @@ from PIL import Image
 
 from . import images as imgs
 from . import render
-from .files import folder_bytes
-from .library import Character, Library
+from .files import DiskFull, folder_bytes
+from .library import Character, CharacterNotFound, Library
 from .limits import Limits
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .storage import StudioDatabase
-from .story import ROUTERS, Panel, Stories, Story, Version
+from .story import ROUTERS, DeletedVersions, Panel, Stories, StorageReport, Story, Version, check_setting
+
+log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "./data"
 EXAMPLE_CAST_DIR = Path(__file__).resolve().parent.parent / "assets" / "cast"
@@ -411,10 +414,25 @@ class Studio:
 
     def add_panel(self, story_id: int, prompt: str = "", **settings) -> Panel:
         """A new panel with this Studio's defaults (size, steps, router) unless given."""
+        self._check_cast_ids(settings)
         return self._stories.add_panel(story_id, prompt, **{**self.panel_defaults, **settings})
 
     def update_panel(self, panel_id: int, **fields) -> Panel:
+        self._check_cast_ids(fields)
         return self._stories.update_panel(panel_id, **fields)
+
+    def _check_cast_ids(self, settings: dict) -> None:
+        """Refuse a panel's characters / strengths / layout naming a character that does not
+        exist (as the HTTP API does): CharacterNotFound lists the known names."""
+        known = None
+        for key in ("characters", "strengths", "layout"):
+            if key not in settings:
+                continue
+            value = check_setting(key, settings[key])  # ids as ints, or ValueError on bad values
+            for character_id in value:
+                known = {c.id for c in self._library.characters()} if known is None else known
+                if character_id not in known:
+                    raise CharacterNotFound(character_id, self._library.names())
 
     def move_panel(self, panel_id: int, new_position: int) -> list[Panel]:
         """Move a panel to `new_position` (0 = first; clamped); returns the story's panels."""
@@ -542,78 +560,96 @@ class Studio:
         A failure or a cancel leaves the panel's earlier versions as they were and marks the
         panel failed with the reason.
         """
-        import torch
-
         if new_seed:
             self._stories.update_panel(panel_id, seed=int(np.random.default_rng().integers(0, 2**31 - 1)))
         panel = self._stories.get_panel(panel_id)
         self.limits.check_job(panel.width, panel.height, panel.steps)
         self.check_room("versions")
-        plan = self.plan_panel(panel)
+        self.plan_panel(panel)  # a bad prompt is refused before the job waits for the model
         with self._model_turn(progress, cancel):
-            self.notes = list(plan.warnings)
-            subjects = [self.character_encoding(c) for c in plan.character_ids]
-            arguments = self._router_arguments(panel, plan)
-            if plan.character_ids:
-                arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
-                arguments["return_route_record"] = self.keep_route_record
-
-            started = time.monotonic()
-
-            def on_step(pipe, step, timestep, tensors):
-                if cancel is not None and cancel.is_set():
-                    raise GenerationCancelled("generation cancelled; the panel keeps its earlier versions")
-                if self.limits.job_seconds is not None and time.monotonic() - started > self.limits.job_seconds:
-                    minutes = self.limits.job_seconds / 60
-                    raise GenerationCancelled(
-                        f"generation stopped: it ran past the {minutes:g}-minute limit of one job; "
-                        "the panel keeps its earlier versions (try fewer steps or a smaller size)"
-                    )
-                if progress is not None:
-                    progress((step + 1) / panel.steps, f"step {step + 1} of {panel.steps}")
-                return {}
-
-            with self._state:
-                self._busy = set(plan.character_ids)
+            panel = self._stories.get_panel(panel_id)  # as it is now, after the wait
             try:
-                output = self.pipeline(
-                    plan.prompt,
-                    subjects=subjects,
-                    num_inference_steps=panel.steps,
-                    guidance_scale=panel.guidance,
-                    width=panel.width,
-                    height=panel.height,
-                    generator=torch.Generator().manual_seed(panel.seed),
-                    callback_on_step_end=on_step,
-                    **arguments,
-                )
-            except GenerationCancelled as err:
-                self._stories.mark_failed(panel_id, str(err))
-                raise
+                # The guard first: a delete checks `_busy` under `_state`, so none slips in
+                # between reading the cast (planning, re-encoding) and storing the version.
+                with self._state:
+                    plan = self.plan_panel(panel)
+                    self._busy = set(plan.character_ids)
+                return self._generate(panel, plan, progress, cancel)
             except Exception as err:
-                reason = _friendly_failure(err)
-                self._stories.mark_failed(panel_id, reason)
-                raise StudioError(reason) from err
+                failure = self._generation_failed(panel_id, err)
+                if failure is err:
+                    raise
+                raise failure from err
             finally:
                 with self._state:
                     self._busy = set()
 
-            image = output.images[0]
-            route_maps = None
-            if output.route_maps is not None:
-                record = output.route_record
-                route_maps = render.route_maps_bytes(output.route_maps[0].numpy(), _record_for_image(record, 0))
-            settings = {
-                **panel.generation_settings(),
-                "model_prompt": plan.prompt,
-                "subjects": plan.character_ids,
-                "subject_names": [self._library.get_character(c).name for c in plan.character_ids],
-                "router_used": arguments["router"] if plan.character_ids else None,
-                "notes": list(self.notes),
-            }
-            return self._stories.add_version(
-                panel_id, settings, self.model_id, imgs.png_bytes(image), route_maps, route_maps_suffix=".npz"
-            )
+    def _generation_failed(self, panel_id: int, err: Exception) -> Exception:
+        """Mark the panel failed with the reason; returns the error to raise: `err` itself when
+        it is already a sentence for the user, else a StudioError saying what failed."""
+        if isinstance(err, StudioError | DiskFull):
+            failure = err
+        else:
+            failure = StudioError(_friendly_failure(err))
+        try:
+            self._stories.mark_failed(panel_id, str(failure))
+        except Exception as mark_err:  # noqa: BLE001 - the first error is the one to report
+            log.warning("could not mark panel %s failed: %s", panel_id, mark_err)
+        return failure
+
+    def _generate(self, panel: Panel, plan: PanelPlan, progress, cancel) -> Version:
+        """The steps of one generation after its guard is taken: encodings, the pipeline, the version."""
+        import torch
+
+        self.notes = list(plan.warnings)
+        subjects = [self.character_encoding(c) for c in plan.character_ids]
+        arguments = self._router_arguments(panel, plan)
+        if plan.character_ids:
+            arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
+            arguments["return_route_record"] = self.keep_route_record
+
+        started = time.monotonic()
+
+        def on_step(pipe, step, timestep, tensors):
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("generation cancelled; the panel keeps its earlier versions")
+            if self.limits.job_seconds is not None and time.monotonic() - started > self.limits.job_seconds:
+                minutes = self.limits.job_seconds / 60
+                raise GenerationCancelled(
+                    f"generation stopped: it ran past the {minutes:g}-minute limit of one job; "
+                    "the panel keeps its earlier versions (try fewer steps or a smaller size)"
+                )
+            if progress is not None:
+                progress((step + 1) / panel.steps, f"step {step + 1} of {panel.steps}")
+            return {}
+
+        output = self.pipeline(
+            plan.prompt,
+            subjects=subjects,
+            num_inference_steps=panel.steps,
+            guidance_scale=panel.guidance,
+            width=panel.width,
+            height=panel.height,
+            generator=torch.Generator().manual_seed(panel.seed),
+            callback_on_step_end=on_step,
+            **arguments,
+        )
+        image = output.images[0]
+        route_maps = None
+        if output.route_maps is not None:
+            record = output.route_record
+            route_maps = render.route_maps_bytes(output.route_maps[0].numpy(), _record_for_image(record, 0))
+        settings = {
+            **panel.generation_settings(),
+            "model_prompt": plan.prompt,
+            "subjects": plan.character_ids,
+            "subject_names": [self._library.get_character(c).name for c in plan.character_ids],
+            "router_used": arguments["router"] if plan.character_ids else None,
+            "notes": list(self.notes),
+        }
+        return self._stories.add_version(
+            panel.id, settings, self.model_id, imgs.png_bytes(image), route_maps, route_maps_suffix=".npz"
+        )
 
     @contextlib.contextmanager
     def _model_turn(self, progress, cancel):
@@ -668,6 +704,18 @@ class Studio:
             notes += [f"panel {panel.position + 1}: {note}" for note in self.notes]
         self.notes = notes
         return versions
+
+    def storage_report(self) -> StorageReport:
+        """The data folder's bytes by kind (characters, versions, exports, database, other), the
+        versions a bulk delete would free, and the free space of its disk."""
+        return self._stories.storage_report(self.exports_dir)
+
+    def delete_versions(
+        self, story_id: int | None = None, *, keep_active: bool = True, older_than=None
+    ) -> DeletedVersions:
+        """Delete kept versions in bulk (of one story or all; by default all but each panel's
+        active one; `older_than` keeps the newer ones); works on a full disk. Returns what went."""
+        return self._stories.delete_versions(story_id, keep_active=keep_active, older_than=older_than)
 
     def reroll_panel(self, panel_id: int, **kwargs) -> Version:
         """A new seed for one panel; the other panels keep theirs."""

@@ -9,7 +9,7 @@ from diffusers import StableDiffusionXLPipeline
 
 from anystory import AnyStoryPipeline
 from anystory.tiny import synthetic_subject as make_subject_image
-from anystory.tiny import write_tiny_sdxl
+from anystory.tiny import write_tiny_ip_adapter, write_tiny_sdxl
 
 
 @pytest.fixture(scope="session")
@@ -20,6 +20,15 @@ def tiny_folder(tmp_path_factory):
 @pytest.fixture(scope="session")
 def pipe(tiny_folder):
     pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="session")
+def public_pipe(tiny_folder, tmp_path_factory):
+    """The tiny pipeline in public-weights mode (IP-Adapter Plus layout), as the Studio tests use it."""
+    ip_file = write_tiny_ip_adapter(tiny_folder, tmp_path_factory.mktemp("ip") / "ip.safetensors")
+    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

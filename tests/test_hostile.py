@@ -6,8 +6,10 @@ bad inputs and faults covered (the README's "Threat model and limits" gives the 
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -15,10 +17,14 @@ import sqlite_utils
 from PIL import Image
 
 from anystory import storage
+from anystory.files import DISK_FULL_MESSAGE, DiskFull
 from anystory.library import CharacterNotFound, Library
 from anystory.names import name_key, validate_name
 from anystory.storage import StudioDatabase, migrate
 from anystory.story import Stories
+from anystory.studio import CharacterInUse, Studio, StudioError
+from anystory.tiny import synthetic_subject
+from ui.common import error_message
 
 pytestmark = pytest.mark.hostile
 
@@ -189,3 +195,289 @@ def test_migration_to_autoincrement_keeps_rows_indexes_and_skips_ids_panels_stil
     assert add(Library(database), "Bolt").id == 6  # past 3 (a panel named it) and 5 (a version did)
     with pytest.raises(ValueError, match="already exists"):
         add(Library(database), "MIA")
+
+
+# -- the Studio ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def studio(public_pipe, tmp_path):
+    studio = Studio(tmp_path / "data", public_pipe, preview=True)
+    studio.panel_defaults.update(width=64, height=64, steps=2)
+    return studio
+
+
+def studio_cast(studio):
+    mia = studio.add_character("Mia", "a young woman with a red scarf", png_of(synthetic_subject(1)))
+    rex = studio.add_character("Rex", "a small brown dog", png_of(synthetic_subject(2)))
+    return mia, rex
+
+
+def png_of(image: Image.Image, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", **options)
+    return buffer.getvalue()
+
+
+# -- 9. unknown character ids in the Python API -------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "settings", [dict(characters=[42]), dict(strengths={42: 0.5}), dict(layout={"42": [0, 0, 1, 1]})]
+)
+def test_the_studio_refuses_unknown_character_ids(studio, settings):
+    mia, rex = studio_cast(studio)
+    story = studio.create_story("s")
+    message = "no character with id 42; known characters: Mia, Rex"
+    with pytest.raises(CharacterNotFound, match=message):
+        studio.add_panel(story.id, "a park", **settings)
+    panel = studio.add_panel(story.id, "a park", characters=[mia.id])
+    with pytest.raises(CharacterNotFound, match=message):
+        studio.update_panel(panel.id, **settings)
+    assert studio.panels(story.id) == [panel]  # nothing half-applied
+
+
+# -- 6. a delete cannot slip in before a generation ---------------------------------------------------
+
+
+def test_a_delete_cannot_slip_in_between_planning_and_generating(studio, monkeypatch):
+    mia, rex = studio_cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] walks [Rex]")
+    refused = []
+    real = studio.character_encoding
+
+    def encode_while_someone_deletes(character_id):
+        # The window of old: after planning read the cast, before the guard was set.
+        with pytest.raises(CharacterInUse, match="running now") as err:
+            studio.delete_character(rex.id, force=True)
+        refused.append(str(err.value))
+        return real(character_id)
+
+    monkeypatch.setattr(studio, "character_encoding", encode_while_someone_deletes)
+    version = studio.generate_panel(panel.id)
+    assert len(refused) == 2 and version.settings["subject_names"] == ["Mia", "Rex"]
+    assert studio.get_character(rex.id).name == "Rex"
+    studio.delete_character(rex.id, force=True)  # the generation is over: the guard is gone
+
+
+@pytest.mark.parametrize("where", ["plan", "encode", "store"])
+def test_every_failure_after_the_guard_marks_the_panel_failed(studio, monkeypatch, where):
+    mia, rex = studio_cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] walks [Rex]")
+
+    def broken(*args, **kwargs):
+        raise RuntimeError(f"broken {where}")
+
+    target = {"plan": (studio, "plan_panel"), "encode": (studio, "character_encoding"),
+              "store": (studio._stories, "add_version")}[where]
+    monkeypatch.setattr(*target, broken)
+    with pytest.raises(StudioError, match=f"generation failed: broken {where}"):
+        studio.generate_panel(panel.id)
+    failed = studio.get_panel(panel.id)
+    assert (failed.status, failed.error) == ("failed", f"generation failed: broken {where}")
+    assert studio._busy == set()
+
+
+# -- 5. a full disk ------------------------------------------------------------------------------------
+
+
+def no_space(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_generation_whose_image_cannot_be_stored_marks_the_panel_failed(studio, monkeypatch):
+    studio_cast(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] in the rain")
+    monkeypatch.setattr(storage, "write_atomic", no_space)  # every file the version writes
+    with pytest.raises(DiskFull, match=f"^{DISK_FULL_MESSAGE}$"):
+        studio.generate_panel(panel.id)
+    failed = studio.get_panel(panel.id)
+    assert (failed.status, failed.error) == ("failed", DISK_FULL_MESSAGE)
+    assert studio.versions(panel.id) == [] and list((studio.data_dir / "versions").iterdir()) == []
+    assert error_message(DiskFull()) == DISK_FULL_MESSAGE  # what the UI and the HTTP API show
+
+
+def test_a_full_disk_in_any_atomic_write_is_one_sentence(tmp_path, monkeypatch):
+    from anystory import files, render
+
+    def full_write(self, data):
+        raise OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+
+    with pytest.raises(DiskFull, match=DISK_FULL_MESSAGE), files.open_atomic(tmp_path / "a.bin") as f:
+        full_write(f, b"x")
+    monkeypatch.setattr(Image.Image, "save", lambda *a, **k: no_space())
+    with pytest.raises(DiskFull, match=DISK_FULL_MESSAGE):
+        render.export_png(Image.new("RGB", (8, 8)), tmp_path / "strip.png")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no temporary file left
+
+
+def test_sqlite_full_is_disk_full_and_deletes_still_work(tmp_path):
+    database = StudioDatabase(tmp_path / "data")
+    library = Library(database)
+    first = add(library, "Mia")
+    pages = database.db.execute("PRAGMA page_count").fetchone()[0]
+    database.db.execute(f"PRAGMA max_page_count = {pages + 2}")  # SQLite's "database or disk is full"
+    with pytest.raises(DiskFull, match=DISK_FULL_MESSAGE) as err:
+        for i in range(100):
+            add(library, f"Extra {i}", "words " * 600)
+    assert "full" in str(err.value.__cause__)
+    added = library.characters()
+    folders = sorted(p.name for p in (database.data_dir / "characters").iterdir())
+    assert folders == sorted(str(c.id) for c in added)  # the refused add left no files
+    library.delete_character(first.id)
+    assert first.id not in {c.id for c in library.characters()}
+
+
+def test_a_delete_on_a_full_disk_is_given_the_reserve(tmp_path, monkeypatch):
+    size = 1 << 20
+    database = StudioDatabase(tmp_path / "data", reserve_bytes=size)
+    reserve = database.data_dir / storage.RESERVE_NAME
+    assert reserve.stat().st_size == size and reserve.stat().st_blocks * 512 >= size  # allocated, not sparse
+    library = Library(database)
+    mia, rex = add(library, "Mia"), add(library, "Rex")
+    real, seen = library._delete_character, []
+
+    def full_until_the_reserve_gives(id_or_name):
+        seen.append(reserve.stat().st_size)
+        if len(seen) < 3:
+            raise DiskFull()
+        real(id_or_name)
+
+    monkeypatch.setattr(library, "_delete_character", full_until_the_reserve_gives)
+    library.delete_character(mia.id)
+    assert seen == [size, size * 3 // 4, size // 2] and [c.name for c in library.characters()] == ["Rex"]
+    assert reserve.stat().st_size == size  # made whole again: the disk has room
+    monkeypatch.setattr(library, "_delete_character", lambda id_or_name: no_space_as_disk_full())
+    with pytest.raises(DiskFull):  # a disk that stays full: the reserve is spent, then the error
+        library.delete_character(rex.id)
+
+
+def no_space_as_disk_full():
+    raise DiskFull()
+
+
+def test_storage_report_and_bulk_delete_of_old_versions(stories, tmp_path):
+    story, other = stories.create_story("s"), stories.create_story("t")
+    panel, second = stories.add_panel(story.id, "a"), stories.add_panel(other.id, "b")
+    old = [stories.add_version(panel.id, {}, "tiny", png(size=(64, 64))) for _ in range(3)]
+    kept = stories.add_version(second.id, {}, "tiny", png(size=(64, 64)))
+    stories.add_version(second.id, {}, "tiny", png(size=(64, 64)))
+    exports = stories.database.data_dir / "exports"
+    exports.mkdir()
+    (exports / "story.pdf").write_bytes(b"%PDF" + bytes(1000))
+    report = stories.storage_report(exports)
+    each = old[0].image_path.stat().st_size
+    assert (report.versions, report.exports, report.old_versions, report.old_version_bytes) == (
+        5 * each, 1004, 3, 3 * each)
+    assert report.database > 0 and report.free > 0 and report.total >= report.versions + report.database
+
+    deleted = stories.delete_versions(story.id)
+    assert (deleted.count, deleted.bytes_freed) == (2, 2 * each)  # the active one stays
+    assert [v.id for v in stories.versions(panel.id)] == [old[2].id] and stories.get_panel(panel.id).status == "ready"
+    assert stories.delete_versions(older_than=kept.created).count == 0  # the other story's old one is newer
+    everything = stories.delete_versions(keep_active=False, batch=1)
+    assert everything.count == 3 and stories.storage_report(exports).versions == 0
+    assert stories.get_panel(panel.id).active_version_id is None and stories.get_panel(panel.id).status == "empty"
+
+
+def test_studio_storage_report_and_delete_versions(studio):
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "a lighthouse")
+    first = studio.generate_panel(panel.id)
+    studio.generate_panel(panel.id, new_seed=True)
+    report = studio.storage_report()
+    assert report.old_versions == 1 and report.old_version_bytes > 0 and report.other > 0  # models, reserve
+    assert studio.delete_versions().count == 1 and [v.id for v in studio.versions(panel.id)] != [first.id]
+
+
+FULL_DISK_SCRIPT = r"""
+import io, json, os, sys
+import numpy as np
+from PIL import Image
+from anystory.files import DiskFull
+from anystory.library import Library
+from anystory.storage import StudioDatabase
+from anystory.story import Stories
+
+def png(seed, side):
+    pixels = np.random.default_rng(seed).integers(0, 255, (side, side, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+disk, reserve = sys.argv[1], int(sys.argv[2])
+database = StudioDatabase(os.path.join(disk, "data"), reserve_bytes=reserve)
+stories = Stories(database)
+library = stories.library
+story = stories.create_story("s")
+panel = stories.add_panel(story.id, "a park")
+stories.add_version(panel.id, {}, "tiny", png(0, 32))
+result = {"added": 0}
+try:
+    while True:
+        library.add_character(f"C{result['added']}", "x" * 2000, png(result["added"], 64), png(1, 16), png(2, 16),
+                              os.urandom(30000), "e")
+        result["added"] += 1
+except DiskFull as err:
+    result["add"] = str(err)
+try:  # other programs take what is left
+    with open(os.path.join(disk, "filler"), "wb") as filler:
+        while True:
+            filler.write(bytes(4096))
+            filler.flush()
+except OSError:
+    pass
+def attempt(name, write):
+    try:
+        write()
+        result[name] = "ok"
+    except Exception as err:
+        result[name] = f"{type(err).__name__}: {err}"
+attempt("add_version", lambda: stories.add_version(panel.id, {}, "tiny", png(3, 32)))
+attempt("mark_failed", lambda: stories.mark_failed(panel.id, "the disk is full"))
+for i in range(3):
+    attempt(f"delete_{i}", lambda: library.delete_character(f"C{i}"))
+attempt("delete_versions", lambda: stories.delete_versions(keep_active=False))
+result["status"] = stories.get_panel(panel.id).status
+print(json.dumps(result))
+"""
+
+
+def run_on_a_full_disk(tmp_path: Path, reserve: int) -> dict:
+    """FULL_DISK_SCRIPT on a real 3 MiB file system (a tmpfs in a user namespace: no root needed)."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("unshare") is None:
+        pytest.skip("needs util-linux unshare for a small real file system")
+    mount = tmp_path / f"disk-{reserve}"
+    mount.mkdir()
+    script = tmp_path / "full_disk.py"
+    script.write_text(FULL_DISK_SCRIPT)
+    root = Path(__file__).resolve().parent.parent
+    command = f"mount -t tmpfs -o size=3m tmpfs {mount} && PYTHONPATH={root} {sys.executable} {script} {mount} {reserve}"
+    done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
+                          capture_output=True, text=True, timeout=300)
+    if done.returncode and "mount" in done.stderr and "{" not in done.stdout:
+        pytest.skip(f"no user namespaces here to mount a small tmpfs: {done.stderr.strip()[:200]}")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_on_a_really_full_disk_deletes_and_failure_marks_get_through(tmp_path):
+    result = run_on_a_full_disk(tmp_path, reserve=256 * 1024)
+    assert result["added"] > 5 and result["add"] == DISK_FULL_MESSAGE
+    assert result["add_version"] == f"DiskFull: {DISK_FULL_MESSAGE}"
+    assert result["mark_failed"] == "ok"
+    assert [result[f"delete_{i}"] for i in range(3)] == ["ok"] * 3
+    assert result["delete_versions"] == "ok" and result["status"] == "failed"  # the failure mark stays
+
+
+def test_without_the_reserve_a_full_disk_refuses_even_deletes(tmp_path):
+    """Why the reserve exists: SQLite's write-ahead log must grow before a delete frees anything."""
+    result = run_on_a_full_disk(tmp_path, reserve=0)
+    assert result["delete_0"] == f"DiskFull: {DISK_FULL_MESSAGE}"

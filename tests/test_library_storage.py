@@ -35,7 +35,7 @@ def data_files(data_dir: Path) -> dict[str, bytes]:
     return {
         p.relative_to(data_dir).as_posix(): p.read_bytes()
         for p in sorted(data_dir.rglob("*"))
-        if p.is_file() and not p.name.startswith(storage.DB_NAME)
+        if p.is_file() and not p.name.startswith(storage.DB_NAME) and p.name != storage.RESERVE_NAME
     }
 
 
@@ -202,7 +202,10 @@ def test_odd_names_are_stored_safely(library, database):
         assert character.name == name
         assert character.image_path.parent == database.data_dir / "characters" / str(character.id)
     stored = [p.relative_to(database.data_dir) for p in database.data_dir.rglob("*") if p.is_file()]
-    assert all(p.parts[0] in ("characters", "versions") or p.name.startswith(storage.DB_NAME) for p in stored)
+    assert all(
+        p.parts[0] in ("characters", "versions") or p.name.startswith(storage.DB_NAME) or p.name == storage.RESERVE_NAME
+        for p in stored
+    )
     assert not any(part in ("etc", "passwd", "DC") for p in stored for part in p.parts)
 
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from anystory.library import Library
-from anystory.storage import DB_NAME, StudioDatabase
+from anystory.storage import DB_NAME, RESERVE_NAME, StudioDatabase
 from anystory.mentions import Mention, mentioned_names, rename_mentions, resolve_mentions
 from anystory.story import Stories
 
@@ -30,7 +30,7 @@ def data_files(data_dir: Path) -> dict[str, bytes]:
     return {
         p.relative_to(data_dir).as_posix(): p.read_bytes()
         for p in sorted(data_dir.rglob("*"))
-        if p.is_file() and not p.name.startswith(DB_NAME)
+        if p.is_file() and not p.name.startswith(DB_NAME) and p.name != RESERVE_NAME
     }
 
 

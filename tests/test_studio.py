@@ -8,20 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anystory import AnyStoryPipeline
 from anystory.images import ImageInputError
 from anystory.studio import CharacterInUse, GenerationCancelled, Studio, StudioError
-from anystory.tiny import synthetic_subject, write_tiny_ip_adapter
-
-
-@pytest.fixture(scope="session")
-def public_pipe(tiny_folder, tmp_path_factory):
-    ip_file = write_tiny_ip_adapter(tiny_folder, tmp_path_factory.mktemp("ip") / "ip.safetensors")
-    pipe = AnyStoryPipeline.from_pretrained(
-        str(tiny_folder), adapter="public", ip_adapter=str(ip_file), local_files_only=True
-    )
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
+from anystory.tiny import synthetic_subject
 
 
 @pytest.fixture
