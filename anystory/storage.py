@@ -36,11 +36,13 @@ import sqlite_utils
 
 from .files import (
     DiskFull,
-    disk_full_as_error as _os_disk_full_as_error,
     is_temp_name,
     reserve_space,
     shrink_reserve,
     write_atomic,
+)
+from .files import (
+    disk_full_as_error as _os_disk_full_as_error,
 )
 from .mentions import rename_mentions
 from .names import name_key, numbered_name, visible_name

@@ -36,7 +36,7 @@ from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .storage import StudioDatabase
-from .story import ROUTERS, DeletedVersions, Panel, Stories, StorageReport, Story, Version, check_setting
+from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Story, Version, check_setting
 
 log = logging.getLogger(__name__)
 

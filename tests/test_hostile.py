@@ -26,6 +26,11 @@ from anystory.studio import CharacterInUse, Studio, StudioError
 from anystory.tiny import synthetic_subject
 from ui.common import error_message
 
+from .test_browser import browser, open_page
+from .ui_support import IGNORE_GRADIO_WARNINGS, gradio_temp, preview_pipe
+
+__all__ = ["browser", "gradio_temp", "preview_pipe"]  # fixtures used by name
+
 pytestmark = pytest.mark.hostile
 
 
@@ -459,7 +464,8 @@ def run_on_a_full_disk(tmp_path: Path, reserve: int) -> dict:
     script = tmp_path / "full_disk.py"
     script.write_text(FULL_DISK_SCRIPT)
     root = Path(__file__).resolve().parent.parent
-    command = f"mount -t tmpfs -o size=3m tmpfs {mount} && PYTHONPATH={root} {sys.executable} {script} {mount} {reserve}"
+    python = f"PYTHONPATH={root} {sys.executable} {script} {mount} {reserve}"
+    command = f"mount -t tmpfs -o size=3m tmpfs {mount} && {python}"
     done = subprocess.run(["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", command],
                           capture_output=True, text=True, timeout=300)
     if done.returncode and "mount" in done.stderr and "{" not in done.stdout:
@@ -481,3 +487,39 @@ def test_without_the_reserve_a_full_disk_refuses_even_deletes(tmp_path):
     """Why the reserve exists: SQLite's write-ahead log must grow before a delete frees anything."""
     result = run_on_a_full_disk(tmp_path, reserve=0)
     assert result["delete_0"] == f"DiskFull: {DISK_FULL_MESSAGE}"
+
+
+@IGNORE_GRADIO_WARNINGS
+@pytest.mark.browser
+@pytest.mark.slow
+def test_the_storage_part_shows_the_folder_and_deletes_old_versions(browser, gradio_temp, preview_pipe, tmp_path):
+    """The Storyboard tab's Storage part in a real browser: sizes, free space, the confirmed bulk delete."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from .ui_support import launch, preview_studio
+
+    studio = preview_studio(tmp_path / "data", preview_pipe, side=64)
+    story = studio.create_story("The walk")
+    panel = studio.add_panel(story.id, "a lighthouse")
+    studio.generate_panel(panel.id)
+    active = studio.generate_panel(panel.id, new_seed=True)
+    demo, url = launch(studio)
+    try:
+        page = open_page(browser, url)
+        page.locator("button[role=tab]:has-text('Storyboard')").first.click()
+        page.locator("#storage").get_by_text("Storage", exact=True).click()
+        summary = page.locator("#storage-summary")
+        expect(summary).to_contain_text("Free on its disk")
+        expect(summary).to_contain_text(re.compile(r"Old versions.*: 1, "))
+        page.locator("#delete-old-versions").click()
+        expect(page.locator("#delete-old-question")).to_contain_text("Delete 1 old version(s)")
+        page.locator("#delete-old-confirm").click()
+        expect(page.locator("#storyboard-status")).to_contain_text("deleted 1 old version(s)")
+        expect(summary).to_contain_text(re.compile(r"Old versions.*: 0, "))
+        expect(page.locator("#delete-old-question")).to_be_hidden()
+        assert [v.id for v in studio.versions(panel.id)] == [active.id]
+        page.close()
+    finally:
+        demo.close()

@@ -8,6 +8,7 @@ Cancel, versions, the router's overlay, exports and imports.
     generation.py  generate, re-roll, generate all, cancel
     versions.py    inspect a version, make it active, redraw the overlay
     files.py       export and import
+    storage.py     the data folder's size and free space; delete old versions
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from .files import wire_files
 from .generation import Generation
 from .layout import StoryboardLayout, layout_storyboard
 from .panels import wire_panels, wire_stories
+from .storage import wire_storage
 from .versions import wire_versions
 from .view import StoryboardView
 
@@ -41,6 +43,7 @@ def build_storyboard_tab(sessions: Sessions) -> StoryboardTab:
     Generation(tab, view, sessions).wire()
     wire_versions(tab, view, sessions)
     wire_files(tab, view, sessions)
+    wire_storage(tab, view, sessions)
     return StoryboardTab(refresh=refresh, inputs=[tab.bar.story_pick, tab.strip.panel_pick], outputs=tab.view_outputs)
 
 

@@ -341,6 +341,35 @@ class StoryFiles:
 
 
 @dataclass
+class StoragePart:
+    """The data folder's size and free space, and a bulk delete of old versions (with a confirmation)."""
+
+    accordion: gr.Accordion
+    summary: gr.Markdown
+    refresh: gr.Button
+    delete_old: gr.Button
+    confirm_row: gr.Row
+    confirm_text: gr.Markdown
+    confirm: gr.Button
+    keep: gr.Button
+
+    @classmethod
+    def create(cls) -> StoragePart:
+        with gr.Accordion("Storage", open=False, elem_id="storage") as accordion:
+            summary = gr.Markdown(elem_id="storage-summary")
+            with gr.Row():
+                refresh = gr.Button("Refresh", scale=1, elem_id="storage-refresh")
+                delete_old = gr.Button(
+                    "Delete old versions (keep active)", variant="stop", scale=2, elem_id="delete-old-versions"
+                )
+            with gr.Row(visible=False, equal_height=True) as confirm_row:
+                confirm_text = gr.Markdown(elem_id="delete-old-question")
+                confirm = gr.Button("Yes, delete them", variant="stop", scale=1, elem_id="delete-old-confirm")
+                keep = gr.Button("No, keep them", scale=1, elem_id="delete-old-keep")
+        return cls(accordion, summary, refresh, delete_old, confirm_row, confirm_text, confirm, keep)
+
+
+@dataclass
 class StoryboardLayout:
     """Every component of the tab, by part."""
 
@@ -352,6 +381,7 @@ class StoryboardLayout:
     inspector: VersionInspector
     overlay: RouteOverlay
     files: StoryFiles
+    storage: StoragePart
 
     @property
     def view_outputs(self) -> list:
@@ -409,7 +439,8 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
             inspector = VersionInspector.create()
     overlay = RouteOverlay.create()
     files = StoryFiles.create()
-    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files)
+    storage = StoragePart.create()
+    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage)
 
 
 __all__ = ["ALL_LAYERS", "StoryboardLayout", "aspect_sizes", "layout_storyboard"]
