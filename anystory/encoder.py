@@ -24,6 +24,7 @@ from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
 
 from .attention import _plain_attention, transformer_blocks
+from .images import to_rgb
 
 CROP_MARGIN = 0.04  # square crop around the mask's bounding box, ~4% margin (as the official demo)
 
@@ -46,17 +47,10 @@ def to_rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | Non
         raise ValueError(f"a subject image must be a PIL image, got {type(image).__name__}")
     if image.width < 1 or image.height < 1:
         raise ValueError("the subject image is empty")
-    if image.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I", "F"):
-        # High bit depth greyscale: scale to 8 bits instead of letting PIL clip at 255.
-        values = np.asarray(image, dtype=np.float64)
-        top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max()), 1.0)
-        image = Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L")
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
-        rgba = image.convert("RGBA")
-        return rgba.convert("RGB"), rgba.getchannel("A")
-    return image.convert("RGB"), None
+    image = to_rgb(image, "subject image")  # the same conversion as the app's door (images.py)
+    if image.mode == "RGBA":
+        return image.convert("RGB"), image.getchannel("A")
+    return image, None
 
 
 def mask_array(mask, size: tuple[int, int]) -> np.ndarray:

@@ -2,7 +2,9 @@
 
 Limits (README "Bad input"): files over 20 MB are refused; an image whose header declares more
 than 64 megapixels is refused before it is decoded (decompression bombs); sides over 4096 px are
-downscaled, keeping the aspect ratio; sides under 16 px are refused.
+downscaled, keeping the aspect ratio; sides under 16 px are refused. Every picture leaves here as
+8-bit RGB or RGBA (`to_rgb`: CMYK, LAB, 16-bit, float, palette and 1-bit pictures converted, an
+embedded ICC profile honoured), so nothing after the door meets another colour mode.
 """
 
 from __future__ import annotations
@@ -39,10 +41,79 @@ def read_image(source, what: str = "image") -> Image.Image:
         image = _decode(data, what)
     _check_size(image.width, image.height, what)
     image = ImageOps.exif_transpose(image) if image.getexif() else image
+    image = to_rgb(image, what)
     if max(image.size) > MAX_SIDE:
         image = image.copy()
         image.thumbnail((MAX_SIDE, MAX_SIDE), Image.LANCZOS)
     return image
+
+
+_WITH_ALPHA = ("RGBA", "LA", "PA", "RGBa", "La")
+_DEEP_GREY = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def to_rgb(image: Image.Image, what: str = "image") -> Image.Image:
+    """Any colour mode Pillow decodes -> 8-bit "RGB", or "RGBA" when it has transparency.
+
+    An embedded ICC profile (a CMYK print profile, Adobe RGB...) is honoured through LittleCMS
+    (PIL.ImageCms), as is LAB; 16-bit and float greys are scaled to 8 bits rather than clipped
+    (a float picture in [0, 1] or in [0, max]). A mode that cannot be converted is refused with
+    an ImageInputError, before any model sees the picture."""
+    if image.mode in ("RGB", "RGBA") and not _foreign_profile(image):
+        return image
+    try:
+        converted = _through_profile(image)
+        if converted is not None:
+            return converted
+        if image.mode in _DEEP_GREY:
+            values = np.nan_to_num(np.asarray(image, dtype=np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+            top = 65535.0 if image.mode.startswith("I;16") else max(float(values.max(initial=0.0)), 1.0)
+            return Image.fromarray(np.clip(values / top * 255.0 + 0.5, 0, 255).astype(np.uint8), "L").convert("RGB")
+        if image.mode in _WITH_ALPHA or (image.mode == "P" and "transparency" in image.info):
+            if image.mode == "La":  # premultiplied grey: Pillow converts it through LA only
+                image = image.convert("LA")
+            return image.convert("RGBA")
+        return image.convert("RGB")
+    except (ValueError, OSError) as err:
+        raise ImageInputError(
+            f"the {what} has the colour mode {image.mode}, which cannot be converted to RGB ({err}): "
+            "save it as an RGB PNG or JPEG"
+        ) from err
+
+
+def _foreign_profile(image: Image.Image) -> bool:
+    """True when the picture embeds an ICC profile other than sRGB."""
+    profile = image.info.get("icc_profile")
+    if not profile:
+        return False
+    try:
+        from PIL import ImageCms
+
+        return "srgb" not in ImageCms.getProfileDescription(ImageCms.ImageCmsProfile(io.BytesIO(profile))).lower()
+    except Exception:  # noqa: BLE001 - an unreadable profile is ignored (plain conversion)
+        return False
+
+
+def _through_profile(image: Image.Image) -> Image.Image | None:
+    """The picture transformed to sRGB by its ICC profile (LAB by the built-in LAB profile), or
+    None when there is no profile to honour or LittleCMS cannot use it."""
+    from PIL import ImageCms
+
+    alpha = image.mode in ("RGBA", "LA", "PA")
+    if image.mode == "LAB":
+        source = ImageCms.createProfile("LAB")
+    elif _foreign_profile(image) and image.mode in ("RGB", "RGBA", "CMYK", "L"):
+        source = ImageCms.ImageCmsProfile(io.BytesIO(image.info["icc_profile"]))
+    else:
+        return None
+    try:
+        return ImageCms.profileToProfile(
+            image, source, ImageCms.createProfile("sRGB"), outputMode="RGBA" if alpha else "RGB"
+        )
+    except (ImageCms.PyCMSError, ValueError, OSError) as err:
+        if image.mode == "LAB":  # no plain conversion gives LAB's colours
+            raise ValueError(f"LittleCMS could not convert it: {err}") from err
+        return None  # an unusable profile: the plain conversion below
 
 
 def _read_bytes(source, what: str) -> bytes:
@@ -94,8 +165,8 @@ def read_mask(source, size: tuple[int, int]) -> tuple[Image.Image, str]:
     refused; a mask covering everything is accepted with a warning (the background becomes part
     of the character).
     """
-    mask = read_image(source, "mask") if not isinstance(source, Image.Image) else source
-    if mask.mode in ("RGBA", "LA", "PA") and np.asarray(mask.getchannel("A")).min() < 255:
+    mask = read_image(source, "mask") if not isinstance(source, Image.Image) else to_rgb(source, "mask")
+    if mask.mode == "RGBA" and np.asarray(mask.getchannel("A")).min() < 255:
         mask = mask.getchannel("A")
     mask = mask.convert("L")
     if mask.size != size:

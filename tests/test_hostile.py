@@ -523,3 +523,89 @@ def test_the_storage_part_shows_the_folder_and_deletes_old_versions(browser, gra
         page.close()
     finally:
         demo.close()
+
+
+# -- 3. colour modes -----------------------------------------------------------------------------------
+
+
+def saved(image: Image.Image, fmt: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **options)
+    return buffer.getvalue()
+
+
+def picture_in(kind: str):
+    """A test picture of one colour mode, as the file (bytes) a user uploads, or a PIL image."""
+    import numpy as np
+    from PIL import ImageCms
+
+    rgb, rgba = synthetic_subject(3, alpha=False), synthetic_subject(3, alpha=True)
+    grey = np.asarray(rgb.convert("L"))
+    if kind == "CMYK JPEG":
+        return saved(rgb.convert("CMYK"), "JPEG", quality=95)
+    if kind == "CMYK TIFF":
+        return saved(rgb.convert("CMYK"), "TIFF")
+    if kind == "LAB TIFF":
+        lab = ImageCms.profileToProfile(rgb, ImageCms.createProfile("sRGB"), ImageCms.createProfile("LAB"),
+                                        outputMode="LAB")
+        return saved(lab, "TIFF")
+    if kind == "F TIFF":
+        return saved(Image.fromarray(grey.astype(np.float32) / 255.0, "F"), "TIFF")
+    if kind == "I;16 PNG":
+        return saved(Image.fromarray(grey.astype(np.uint16) * 257), "PNG")
+    if kind == "I TIFF":
+        return saved(Image.fromarray(grey.astype(np.int32) * 1000, "I"), "TIFF")
+    if kind == "LA PNG":
+        return saved(rgba.convert("LA"), "PNG")
+    if kind == "PA image":
+        return rgba.convert("PA")
+    if kind == "P with transparency PNG":
+        palette = rgba.convert("RGB").quantize(64)
+        palette.putpixel((0, 0), 0)
+        return saved(palette, "PNG", transparency=0)
+    if kind == "1-bit PNG":
+        return saved(rgb.convert("1"), "PNG")
+    if kind == "RGB PNG with a broken ICC profile":
+        return saved(rgb, "PNG", icc_profile=b"not a profile at all")
+    raise AssertionError(kind)
+
+
+COLOUR_MODES = ["CMYK JPEG", "CMYK TIFF", "LAB TIFF", "F TIFF", "I;16 PNG", "I TIFF", "LA PNG", "PA image",
+                "P with transparency PNG", "1-bit PNG", "RGB PNG with a broken ICC profile"]
+
+
+@pytest.mark.parametrize("kind", COLOUR_MODES)
+def test_every_colour_mode_is_rgb_before_the_encoder_sees_it(studio, monkeypatch, kind):
+    seen = []
+    real = studio.pipeline.encode_subject
+
+    def encode(image, mask=None, **kwargs):
+        seen.append((image.mode, None if mask is None else mask.mode))
+        return real(image, mask, **kwargs)
+
+    monkeypatch.setattr(studio.pipeline, "encode_subject", encode)
+    character = studio.add_character("Mia", "a girl", picture_in(kind))
+    stored = Image.open(character.image_path)
+    assert stored.format == "PNG" and stored.mode in ("RGB", "RGBA")
+    again = studio.update_character(character.id, image=picture_in(kind))
+    assert Image.open(again.image_path).mode in ("RGB", "RGBA")
+    assert studio.encode_count == len(seen) == 2
+    assert all(mode in ("RGB", "RGBA") and mask == "L" for mode, mask in seen)
+
+
+def test_colour_conversions_keep_the_colours():
+    import numpy as np
+
+    from anystory.images import read_image
+
+    reference = np.asarray(synthetic_subject(3, alpha=False), dtype=np.float32)
+    for kind in ("CMYK JPEG", "CMYK TIFF", "LAB TIFF"):
+        picture = read_image(picture_in(kind))
+        assert picture.mode == "RGB"
+        assert np.abs(np.asarray(picture, dtype=np.float32) - reference).mean() < 6, kind  # not a band copy
+    grey = np.asarray(synthetic_subject(3, alpha=False).convert("L"), dtype=np.float32)
+    for kind in ("F TIFF", "I;16 PNG", "I TIFF"):  # scaled to 8 bits, not clipped to white
+        values = np.asarray(read_image(picture_in(kind)).convert("L"), dtype=np.float32)
+        scale = 1000 * 255 / (grey.max() * 1000) if kind == "I TIFF" else 1.0
+        assert np.abs(values - grey * scale).mean() < 2, kind
+    assert read_image(picture_in("P with transparency PNG")).mode == "RGBA"
