@@ -15,7 +15,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 MAX_FILE_BYTES = 20 * 1024 * 1024
 MAX_PIXELS = 64_000_000
@@ -135,20 +135,44 @@ def _read_bytes(source, what: str) -> bytes:
     return data
 
 
-def _decode(data: bytes, what: str) -> Image.Image:
+def _decode(data: bytes | Path, what: str, max_side: int | None = None) -> Image.Image:
+    """Decode a whole picture with the bomb guard: its size is checked from the header, before
+    any pixel is decoded (`_check_size` for uploads; at most `max_side` a side for stored ones)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            _check_size(image.width, image.height, what)  # from the header, before decoding pixels
+            image = Image.open(io.BytesIO(data) if isinstance(data, bytes) else data)
+            if max_side is None:
+                _check_size(image.width, image.height, what)
+            elif max(image.width, image.height) > max_side:
+                raise ImageInputError(
+                    f"the {what} is {image.width}x{image.height}: larger than the app stores "
+                    f"(at most {max_side} px a side), refused"
+                )
             image.load()
     except ImageInputError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageInputError(f"the {what} declares too many pixels to decode safely ({err})") from err
+    except UnidentifiedImageError as err:  # its message names the (temporary) file: not for the user
+        raise ImageInputError(
+            f"the {what} is not a readable picture (not an image file, or of a kind Pillow does not read)"
+        ) from err
     except Exception as err:  # Pillow raises many types for truncated or foreign files
         raise ImageInputError(f"the {what} is not a readable picture (corrupt, truncated or not an image): {err}") from err
     return image
+
+
+def check_stored_picture(path: str | os.PathLike, what: str, max_side: int) -> None:
+    """A picture file an archive brings (a character's image, mask or thumbnail, a panel version):
+    a PNG decoded whole with the uploads' bomb guard, at most `max_side` px a side. Anything
+    corrupt, truncated or foreign is refused here, before the import writes a row."""
+    image = _decode(Path(path), what, max_side=max_side)
+    try:
+        if image.format != "PNG":
+            raise ImageInputError(f"the {what} is a {image.format} file; the app stores PNG only")
+    finally:
+        image.close()
 
 
 def _check_size(width: int, height: int, what: str) -> None:

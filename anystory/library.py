@@ -7,23 +7,41 @@ images so every panel reuses them. Rows live in the `characters` table, files in
 
 from __future__ import annotations
 
+import filecmp
 import json
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .archive import check_archive, read_archive, read_json, safe_member_name, stored_file_name
+from .archive import (
+    MiB,
+    StagedMembers,
+    check_archive,
+    png_size_bound,
+    read_archive,
+    read_json,
+    safe_member_name,
+    staged_members,
+    stored_file_name,
+)
 from .files import open_atomic
 from .mentions import rename_mentions
 from .names import name_key, numbered_name, validate_name
-from .storage import PNG_SIGNATURE, StudioDatabase, Transaction, now, require_png, token
+from .storage import StudioDatabase, Transaction, now, require_png, token
 
 STATUSES = ("ready", "stale", "missing", "failed")
 ARCHIVE_JSON = "characters.json"
 ARCHIVE_FORMAT = "anystory.characters"
 ARCHIVE_VERSION = 1
+# What the app stores, so what an archive may bring: pictures at most 4096 px a side
+# (images.MAX_SIDE: uploads are downscaled to it) in RGBA at worst; encodings of the real
+# model are 43 MB (98 MB in the older format 1); the limit leaves room for fp32.
+MAX_STORED_SIDE = 4096
+MAX_PICTURE_BYTES = png_size_bound(MAX_STORED_SIDE, MAX_STORED_SIDE, 4)
+MAX_ENCODING_BYTES = 256 * MiB
 
 # role -> (row column, file suffix)
 _FILES = {
@@ -380,7 +398,8 @@ class Library:
 
     @staticmethod
     def check_archive_records(archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> list[dict]:
-        """Validate characters.json and the files it names, reading (not writing) everything."""
+        """Validate characters.json and the names of the files it lists (`stage_records` checks
+        the files themselves)."""
         data = read_json(archive, members, ARCHIVE_JSON)
         if data.get("format") != ARCHIVE_FORMAT:
             raise ValueError(f"{ARCHIVE_JSON} is not an AnyStory character list")
@@ -428,9 +447,6 @@ class Library:
                 stored_file_name(PurePosixPath(member).name)
                 if member not in members:
                     raise ValueError(f"{where}: the archive lacks its {role} file {member!r}")
-                if role != "encoding":
-                    with archive.open(members[member]) as f:
-                        require_png(f.read(len(PNG_SIGNATURE)), f"{where}: the {role} file")
                 checked_files[role] = member
             checked.append(
                 {
@@ -446,9 +462,27 @@ class Library:
             )
         return checked
 
-    def _insert_archived(
-        self, tx: Transaction, archive: zipfile.ZipFile, record: dict, name: str, keep_id: bool
-    ) -> int:
+    @staticmethod
+    def archived_members(records: list[dict]) -> list[str]:
+        """The archive members checked records use."""
+        return [member for record in records for member in record["files"].values()]
+
+    @staticmethod
+    def stage_records(
+        staged: StagedMembers, records: list[dict], check_picture: Callable[[Path, str, int], None]
+    ) -> None:
+        """Stream every file of checked records into the staging folder, within its kind's limit,
+        and decode every picture (`check_picture(path, what, max_side)`, the uploads' bomb guard):
+        all before the import writes a row."""
+        for i, record in enumerate(records):
+            for role, member in record["files"].items():
+                what = f"{ARCHIVE_JSON} character {i + 1} ({record['name']}): the {role}"
+                limit = MAX_ENCODING_BYTES if role == "encoding" else MAX_PICTURE_BYTES
+                path = staged.stage(member, limit, what)
+                if role != "encoding":
+                    check_picture(path, what, MAX_STORED_SIDE)
+
+    def _insert_archived(self, tx: Transaction, staged: StagedMembers, record: dict, name: str, keep_id: bool) -> int:
         """Insert one checked archive record (inside the caller's transaction); returns its id."""
         row = {
             "name": name,
@@ -469,7 +503,7 @@ class Library:
         folder = PurePosixPath("characters", str(character_id))
         tx.fresh_folder(folder)
         paths = {
-            _FILES[role][0]: tx.write(folder / PurePosixPath(member).name, archive.read(member))
+            _FILES[role][0]: tx.move_in(staged.path(member), folder / PurePosixPath(member).name)
             for role, member in record["files"].items()
         }
         self.db["characters"].update(character_id, paths)
@@ -486,9 +520,9 @@ class Library:
         return candidate
 
     def import_records(
-        self, tx: Transaction, archive: zipfile.ZipFile, records: list[dict], on_clash: str, keep_ids: bool
+        self, tx: Transaction, staged: StagedMembers, records: list[dict], on_clash: str, keep_ids: bool
     ) -> dict[int, int | None]:
-        """Insert checked records; returns archive id -> new id (None when skipped).
+        """Insert checked, staged records; returns archive id -> new id (None when skipped).
 
         `on_clash`: "rename" gives a free name, "skip" leaves the archived one out, "reuse" maps
         to the library's character of that name when image, mask and description are the same
@@ -503,33 +537,44 @@ class Library:
                 if on_clash == "skip":
                     mapping[record["id"]] = None
                     continue
-                if on_clash == "reuse" and self._same_character(existing[0], archive, record):
+                if on_clash == "reuse" and self._same_character(existing[0], staged, record):
                     mapping[record["id"]] = existing[0]["id"]
                     continue
                 name = self._free_name(name, taken)
             taken.add(name_key(name))
-            mapping[record["id"]] = self._insert_archived(tx, archive, record, name, keep_ids)
+            mapping[record["id"]] = self._insert_archived(tx, staged, record, name, keep_ids)
         return mapping
 
-    def _same_character(self, row: dict, archive: zipfile.ZipFile, record: dict) -> bool:
+    def _same_character(self, row: dict, staged: StagedMembers, record: dict) -> bool:
         """Same description, image and mask: an archived character that is already here."""
         return row["description"] == record["description"] and all(
-            self.database.read_bytes(row[_FILES[role][0]]) == archive.read(record["files"][role])
+            filecmp.cmp(self.database.absolute(row[_FILES[role][0]]), staged.path(record["files"][role]), shallow=False)
             for role in ("image", "mask")
         )
 
-    def import_characters(self, path: str | os.PathLike, on_clash: str = "rename") -> list[Character]:
+    def import_characters(
+        self,
+        path: str | os.PathLike,
+        on_clash: str = "rename",
+        *,
+        check_picture: Callable[[Path, str, int], None],
+    ) -> list[Character]:
         """Import an `export_characters` zip; returns the characters added.
 
-        The whole archive is checked before anything is written (names, paths, sizes, JSON,
-        PNG data), and it is imported in one transaction. A name already in the library is
-        renamed ("Mia (2)") with on_clash="rename", or left out with "skip".
+        The whole archive is checked before a row is written (names, paths, sizes, JSON; every
+        file streamed to a staging folder within its limit, every picture decoded by
+        `check_picture`, e.g. `images.check_stored_picture`), and it is imported in one
+        transaction. A name already in the library is renamed ("Mia (2)") with
+        on_clash="rename", or left out with "skip".
         """
         if on_clash not in ("rename", "skip"):
             raise ValueError(f"on_clash must be 'rename' or 'skip', got {on_clash!r}")
         with read_archive(path) as archive:
             members = check_archive(archive)
             records = self.check_archive_records(archive, members)
-            with self.database.transaction() as tx:
-                mapping = self.import_records(tx, archive, records, on_clash, keep_ids=False)
+            needed = self.archived_members(records)
+            with staged_members(archive, members, self.database.data_dir, needed) as staged:
+                self.stage_records(staged, records, check_picture)
+                with self.database.transaction() as tx:
+                    mapping = self.import_records(tx, staged, records, on_clash, keep_ids=False)
         return [self.get_character(new) for new in mapping.values() if new is not None]

@@ -72,6 +72,7 @@ _BASE_COLOURS: tuple[RGB, ...] = (
 )
 
 _LEGEND_INK: RGB = (25, 25, 25)
+MAX_EXPANDED_GATES = 1 << 31  # one-hot gates a route-map file may expand to (~200x a 25-step 1024x1024 record)
 _FORMAT_VERSION = 1
 
 
@@ -635,8 +636,11 @@ def load_route_maps(path: Path) -> tuple[np.ndarray, list[dict] | None]:
             grid = tuple(int(v) for v in data[prefix + "grid"])
             if prefix + "slots" in data.files:
                 num_slots = int(data[prefix + "num_slots"])
-                indices = data[prefix + "slots"].astype(np.int64)
-                gates = np.moveaxis(np.eye(num_slots, dtype=bool)[indices], -1, -3)
+                indices = data[prefix + "slots"]
+                if not 1 <= num_slots <= 65536 or indices.size * num_slots > MAX_EXPANDED_GATES:
+                    raise ValueError(f"{path}: the route record claims {num_slots} slots over {indices.size} sites")
+                one_hot = indices.astype(np.int64)[..., None] == np.arange(num_slots)  # no num_slots² eye
+                gates = np.moveaxis(one_hot, -1, -3)
             else:
                 gates = data[prefix + "gates"]
             for order, step, site, entry_gates in zip(

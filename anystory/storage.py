@@ -37,6 +37,7 @@ import sqlite_utils
 from .files import (
     DiskFull,
     is_temp_name,
+    move_into_place,
     reserve_space,
     shrink_reserve,
     write_atomic,
@@ -375,6 +376,13 @@ class Transaction:
             os.link(source, path)
         except OSError:
             write_atomic(path, Path(source).read_bytes())
+        self._created.append(path)
+        return PurePosixPath(relative).as_posix()
+
+    def move_in(self, source: Path, relative: str | PurePosixPath) -> str:
+        """Move a complete file (a staged import) to `relative`; removed on rollback like a write."""
+        path = self.data_dir / relative
+        move_into_place(source, path)
         self._created.append(path)
         return PurePosixPath(relative).as_posix()
 

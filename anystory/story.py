@@ -12,11 +12,23 @@ import math
 import os
 import shutil
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .archive import check_archive, read_archive, read_json, safe_member_name, stored_file_name
+from .archive import (
+    MiB,
+    StagedMembers,
+    check_archive,
+    check_zip_file,
+    png_size_bound,
+    read_archive,
+    read_json,
+    safe_member_name,
+    staged_members,
+    stored_file_name,
+)
 from .files import open_atomic
 from .library import Library
 from .mentions import mentioned_names, rename_mentions
@@ -29,6 +41,13 @@ PANEL_STATUSES = ("empty", "ready", "outdated", "failed")
 PROJECT_JSON = "project.json"
 PROJECT_FORMAT = "anystory.project"
 PROJECT_VERSION = 1
+MAX_PANEL_SIDE = 8192  # px: the largest width or height a panel takes
+# What a project archive may bring besides its cast (library.py): panel images as large as the
+# largest panel (RGB PNG), route maps (a compressed .npz: about 1 MB for 25 steps at 1024x1024
+# with the record) whose arrays inflate to at most MAX_ROUTE_MAPS_INFLATED.
+MAX_PANEL_PICTURE_BYTES = png_size_bound(MAX_PANEL_SIDE, MAX_PANEL_SIDE, 3)
+MAX_ROUTE_MAPS_BYTES = 64 * MiB
+MAX_ROUTE_MAPS_INFLATED = 512 * MiB
 
 # The settings a generation depends on, with their defaults; changing one outdates the panel's image.
 PANEL_DEFAULTS: dict[str, Any] = {
@@ -171,7 +190,7 @@ def check_setting(key: str, value: Any) -> Any:
     if key == "guidance":
         return _float(value, "guidance", 0.0, 100.0)
     if key in ("width", "height"):
-        size = _int(value, key, 64, 8192)
+        size = _int(value, key, 64, MAX_PANEL_SIDE)
         if size % 8:
             raise ValueError(f"{key} must be a multiple of 8 (the latent grid), got {size}")
         return size
@@ -762,9 +781,6 @@ class Stories:
                 stored_file_name(PurePosixPath(member).name)
                 if member not in members:
                     raise ValueError(f"{where}: the archive lacks {member!r}")
-                if key == "image":
-                    with archive.open(members[member]) as fh:
-                        require_png(fh.read(8), f"{where}: the image")
                 files[key] = member
             versions.append(
                 {
@@ -791,81 +807,109 @@ class Stories:
             for table in ("characters", "stories", "panels", "versions")
         )
 
-    def import_project(self, path: str | os.PathLike) -> Story:
+    def import_project(
+        self, path: str | os.PathLike, *, check_picture: Callable[[Path, str, int], None]
+    ) -> Story:
         """Import an `export_project` zip as a new story; returns it.
 
-        Everything is checked first (member names — nothing may escape the data folder —, sizes,
-        JSON, PNG data); then all rows and files are written in one transaction. Into an empty
-        data folder the import is identical (same ids, rows and files). Otherwise ids are new, a
-        cast member already in the library (same name, description, image and mask) is reused,
-        and a different character with a taken name is renamed ("Mia (2)"), prompts following.
+        Everything is checked before a row is written: member names (nothing may escape the data
+        folder), sizes, JSON, and every file, streamed to a staging folder within its kind's
+        limit, every picture decoded by `check_picture` (e.g. `images.check_stored_picture`).
+        Then all rows and files go in one transaction. Into an empty data folder the import is
+        identical (same ids, rows and files). Otherwise ids are new, a cast member already in the
+        library (same name, description, image and mask) is reused, and a different character
+        with a taken name is renamed ("Mia (2)"), prompts following.
         """
         with read_archive(path) as archive:
             members = check_archive(archive)
             project = self._check_project(archive, members)
             records = self.library.check_archive_records(archive, members)
-            with self.database.transaction() as tx:
-                keep = self._is_empty()
-                before = {r["id"]: r["name"] for r in records}
-                cast = self.library.import_records(tx, archive, records, on_clash="reuse", keep_ids=keep)
-                renamed = {}
-                for old_id, new_id in cast.items():
-                    if new_id is not None:
-                        new_name = self.db.execute("SELECT name FROM characters WHERE id = ?", [new_id]).fetchone()[0]
-                        if new_name != before[old_id]:
-                            renamed[before[old_id]] = new_name
-                story = project["story"]
-                row = {k: story[k] for k in ("title", "created", "updated")}
-                if keep:
-                    row["id"] = story["id"]
-                story_id = int(self.db["stories"].insert(row).last_pk)
-                panel_ids: dict[int, int] = {}
-                for position, panel in enumerate(project["panels"]):
-                    settings = self._remap_settings(panel["settings"], cast, renamed)
-                    row = {
-                        **_to_row(settings),
-                        "story_id": story_id,
-                        "position": position,
-                        "active_version_id": None,
-                        "status": panel["status"],
-                        "error": panel["error"],
-                        "created": panel["created"],
-                        "updated": panel["updated"],
-                    }
-                    if keep:
-                        row["id"] = panel["id"]
-                    panel_ids[panel["id"]] = int(self.db["panels"].insert(row).last_pk)
-                version_ids: dict[int, int] = {}
-                for version in project["versions"]:
-                    row = {
-                        "panel_id": panel_ids[version["panel_id"]],
-                        "settings": _json_dump(version["settings"], "version settings"),
-                        "model_id": version["model_id"],
-                        "image_path": "",
-                        "route_map_path": None,
-                        "created": version["created"],
-                    }
-                    if keep:
-                        row["id"] = version["id"]
-                    version_id = int(self.db["versions"].insert(row).last_pk)
-                    version_ids[version["id"]] = version_id
-                    folder = PurePosixPath("versions", str(version_id))
-                    tx.fresh_folder(folder)
-                    paths = {
-                        column: tx.write(
-                            folder / PurePosixPath(version["files"][key]).name, archive.read(version["files"][key])
-                        )
-                        for key, column in (("image", "image_path"), ("route_maps", "route_map_path"))
-                        if key in version["files"]
-                    }
-                    self.db["versions"].update(version_id, paths)
-                for panel in project["panels"]:
-                    if panel["active_version_id"] is not None:
-                        self.db.execute(
-                            "UPDATE panels SET active_version_id = ? WHERE id = ?",
-                            [version_ids[panel["active_version_id"]], panel_ids[panel["id"]]],
-                        )
+            needed = self.library.archived_members(records)
+            needed += [member for version in project["versions"] for member in version["files"].values()]
+            with staged_members(archive, members, self.database.data_dir, needed) as staged:
+                self.library.stage_records(staged, records, check_picture)
+                self._stage_versions(staged, project["versions"], check_picture)
+                with self.database.transaction() as tx:
+                    story_id = self._insert_project(tx, staged, project, records)
         return self.get_story(story_id)
+
+    @staticmethod
+    def _stage_versions(
+        staged: StagedMembers, versions: list[dict], check_picture: Callable[[Path, str, int], None]
+    ) -> None:
+        """Stream the versions' files into the staging folder; decode every panel image; check
+        that a route-map file holds no nested bomb."""
+        for i, version in enumerate(versions):
+            where = f"{PROJECT_JSON} version {i + 1}"
+            image = staged.stage(version["files"]["image"], MAX_PANEL_PICTURE_BYTES, f"{where}: the image")
+            check_picture(image, f"{where}: the image", MAX_PANEL_SIDE)
+            member = version["files"].get("route_maps")
+            if member is not None:
+                maps = staged.stage(member, MAX_ROUTE_MAPS_BYTES, f"{where}: the route maps")
+                if member.endswith(".npz"):  # the app's own format: a zip of arrays
+                    check_zip_file(maps, f"{where}: the route maps", max_total=MAX_ROUTE_MAPS_INFLATED)
+
+    def _insert_project(self, tx: Transaction, staged: StagedMembers, project: dict, records: list[dict]) -> int:
+        """The rows and files of a checked, staged project (inside the import's transaction)."""
+        keep = self._is_empty()
+        before = {r["id"]: r["name"] for r in records}
+        cast = self.library.import_records(tx, staged, records, on_clash="reuse", keep_ids=keep)
+        renamed = {}
+        for old_id, new_id in cast.items():
+            if new_id is not None:
+                new_name = self.db.execute("SELECT name FROM characters WHERE id = ?", [new_id]).fetchone()[0]
+                if new_name != before[old_id]:
+                    renamed[before[old_id]] = new_name
+        story = project["story"]
+        row = {k: story[k] for k in ("title", "created", "updated")}
+        if keep:
+            row["id"] = story["id"]
+        story_id = int(self.db["stories"].insert(row).last_pk)
+        panel_ids: dict[int, int] = {}
+        for position, panel in enumerate(project["panels"]):
+            settings = self._remap_settings(panel["settings"], cast, renamed)
+            row = {
+                **_to_row(settings),
+                "story_id": story_id,
+                "position": position,
+                "active_version_id": None,
+                "status": panel["status"],
+                "error": panel["error"],
+                "created": panel["created"],
+                "updated": panel["updated"],
+            }
+            if keep:
+                row["id"] = panel["id"]
+            panel_ids[panel["id"]] = int(self.db["panels"].insert(row).last_pk)
+        version_ids: dict[int, int] = {}
+        for version in project["versions"]:
+            row = {
+                "panel_id": panel_ids[version["panel_id"]],
+                "settings": _json_dump(version["settings"], "version settings"),
+                "model_id": version["model_id"],
+                "image_path": "",
+                "route_map_path": None,
+                "created": version["created"],
+            }
+            if keep:
+                row["id"] = version["id"]
+            version_id = int(self.db["versions"].insert(row).last_pk)
+            version_ids[version["id"]] = version_id
+            folder = PurePosixPath("versions", str(version_id))
+            tx.fresh_folder(folder)
+            paths = {
+                column: tx.move_in(staged.path(member), folder / PurePosixPath(member).name)
+                for key, column in (("image", "image_path"), ("route_maps", "route_map_path"))
+                if (member := version["files"].get(key)) is not None
+            }
+            self.db["versions"].update(version_id, paths)
+        for panel in project["panels"]:
+            if panel["active_version_id"] is not None:
+                self.db.execute(
+                    "UPDATE panels SET active_version_id = ? WHERE id = ?",
+                    [version_ids[panel["active_version_id"]], panel_ids[panel["id"]]],
+                )
+        return story_id
 
     @staticmethod
     def _remap_settings(settings: dict, cast: dict[int, int | None], renamed: dict[str, str]) -> dict:

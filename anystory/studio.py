@@ -364,7 +364,7 @@ class Studio:
         return self._library.export_characters(path or self.export_path("cast", ".zip"), ids)
 
     def import_characters(self, path, on_clash: str = "rename") -> list[Character]:
-        imported = self._library.import_characters(path, on_clash)
+        imported = self._library.import_characters(path, on_clash, check_picture=imgs.check_stored_picture)
         stale = [c.name for c in imported if c.encoder_id != self.pipeline.encoder_id]
         self.notes = (
             [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
@@ -834,7 +834,7 @@ class Studio:
         return self._stories.get_version(version_id).route_map_path is not None
 
     def import_project(self, path) -> Story:
-        story = self._stories.import_project(path)
+        story = self._stories.import_project(path, check_picture=imgs.check_stored_picture)
         stale = [c.name for c in self.stale_characters()]
         self.notes = (
             [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []

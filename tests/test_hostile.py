@@ -10,6 +10,7 @@ import errno
 import io
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from PIL import Image
 
 from anystory import storage
 from anystory.files import DISK_FULL_MESSAGE, DiskFull
+from anystory.images import check_stored_picture
 from anystory.library import CharacterNotFound, Library
 from anystory.names import name_key, validate_name
 from anystory.storage import StudioDatabase, migrate
@@ -609,3 +611,223 @@ def test_colour_conversions_keep_the_colours():
         scale = 1000 * 255 / (grey.max() * 1000) if kind == "I TIFF" else 1.0
         assert np.abs(values - grey * scale).mean() < 2, kind
     assert read_image(picture_in("P with transparency PNG")).mode == "RGBA"
+
+
+# -- 1, 2. archives: zip bombs, lying sizes, corrupt pictures ------------------------------------------
+
+
+def small_project(stories: Stories, tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A real project export (one character, one panel, one version); returns it and its members by role."""
+    mia = add(stories.library, "Mia", "a girl")
+    story = stories.create_story("The walk")
+    panel = stories.add_panel(story.id, "[Mia] walks", characters=[mia.id])
+    version = stories.add_version(panel.id, {}, "tiny", png(size=(64, 64)), b"maps")
+    data = stories.database.data_dir
+    roles = {
+        "version image": version.image_path.relative_to(data).as_posix(),
+        "character image": mia.image_path.relative_to(data).as_posix(),
+        "encoding": mia.encoding_path.relative_to(data).as_posix(),
+    }
+    return stories.export_project(story.id, tmp_path / "walk.zip"), roles
+
+
+def replace_member(archive: Path, target: Path, name: str, write) -> Path:
+    """A copy of `archive` where member `name` is written by `write(file)` (streamed, deflate 9)."""
+    with zipfile.ZipFile(archive) as src, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as dst:
+        for info in src.infolist():
+            if info.filename == name:
+                with dst.open(name, "w") as f:
+                    write(f)
+            else:
+                dst.writestr(info, src.read(info))
+    return target
+
+
+def zeros(count: int, head: bytes = b"\x89PNG\r\n\x1a\n"):
+    def write(f):
+        f.write(head)
+        chunk = bytes(1 << 20)
+        for start in range(len(head), count, len(chunk)):
+            f.write(chunk[: min(len(chunk), count - start)])
+
+    return write
+
+
+def declare_size(archive: Path, name: str, declared: int) -> Path:
+    """Make the zip's headers lie: `name` claims `declared` bytes (the data and CRC stay)."""
+    data = bytearray(archive.read_bytes())
+    encoded = name.encode()
+    for signature, size_at in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = 0
+        while (at := data.find(signature, start)) >= 0:
+            name_at = at + (30 if signature == b"PK\x03\x04" else 46)
+            if data[name_at : name_at + len(encoded)] == encoded:
+                data[at + size_at : at + size_at + 4] = declared.to_bytes(4, "little")
+            start = at + 4
+    archive.write_bytes(bytes(data))
+    return archive
+
+
+def imported_nothing(database: StudioDatabase) -> bool:
+    tables = ("characters", "stories", "panels", "versions")
+    files = [p for p in database.data_dir.rglob("*") if p.is_file() and not p.name.startswith(storage.DB_NAME)]
+    return not any(database.db[t].count for t in tables) and [p.name for p in files] == [storage.RESERVE_NAME]
+
+
+def peak_bytes(call) -> tuple[int, Exception | None]:
+    """The Python heap's peak while `call()` runs (tracemalloc), and what it raised."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        call()
+        raised = None
+    except Exception as err:  # noqa: BLE001 - returned for the test to check
+        raised = err
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return peak, raised
+
+
+@pytest.fixture(scope="module")
+def bomb(tmp_path_factory):
+    """A 1.1 MB project archive whose panel image is one 1 GiB "PNG" (signature + zeros)."""
+    folder = tmp_path_factory.mktemp("bomb")
+    with StudioDatabase(folder / "data") as database:
+        good, roles = small_project(Stories(database), folder)
+    return replace_member(good, folder / "bomb.zip", roles["version image"], zeros(1 << 30)), roles
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated(bomb, tmp_path):
+    archive, _ = bomb
+    assert archive.stat().st_size < 1_200_000
+    target = StudioDatabase(tmp_path / "target")
+    peak, raised = peak_bytes(lambda: Stories(target).import_project(archive, check_picture=check_stored_picture))
+    assert isinstance(raised, ValueError) and "too large" in str(raised)
+    assert peak < 16 * 2**20 and imported_nothing(target)
+
+
+def test_a_member_that_inflates_past_its_declared_size_is_refused(bomb, tmp_path):
+    archive, roles = bomb
+    liar = tmp_path / "liar.zip"
+    liar.write_bytes(archive.read_bytes())
+    declare_size(liar, roles["version image"], 100_000)  # under every limit: only inflating finds it
+    target = StudioDatabase(tmp_path / "target")
+    peak, raised = peak_bytes(lambda: Stories(target).import_project(liar, check_picture=check_stored_picture))
+    assert isinstance(raised, ValueError) and "damaged" in str(raised), raised
+    assert peak < 16 * 2**20 and imported_nothing(target)
+
+
+def test_large_members_stream_to_disk(stories, tmp_path):
+    """A 96 MiB encoding (within its limit) imports with a small, bounded Python heap."""
+    good, roles = small_project(stories, tmp_path)
+    big = replace_member(good, tmp_path / "big.zip", roles["encoding"], zeros(96 * 2**20, head=b""))
+    target = Stories(StudioDatabase(tmp_path / "target"))
+    peak, raised = peak_bytes(lambda: target.import_project(big, check_picture=check_stored_picture))
+    assert raised is None and peak < 16 * 2**20
+    assert target.library.get_character("Mia").encoding_path.stat().st_size == 96 * 2**20
+
+
+def png_bomb(side: int = 100_000) -> bytes:
+    """A PNG whose header claims side x side pixels, with almost no data."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    header = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(side))) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + body
+
+
+BAD_PICTURES = {
+    "signature + garbage": b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 40,
+    "truncated": png_of(synthetic_subject(4))[:300],
+    "header bomb": png_bomb(),
+    "a JPEG": saved(synthetic_subject(4, alpha=False), "JPEG"),
+    "too large for its kind": None,  # zeros: more bytes than any picture the app writes
+}
+
+
+@pytest.mark.parametrize("role", ["version image", "character image"])
+@pytest.mark.parametrize("bad", list(BAD_PICTURES))
+def test_every_picture_an_archive_brings_is_decoded_before_anything_is_written(stories, tmp_path, role, bad):
+    good, roles = small_project(stories, tmp_path)
+    data = BAD_PICTURES[bad]
+    kind_limit_plus = 220 * 2**20 if role == "version image" else 80 * 2**20  # over the kind, under any member
+    write = zeros(kind_limit_plus) if data is None else (lambda f: f.write(data))
+    archive = replace_member(good, tmp_path / "bad.zip", roles[role], write)
+    target = StudioDatabase(tmp_path / "target")
+    with pytest.raises(ValueError, match="too large|not a readable picture|too many pixels|larger than|PNG only"):
+        Stories(target).import_project(archive, check_picture=check_stored_picture)
+    assert imported_nothing(target)
+    if role == "character image":  # the cast archive takes the same door
+        cast = tmp_path / "cast.zip"
+        with zipfile.ZipFile(archive) as src, zipfile.ZipFile(cast, "w") as dst:
+            for info in src.infolist():
+                if info.filename != "project.json":
+                    dst.writestr(info, src.read(info))
+        with pytest.raises(ValueError, match="too large|not a readable picture|too many pixels|larger than|PNG only"):
+            Library(target).import_characters(cast, check_picture=check_stored_picture)
+        assert imported_nothing(target)
+
+
+def test_a_route_map_file_with_a_nested_bomb_is_refused(stories, tmp_path):
+    story = stories.create_story("s")
+    panel = stories.add_panel(story.id, "a park")
+    nested = io.BytesIO()
+    with zipfile.ZipFile(nested, "w", zipfile.ZIP_DEFLATED, compresslevel=9) as inner:
+        with inner.open("final.npy", "w") as f:
+            zeros(600 * 2**20, head=b"\x93NUMPY")(f)
+    stories.add_version(panel.id, {}, "tiny", png(size=(64, 64)), nested.getvalue(), route_maps_suffix=".npz")
+    archive = stories.export_project(story.id, tmp_path / "maps.zip")
+    target = StudioDatabase(tmp_path / "target")
+    with pytest.raises(ValueError, match="route maps is not an acceptable file.*too large"):
+        Stories(target).import_project(archive, check_picture=check_stored_picture)
+    assert imported_nothing(target)
+
+
+def test_archive_limits_fit_what_the_app_writes():
+    from anystory import archive, images, library, story
+
+    assert library.MAX_STORED_SIDE == images.MAX_SIDE  # the door downscales uploads to it
+    assert library.MAX_PICTURE_BYTES >= 4096 * 4096 * 4 and story.MAX_PANEL_PICTURE_BYTES >= 8192 * 8192 * 3
+    assert max(library.MAX_PICTURE_BYTES, story.MAX_PANEL_PICTURE_BYTES, library.MAX_ENCODING_BYTES,
+               story.MAX_ROUTE_MAPS_BYTES) <= archive.MAX_MEMBER_BYTES
+    noisy = Image.effect_noise((4096, 4096), 128).convert("RGB")  # what PNG cannot compress
+    assert len(png_of(noisy.convert("RGBA"), compress_level=1)) <= library.MAX_PICTURE_BYTES
+
+
+def test_a_route_record_that_claims_too_many_slots_is_refused(tmp_path):
+    import numpy as np
+
+    from anystory import render
+
+    gates = np.eye(2, dtype=bool)[np.zeros((8, 8), int)].transpose(2, 0, 1)  # one-hot: slot 0 everywhere
+    maps = render.route_maps_bytes(np.zeros((2, 8, 8), bool), [{"step": 0, "site": 0, "grid": (8, 8), "gates": gates}])
+    path = tmp_path / "maps.npz"
+    path.write_bytes(maps)
+    assert render.load_route_maps(path)[1] is not None
+    with zipfile.ZipFile(path) as src, zipfile.ZipFile(tmp_path / "forged.npz", "w") as dst:
+        for info in src.infolist():
+            payload = src.read(info)
+            if info.filename == "g0_num_slots.npy":
+                buffer = io.BytesIO()
+                np.save(buffer, np.array(10**9))
+                payload = buffer.getvalue()
+            dst.writestr(info, payload)
+    with pytest.raises(ValueError, match="claims 1000000000 slots"):  # not 64 x 10^9 one-hot gates
+        render.load_route_maps(tmp_path / "forged.npz")
+
+
+def test_an_import_that_cannot_fit_on_the_disk_is_refused_first(stories, tmp_path, monkeypatch):
+    from anystory import archive as archive_module
+
+    good, _ = small_project(stories, tmp_path)
+    target = StudioDatabase(tmp_path / "target")
+    real = archive_module.shutil.disk_usage
+    monkeypatch.setattr(archive_module.shutil, "disk_usage", lambda path: real(path)._replace(free=100))
+    with pytest.raises(DiskFull, match="the archive needs .* MB and 0.0 MB are free"):
+        Stories(target).import_project(good, check_picture=check_stored_picture)
+    assert imported_nothing(target)

@@ -15,6 +15,7 @@ import sqlite_utils
 from PIL import Image
 
 from anystory import storage
+from anystory.images import check_stored_picture
 from anystory.library import Character, CharacterNotFound, Library
 from anystory.names import validate_name
 from anystory.storage import StudioDatabase, migrate, write_atomic
@@ -442,7 +443,7 @@ def test_export_import_round_trip(library, tmp_path):
         assert "characters.json" in z.namelist() and len(z.namelist()) == 1 + 4 + 3
 
     other = Library(StudioDatabase(tmp_path / "other"))
-    imported = other.import_characters(archive)
+    imported = other.import_characters(archive, check_picture=check_stored_picture)
     assert [c.name for c in imported] == ["Mia", "Rex"]
     for before, after in zip((mia, rex), imported):
         assert (after.name, after.description, after.status, after.encoder_id, after.created) == (
@@ -453,21 +454,23 @@ def test_export_import_round_trip(library, tmp_path):
     assert other.read_encoding("mia") == b"mia-enc" and imported[1].encoding_path is None
 
     only_rex = library.export_characters(tmp_path / "rex.zip", ids=[rex.id])
-    assert [c.name for c in Library(StudioDatabase(tmp_path / "third")).import_characters(only_rex)] == ["Rex"]
+    third = Library(StudioDatabase(tmp_path / "third"))
+    assert [c.name for c in third.import_characters(only_rex, check_picture=check_stored_picture)] == ["Rex"]
 
 
 def test_import_clashes_rename_or_skip(library, tmp_path):
     add(library, "Mia", "the original")
     add(library, "Rex")
     archive = library.export_characters(tmp_path / "cast.zip")
-    renamed = library.import_characters(archive)
+    renamed = library.import_characters(archive, check_picture=check_stored_picture)
     assert [c.name for c in renamed] == ["Mia (2)", "Rex (2)"]
-    assert [c.name for c in library.import_characters(archive, on_clash="rename")] == ["Mia (3)", "Rex (3)"]
-    assert library.import_characters(archive, on_clash="skip") == []
+    again = library.import_characters(archive, on_clash="rename", check_picture=check_stored_picture)
+    assert [c.name for c in again] == ["Mia (3)", "Rex (3)"]
+    assert library.import_characters(archive, on_clash="skip", check_picture=check_stored_picture) == []
     assert len(library.characters()) == 6
     assert library.get_character("mia (2)").description == "the original"
     with pytest.raises(ValueError, match="on_clash"):
-        library.import_characters(archive, on_clash="overwrite")
+        library.import_characters(archive, on_clash="overwrite", check_picture=check_stored_picture)
 
 
 def good_archive(library: Library, tmp_path: Path) -> Path:
@@ -495,7 +498,7 @@ def test_zip_slip_member_refuses_the_whole_archive(library, tmp_path, member):
     archive = rewrite(good_archive(library, tmp_path), tmp_path / "slip.zip", extra={member: png()})
     target = StudioDatabase(tmp_path / "target")
     with pytest.raises(ValueError, match="archive member"):
-        Library(target).import_characters(archive)
+        Library(target).import_characters(archive, check_picture=check_stored_picture)
     assert Library(target).characters() == [] and data_files(target.data_dir) == {}
     assert not (tmp_path / "evil.png").exists() and not Path("/tmp/evil.png").exists()
 
@@ -524,7 +527,7 @@ def test_bad_archive_json_is_refused_with_nothing_written(library, tmp_path, edi
     archive = rewrite(good_archive(library, tmp_path), tmp_path / "bad.zip", edit=edit)
     target = StudioDatabase(tmp_path / "target")
     with pytest.raises(ValueError, match=message):
-        Library(target).import_characters(archive)
+        Library(target).import_characters(archive, check_picture=check_stored_picture)
     assert data_files(target.data_dir) == {} and Library(target).characters() == []
 
 
@@ -535,13 +538,13 @@ def test_archive_with_non_png_image_or_no_json_is_refused(library, tmp_path):
         for info in src.infolist():
             dst.writestr(info.filename, b"GIF89a..." if info.filename == image else src.read(info))
     target = Library(StudioDatabase(tmp_path / "target"))
-    with pytest.raises(ValueError, match="not PNG"):
-        target.import_characters(tmp_path / "gif.zip")
+    with pytest.raises(ValueError, match="the image is not a readable picture"):
+        target.import_characters(tmp_path / "gif.zip", check_picture=check_stored_picture)
     (tmp_path / "junk.zip").write_bytes(b"PK not really")
     with pytest.raises(ValueError, match="not a readable zip"):
-        target.import_characters(tmp_path / "junk.zip")
+        target.import_characters(tmp_path / "junk.zip", check_picture=check_stored_picture)
     with zipfile.ZipFile(tmp_path / "empty.zip", "w"):
         pass
     with pytest.raises(ValueError, match="no characters.json"):
-        target.import_characters(tmp_path / "empty.zip")
+        target.import_characters(tmp_path / "empty.zip", check_picture=check_stored_picture)
     assert data_files(target.database.data_dir) == {}

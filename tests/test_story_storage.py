@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from anystory.images import check_stored_picture
 from anystory.library import Library
 from anystory.storage import DB_NAME, RESERVE_NAME, StudioDatabase
 from anystory.mentions import Mention, mentioned_names, rename_mentions, resolve_mentions
@@ -274,7 +275,7 @@ def test_project_export_import_into_empty_folder_is_identical(stories, database,
     archive = stories.export_project(story.id, tmp_path / "walk.zip")
 
     target = StudioDatabase(tmp_path / "fresh")
-    imported = Stories(target).import_project(archive)
+    imported = Stories(target).import_project(archive, check_picture=check_stored_picture)
     assert imported == stories.get_story(story.id)
     assert rows(target) == rows(database)
     assert data_files(target.data_dir) == data_files(database.data_dir)
@@ -301,7 +302,7 @@ def test_project_import_into_a_used_folder_remaps_ids_and_names(stories, tmp_pat
     )
     target.create_story("already here")
 
-    imported = target.import_project(archive)
+    imported = target.import_project(archive, check_picture=check_stored_picture)
     assert imported.title == "The walk" and imported.id != story.id
     new_mia = target.library.get_character("Mia (2)")
     assert new_mia.id != other_mia.id
@@ -337,7 +338,7 @@ def test_project_zip_slip_is_refused_with_nothing_written(stories, tmp_path, mem
     archive = add_member(stories.export_project(story.id, tmp_path / "walk.zip"), tmp_path / "slip.zip", member, png())
     target = StudioDatabase(tmp_path / "deep" / "target")
     with pytest.raises(ValueError, match="archive member"):
-        Stories(target).import_project(archive)
+        Stories(target).import_project(archive, check_picture=check_stored_picture)
     assert all(not rows for rows in rows(target).values()) and data_files(target.data_dir) == {}
     assert not any(tmp_path.rglob("evil.png"))
 
@@ -358,5 +359,5 @@ def test_project_json_paths_and_references_are_checked(stories, tmp_path):
 
     for edit, message in ((escape, "escapes"), (dangling, "active version"), (bad_router, "router")):
         with pytest.raises(ValueError, match=message):
-            target.import_project(add_member(good, tmp_path / "bad.zip", "", b"", edit))
+            target.import_project(add_member(good, tmp_path / "bad.zip", "", b"", edit), check_picture=check_stored_picture)
     assert all(not r for r in rows(target.database).values()) and data_files(target.database.data_dir) == {}
