@@ -148,6 +148,7 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
         demo.close()
 
 
+@pytest.mark.hostile
 def test_cancel_stops_a_running_generation(browser, gradio_temp, preview_pipe, tmp_path):
     from playwright.sync_api import expect
 

@@ -831,3 +831,40 @@ def test_an_import_that_cannot_fit_on_the_disk_is_refused_first(stories, tmp_pat
     with pytest.raises(DiskFull, match="the archive needs .* MB and 0.0 MB are free"):
         Stories(target).import_project(good, check_picture=check_stored_picture)
     assert imported_nothing(target)
+
+
+# -- the file route serves the exports folder and nothing else ----------------------------------------
+
+
+@IGNORE_GRADIO_WARNINGS
+@pytest.mark.slow
+def test_the_app_serves_its_exports_and_nothing_else(gradio_temp, preview_pipe, tmp_path):
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    from .ui_support import launch, preview_studio
+
+    studio = preview_studio(tmp_path / "data", preview_pipe, side=64)
+    exported = studio.exports_dir / "story.pdf"
+    exported.parent.mkdir(parents=True, exist_ok=True)
+    exported.write_bytes(b"%PDF-1.4 exported")
+    secret = tmp_path / "secret.txt"
+    secret.write_text("not yours")
+    demo, url = launch(studio)
+
+    def fetch(path: str) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(f"{url}gradio_api/file={urllib.parse.quote(path)}", timeout=30) as answer:
+                return answer.status, answer.read()
+        except urllib.error.HTTPError as err:
+            return err.code, b""
+
+    try:
+        assert fetch(str(exported)) == (200, b"%PDF-1.4 exported")
+        for path in (str(secret), str(studio.data_dir / storage.DB_NAME), "/etc/passwd",
+                     f"{studio.exports_dir}/../{storage.DB_NAME}", str(studio.data_dir / "characters")):
+            status, body = fetch(path)
+            assert status in (403, 404) and b"not yours" not in body and b"SQLite" not in body, path
+    finally:
+        demo.close()

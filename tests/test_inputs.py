@@ -10,6 +10,8 @@ from anystory.encoder import prepare_subject
 
 from .conftest import GEN, make_subject_image, seeded
 
+pytestmark = pytest.mark.hostile  # every test here is a bad or unusual input
+
 
 def test_more_subjects_than_the_maximum(pipe, subjects):
     limit = pipe.anystory_config.max_subjects

@@ -93,6 +93,7 @@ def test_database_created_at_version_1_migrates(tmp_path):
     assert library.get_character(1).image_path.read_bytes() == png()
 
 
+@pytest.mark.hostile
 def test_newer_schema_is_refused(tmp_path):
     StudioDatabase(tmp_path).close()
     raw = sqlite_utils.Database(tmp_path / storage.DB_NAME)
@@ -102,6 +103,7 @@ def test_newer_schema_is_refused(tmp_path):
         StudioDatabase(tmp_path)
 
 
+@pytest.mark.hostile
 def test_failed_migration_rolls_back(tmp_path, monkeypatch):
     def broken(db):
         db.execute("CREATE TABLE half_done (x)")
@@ -122,6 +124,7 @@ def test_names_are_unique_ignoring_case_in_the_schema_itself(database):
         database.db.execute(f"INSERT INTO characters ({columns}) VALUES ('MIA', 'x', '', '', '', 'missing', '', '')")
 
 
+@pytest.mark.hostile
 def test_write_atomic_replaces_whole_or_not_at_all(tmp_path, monkeypatch):
     target = tmp_path / "file.bin"
     write_atomic(target, b"old")
@@ -156,6 +159,7 @@ def test_add_list_search_get(library, database):
     assert mia.created == mia.updated
 
 
+@pytest.mark.hostile
 def test_not_found_lists_known_names(library):
     add(library, "Mia")
     add(library, "Rex")
@@ -169,6 +173,7 @@ def test_not_found_lists_known_names(library):
         Library(StudioDatabase(library.database.data_dir.parent / "other")).get_character("Mia")
 
 
+@pytest.mark.hostile
 def test_duplicate_name_is_refused_naming_the_clash(library, database):
     add(library, "Mia")
     with pytest.raises(ValueError, match="'Mia' already exists"):
@@ -177,6 +182,7 @@ def test_duplicate_name_is_refused_naming_the_clash(library, database):
     assert sorted(os.listdir(database.data_dir / "characters")) == ["1"]
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("bad", ["", "   ", "Mia [the girl]", "tab\there", "a" * 101])
 def test_invalid_names_are_refused(library, bad):
     with pytest.raises(ValueError):
@@ -194,6 +200,7 @@ def test_validate_name():
 ODD_NAMES = ['O\'Brien "the Bold"', "AC/DC", "../../etc/passwd", "Robot 🤖 Jr.", "x'); DROP TABLE characters;--", "C:\\dog", "名前"]
 
 
+@pytest.mark.hostile
 def test_odd_names_are_stored_safely(library, database):
     for i, name in enumerate(ODD_NAMES):
         add(library, name, f"character {i}", color=(i * 30, 0, 0))
@@ -270,6 +277,7 @@ def test_delete_character_removes_row_and_files(library, database):
     assert add(library, "mia").name == "mia"  # the name is free again
 
 
+@pytest.mark.hostile
 def test_bad_inputs_are_refused_before_writing(library, database):
     with pytest.raises(ValueError, match="image is not PNG"):
         library.add_character("Mia", "", b"\xff\xd8\xff jpeg", png(), png(), None, "")
@@ -281,6 +289,7 @@ def test_bad_inputs_are_refused_before_writing(library, database):
 # -- crash safety -------------------------------------------------------------------------------------
 
 
+@pytest.mark.hostile
 def test_error_in_the_middle_of_an_add_leaves_nothing(library, database, monkeypatch):
     add(library, "Rex")
     before = data_files(database.data_dir)
@@ -314,6 +323,7 @@ def test_nested_transaction_failure_undoes_only_itself(library, database):
     assert sorted(os.listdir(database.data_dir / "characters")) == [str(library.get_character("Rex").id)]
 
 
+@pytest.mark.hostile
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork to kill a writer mid-transaction")
 def test_crash_in_the_middle_of_an_add_is_swept_on_reopen(tmp_path):
     data = tmp_path / "data"
@@ -352,6 +362,7 @@ def test_crash_in_the_middle_of_an_add_is_swept_on_reopen(tmp_path):
     )
 
 
+@pytest.mark.hostile
 def test_open_sweeps_orphans_and_temp_files(tmp_path):
     data = tmp_path / "data"
     with StudioDatabase(data) as database:
@@ -372,6 +383,7 @@ def test_open_sweeps_orphans_and_temp_files(tmp_path):
     assert Library(database).get_character("Mia") == mia
 
 
+@pytest.mark.hostile
 def test_lost_encoding_file_marks_the_character_missing(tmp_path):
     with StudioDatabase(tmp_path) as database:
         mia = add(Library(database), "Mia")
@@ -383,6 +395,7 @@ def test_lost_encoding_file_marks_the_character_missing(tmp_path):
 # -- threads ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.hostile
 def test_concurrent_adds_from_threads_stay_consistent(library, database):
     barrier = threading.Barrier(10)
     errors: list[BaseException] = []
@@ -493,6 +506,7 @@ def rewrite(archive: Path, target: Path, extra: dict[str, bytes] | None = None, 
     return target
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("member", ["../evil.png", "characters/../../evil.png", "/tmp/evil.png", "C:/evil.png", "a\\..\\evil.png", "a//b.png"])
 def test_zip_slip_member_refuses_the_whole_archive(library, tmp_path, member):
     archive = rewrite(good_archive(library, tmp_path), tmp_path / "slip.zip", extra={member: png()})
@@ -523,6 +537,7 @@ def _point_image_at(path):
         (lambda p: p["characters"][0].update(status="great"), "status"),
     ],
 )
+@pytest.mark.hostile
 def test_bad_archive_json_is_refused_with_nothing_written(library, tmp_path, edit, message):
     archive = rewrite(good_archive(library, tmp_path), tmp_path / "bad.zip", edit=edit)
     target = StudioDatabase(tmp_path / "target")
@@ -531,6 +546,7 @@ def test_bad_archive_json_is_refused_with_nothing_written(library, tmp_path, edi
     assert data_files(target.data_dir) == {} and Library(target).characters() == []
 
 
+@pytest.mark.hostile
 def test_archive_with_non_png_image_or_no_json_is_refused(library, tmp_path):
     good = good_archive(library, tmp_path)
     image = library.get_character("Mia").image_path.relative_to(library.database.data_dir).as_posix()

@@ -197,6 +197,7 @@ def test_legend_wraps_onto_more_rows_for_many_names():
         ["👩‍👩‍👧 family", "Zoë ﬁ ᾯ"],
     ],
 )
+@pytest.mark.hostile
 def test_overlay_never_crashes_on_unicode_names(names):
     out = overlay(grey_image((48, 48)), three_regions(), names)
     assert out.width == 48
@@ -216,6 +217,7 @@ def test_overlay_flattens_transparent_images():
     assert tuple(np.asarray(out)[28, 28]) == (255, 255, 255)
 
 
+@pytest.mark.hostile
 def test_overlay_rejects_wrong_shapes_and_opacity():
     with pytest.raises(ValueError, match="3 slots but 3 names"):
         overlay(grey_image(), three_regions(), ["A", "B", "C"])
@@ -368,6 +370,7 @@ def test_route_maps_file_is_replaced_whole(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["r.npz"]
 
 
+@pytest.mark.hostile
 def test_route_maps_reject_foreign_npz(tmp_path):
     path = tmp_path / "other.npz"
     np.savez(path, x=np.ones(3))
@@ -528,10 +531,12 @@ def test_export_cbz_holds_numbered_pngs_in_order(tmp_path):
         ("a:b*c?d|e<f>g", "a_b_c_d_e_f_g"),
     ],
 )
+@pytest.mark.hostile
 def test_safe_filename(text, expected):
     assert safe_filename(text) == expected
 
 
+@pytest.mark.hostile
 def test_safe_filename_limits_and_defaults():
     long = safe_filename("word " * 100)
     assert 0 < len(long) <= 80 and not long.endswith(" ")
@@ -590,6 +595,7 @@ def test_selection_over_a_pipeline_record_matches_the_pipelines_final_map(tmp_pa
     assert shown.width == 96 and shown.height > 128
 
 
+@pytest.mark.hostile
 def test_a_failed_export_keeps_the_old_file_and_leaves_no_temporary(tmp_path, monkeypatch):
     path = export_png(Image.new("RGB", (8, 8), "red"), tmp_path / "panel.png")
     before = path.read_bytes()

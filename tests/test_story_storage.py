@@ -73,6 +73,7 @@ def test_resolve_mentions_leaves_other_brackets_as_text():
     assert resolve_mentions("no mentions", {}) == ("no mentions", [])
 
 
+@pytest.mark.hostile
 def test_resolve_mentions_unknown_name_lists_known_names():
     with pytest.raises(ValueError) as err:
         resolve_mentions("[Mia] meets [Zed]", CAST)
@@ -114,6 +115,7 @@ def test_story_crud(stories, database):
     assert data_files(database.data_dir) == {}
 
 
+@pytest.mark.hostile
 def test_panel_defaults_and_validation(stories):
     story = stories.create_story("s")
     panel = stories.add_panel(story.id, "[Mia] in the rain", seed=7, characters=[3, 3, 1], strengths={3: 0.5}, layout={"3": [0, 0, 0.5, 1]})
@@ -332,6 +334,7 @@ def add_member(archive: Path, target: Path, name: str, data: bytes, edit_project
     return target
 
 
+@pytest.mark.hostile
 @pytest.mark.parametrize("member", ["../../evil.png", "/evil.png", "versions/../../evil.png"])
 def test_project_zip_slip_is_refused_with_nothing_written(stories, tmp_path, member):
     story, _, _ = make_project(stories)
@@ -343,6 +346,7 @@ def test_project_zip_slip_is_refused_with_nothing_written(stories, tmp_path, mem
     assert not any(tmp_path.rglob("evil.png"))
 
 
+@pytest.mark.hostile
 def test_project_json_paths_and_references_are_checked(stories, tmp_path):
     story, _, _ = make_project(stories)
     good = stories.export_project(story.id, tmp_path / "walk.zip")

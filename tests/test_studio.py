@@ -65,6 +65,7 @@ def test_stale_encoding_is_encoded_again_with_a_note(studio):
     assert studio.stale_characters() == []
 
 
+@pytest.mark.hostile
 def test_a_failed_encode_marks_the_character_failed_and_re_encode_retries(studio, monkeypatch):
     mia, _ = cast(studio)
     real = studio.pipeline.encode_subject
@@ -93,12 +94,14 @@ def test_a_failed_encode_marks_the_character_failed_and_re_encode_retries(studio
         (b"\x89PNG" + b"0" * (21 * 2**20), "the limit is 20 MB"),
     ],
 )
+@pytest.mark.hostile
 def test_bad_pictures_are_refused_and_nothing_is_written(studio, data, message):
     with pytest.raises(ImageInputError, match=message):
         studio.add_character("Mia", "", data)
     assert studio.characters() == [] and studio.encode_count == 0
 
 
+@pytest.mark.hostile
 def test_decompression_bomb_is_refused_before_decoding(studio):
     bomb = png(Image.new("1", (9000, 9000)))  # tiny file, 81 megapixels
     assert len(bomb) < 2**20
@@ -106,12 +109,14 @@ def test_decompression_bomb_is_refused_before_decoding(studio):
         studio.add_character("Mia", "", bomb)
 
 
+@pytest.mark.hostile
 def test_large_pictures_are_downscaled(studio):
     big = Image.new("RGB", (5000, 1000), (10, 200, 30))
     character = studio.add_character("Wide", "", png(big))
     assert max(Image.open(character.image_path).size) == 4096
 
 
+@pytest.mark.hostile
 def test_masks(studio):
     picture = synthetic_subject(1, alpha=False)
     with pytest.raises(ImageInputError, match="mask is empty"):
@@ -136,6 +141,7 @@ def test_notes_belong_to_the_thread_that_made_them(studio):
     assert seen == [[]] and "whole picture" in studio.notes[0]
 
 
+@pytest.mark.hostile
 def test_names(studio):
     cast(studio)
     with pytest.raises(ValueError, match="Mia"):
@@ -146,6 +152,7 @@ def test_names(studio):
     assert studio.get_character(odd.id).name == 'Zoë "Z" / 🐉'
 
 
+@pytest.mark.hostile
 def test_failed_encoding_writes_nothing(studio, monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("encoder crashed")
@@ -157,6 +164,7 @@ def test_failed_encoding_writes_nothing(studio, monkeypatch):
     assert not any((studio.data_dir / "characters").glob("*/*"))
 
 
+@pytest.mark.hostile
 def test_concurrent_adds(studio):
     """Four adds released together by a barrier (two of them under one name): the distinct names
     are all added, and exactly one of the two same-name adds wins."""
@@ -184,6 +192,7 @@ def test_concurrent_adds(studio):
 # -- deleting ------------------------------------------------------------------------------------
 
 
+@pytest.mark.hostile
 def test_delete_names_the_panels_that_use_the_character(studio):
     mia, rex = cast(studio)
     story = studio.create_story("The walk")
@@ -195,6 +204,7 @@ def test_delete_names_the_panels_that_use_the_character(studio):
     assert studio.get_panel(panel.id).characters == []
 
 
+@pytest.mark.hostile
 def test_delete_while_a_generation_uses_it(studio):
     mia, _ = cast(studio)
     studio._busy = {mia.id}
@@ -202,6 +212,7 @@ def test_delete_while_a_generation_uses_it(studio):
         studio.delete_character(mia.id, force=True)
 
 
+@pytest.mark.hostile
 def test_deleted_character_named_in_a_prompt(studio):
     mia, rex = cast(studio)
     story = studio.create_story("s")
@@ -267,6 +278,7 @@ def test_ticked_characters_join_the_prompt(studio):
     assert plan.character_ids == [mia.id, rex.id] and plan.phrases[1] == "a small brown dog"
 
 
+@pytest.mark.hostile
 def test_long_prompt_warns_with_the_models_own_tokenizer(studio, public_pipe, tmp_path):
     real = Studio(tmp_path / "real", public_pipe)  # not preview: the tokenizer is the model's
     cast(real)
@@ -282,6 +294,7 @@ def test_long_prompt_warns_with_the_models_own_tokenizer(studio, public_pipe, tm
     assert studio.plan_panel(panel).warnings == []
 
 
+@pytest.mark.hostile
 def test_names_are_checked_before_the_encoder_runs(studio):
     cast(studio)
     before = studio.encode_count
@@ -300,6 +313,7 @@ def test_every_export_keeps_its_own_file(studio, generated):
     assert set(studio.exports()) >= set(written)
 
 
+@pytest.mark.hostile
 @pytest.mark.slow
 def test_layout_router_needs_boxes(studio):
     mia, rex = cast(studio)
@@ -312,6 +326,7 @@ def test_layout_router_needs_boxes(studio):
     assert version.settings["router_used"] == "layout"
 
 
+@pytest.mark.hostile
 @pytest.mark.slow
 def test_cancel_keeps_earlier_versions(studio):
     cast(studio)
@@ -327,6 +342,7 @@ def test_cancel_keeps_earlier_versions(studio):
     assert after.active_version_id == first.id and len(studio.versions(panel.id)) == 1
 
 
+@pytest.mark.hostile
 def test_failure_is_marked_with_its_reason(studio, monkeypatch):
     cast(studio)
     story = studio.create_story("s")

@@ -107,6 +107,7 @@ def _copy_with_row(scenes, tmp_path, edit) -> tuple:
     ],
     ids=["missing-mask", "missing-reference", "mask-size", "no-instances", "no-image"],
 )  # fmt: skip
+@pytest.mark.hostile
 def test_bad_rows_name_the_row(scenes, tmp_path, edit, message):
     folder, row_id = _copy_with_row(scenes, tmp_path, edit)
     with pytest.raises(DatasetError, match=message) as info:
@@ -114,6 +115,7 @@ def test_bad_rows_name_the_row(scenes, tmp_path, edit, message):
     assert "manifest.jsonl:3" in str(info.value) and repr(row_id) in str(info.value)
 
 
+@pytest.mark.hostile
 def test_empty_instance_mask_names_the_row(scenes, tmp_path, pipe):
     folder, row_id = _copy_with_row(scenes, tmp_path, lambda row, folder: Image.new("L", (RESOLUTION, RESOLUTION)).save(folder / row["instances"][1]["mask"]))
     with pytest.raises(DatasetError, match=r"manifest.jsonl:3 .*instances\[1\]\.mask is empty"):
@@ -123,6 +125,7 @@ def test_empty_instance_mask_names_the_row(scenes, tmp_path, pipe):
         dataset[2]
 
 
+@pytest.mark.hostile
 def test_empty_dataset_and_bad_json(scenes, tmp_path):
     folder = shutil.copytree(scenes, tmp_path / "copy")
     (folder / "manifest.jsonl").write_text("\n\n")
@@ -176,6 +179,7 @@ def test_stream_sampler_resumes_and_shards():
     assert ranks[0] == batches[0:4:2] and ranks[1] == batches[1:4:2]
 
 
+@pytest.mark.hostile
 def test_config_errors(tiny_folder, scenes, tmp_path):
     with pytest.raises(ValueError, match=r"unknown keys \['learning_rat'\]"):
         config(tiny_folder, scenes, tmp_path, learning_rat=1)
@@ -289,6 +293,7 @@ def test_stage2_trains_only_the_router(tiny_folder, scenes, stage1_checkpoint, t
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.hostile
 def test_interrupted_and_resumed_run_ends_in_the_same_state(tiny_folder, scenes, stage1_checkpoint, tmp_path):
     def run(out, **extra):
         return Trainer(config(tiny_folder, scenes, out, stage=2, init=str(stage1_checkpoint), max_steps=4, **extra))

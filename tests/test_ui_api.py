@@ -110,6 +110,7 @@ def test_panel_editing_and_order(app, cast):
     assert [p["id"] for p in client.predict(story["id"], api_name="/get_story")["panels"]] == [a["id"]]
 
 
+@pytest.mark.hostile
 def test_errors_come_back_as_clear_messages(app, cast, tmp_path):
     _, client, _ = app
     not_a_picture = tmp_path / "notes.png"
@@ -140,6 +141,7 @@ def test_errors_come_back_as_clear_messages(app, cast, tmp_path):
         client.predict(story["id"], "pdf", False, True, api_name="/export_story")
 
 
+@pytest.mark.hostile
 def test_delete_character_names_the_panels_that_use_it(app, cast, tmp_path):
     studio, client, _ = app
     bolt = client.predict(
@@ -217,6 +219,7 @@ def test_ui_never_imports_torch():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+@pytest.mark.hostile
 def test_app_model_load_error_exits_with_a_hint(capsys, tmp_path):
     sys.path.insert(0, str(ROOT))
     import app as app_module

@@ -93,6 +93,7 @@ def test_prompt_router_routes_nothing_before_its_start_step(public):
     assert all(torch.equal(e["gates"].sum(1), torch.ones_like(e["gates"][:, 0], dtype=torch.long)) for e in late_entries)
 
 
+@pytest.mark.hostile
 def test_learned_router_refused_without_router_weights(public):
     girl = public.encode_subject(make_subject_image(1))
     with pytest.raises(ValueError, match="needs trained router weights"):
@@ -113,6 +114,7 @@ def test_layout_boxes_are_the_maps_at_every_grid(pipe, subjects):
         assert gates[1, : h // 2, w // 2 :].all() and gates[2, h // 2 :, w // 2 :].all()
 
 
+@pytest.mark.hostile
 def test_layout_empty_box_is_refused(pipe, subjects):
     with pytest.raises(ValueError, match="is empty"):
         pipe(PROMPT, subjects=subjects[:1], router="layout", layout=[(0.5, 0.5, 0.5, 0.9)], **GEN)
@@ -177,6 +179,7 @@ def _copy(checkpoint, tmp_path):
     return shutil.copytree(checkpoint, tmp_path / "copy")
 
 
+@pytest.mark.hostile
 def test_truncated_checkpoint_is_refused(tiny_folder, checkpoint, tmp_path):
     folder = _copy(checkpoint, tmp_path)
     weights = folder / "anystory.safetensors"
@@ -185,6 +188,7 @@ def test_truncated_checkpoint_is_refused(tiny_folder, checkpoint, tmp_path):
         AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(folder), local_files_only=True)
 
 
+@pytest.mark.hostile
 def test_pickled_checkpoint_is_refused_without_running_it(tiny_folder, checkpoint, tmp_path):
     folder = _copy(checkpoint, tmp_path)
     (folder / "anystory.safetensors").unlink()
@@ -200,6 +204,7 @@ def test_pickled_checkpoint_is_refused_without_running_it(tiny_folder, checkpoin
     assert not marker.exists()
 
 
+@pytest.mark.hostile
 def test_plain_tensor_pickle_loads(tiny_folder, checkpoint, tmp_path):
     from safetensors.torch import load_file
 
@@ -210,6 +215,7 @@ def test_plain_tensor_pickle_loads(tiny_folder, checkpoint, tmp_path):
     AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(folder), local_files_only=True)
 
 
+@pytest.mark.hostile
 def test_wrong_shape_names_the_tensor(tiny_folder, checkpoint, tmp_path):
     from safetensors.torch import load_file, save_file
 
@@ -221,6 +227,7 @@ def test_wrong_shape_names_the_tensor(tiny_folder, checkpoint, tmp_path):
         AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(folder), local_files_only=True)
 
 
+@pytest.mark.hostile
 def test_newer_format_version_is_refused(tiny_folder, checkpoint, tmp_path):
     import json
 
@@ -232,6 +239,7 @@ def test_newer_format_version_is_refused(tiny_folder, checkpoint, tmp_path):
         AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter=str(folder), local_files_only=True)
 
 
+@pytest.mark.hostile
 def test_ip_adapter_for_another_encoder_is_refused(tiny_folder, tmp_path, ip_file):
     from safetensors.torch import load_file, save_file
 
@@ -250,6 +258,7 @@ def test_unreachable_hub_model_gives_advice():
         AnyStoryPipeline.from_pretrained("no-such-user/no-such-model", adapter="init")
 
 
+@pytest.mark.hostile
 def test_missing_local_path_gives_advice():
     with pytest.raises(ModelLoadError, match="does not exist"):
         AnyStoryPipeline.from_pretrained("./no/such/folder", adapter="init")
@@ -270,6 +279,7 @@ def test_single_file_base(tiny_folder, tmp_path, plain):
     assert pipe(PROMPT, subjects=[girl], generator=seeded(), **GEN).route_maps[0].shape[0] == 2
 
 
+@pytest.mark.hostile
 def test_pickled_single_file_is_refused(tmp_path):
     path = tmp_path / "model.ckpt"
     path.write_bytes(b"not really")
