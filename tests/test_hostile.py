@@ -671,7 +671,7 @@ def declare_size(archive: Path, name: str, declared: int) -> Path:
 def imported_nothing(database: StudioDatabase) -> bool:
     tables = ("characters", "stories", "panels", "versions")
     files = [p for p in database.data_dir.rglob("*") if p.is_file() and not p.name.startswith(storage.DB_NAME)]
-    return not any(database.db[t].count for t in tables) and [p.name for p in files] == [storage.RESERVE_NAME]
+    return not any(database.db[t].count for t in tables) and [p.name for p in files] in ([], [storage.RESERVE_NAME])
 
 
 def peak_bytes(call) -> tuple[int, Exception | None]:

@@ -23,8 +23,8 @@ log = logging.getLogger("anystory.ui")
 MODEL: dict[str, Any] = {"concurrency_id": "model", "concurrency_limit": None}
 
 # What a user can cause: refused pictures (ImageInputError), refused actions (StudioError,
-# CharacterInUse, GenerationCancelled), bad settings (ValueError), unknown ids or names
-# (CharacterNotFound, KeyError), wrong types from API callers (TypeError).
+# CharacterInUse, GenerationCancelled), bad settings (ValueError), a full disk (DiskFull),
+# unknown ids or names (CharacterNotFound, KeyError), wrong types from API callers (TypeError).
 USER_ERRORS = (ValueError, KeyError, TypeError)
 
 
