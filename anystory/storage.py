@@ -54,7 +54,7 @@ DB_NAME = "anystory.db"
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 # Disk kept back for the writes that free space on a full disk (`StudioDatabase.with_reserve`).
 RESERVE_NAME = ".space-reserve"
-RESERVE_BYTES = 8 * 1024 * 1024
+RESERVE_BYTES = 2 * 1024 * 1024  # a delete's log needs a few pages; a 100-version batch about 200 KB
 RESERVE_STEPS = 4
 T = TypeVar("T")
 

@@ -543,7 +543,7 @@ class Stories:
         *,
         keep_active: bool = True,
         older_than: str | _dt.datetime | None = None,
-        batch: int = 200,
+        batch: int = 100,
     ) -> DeletedVersions:
         """Delete kept versions in bulk (of one story, or of all): by default every version that
         is not its panel's active one. `older_than` keeps the versions made since then.
