@@ -29,11 +29,10 @@ from .archive import (
     staged_members,
     stored_file_name,
 )
-from .files import open_atomic
+from .files import folder_bytes, open_atomic
 from .library import Library
 from .mentions import mentioned_names, rename_mentions
 from .names import name_key
-from .files import folder_bytes
 from .storage import DB_NAME, StudioDatabase, Transaction, now, require_png, token
 
 ROUTERS = ("learned", "prompt", "layout", "none")

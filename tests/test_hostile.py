@@ -274,11 +274,16 @@ def test_every_failure_after_the_guard_marks_the_panel_failed(studio, monkeypatc
     story = studio.create_story("s")
     panel = studio.add_panel(story.id, "[Mia] walks [Rex]")
 
-    def broken(*args, **kwargs):
-        raise RuntimeError(f"broken {where}")
-
     target = {"plan": (studio, "plan_panel"), "encode": (studio, "character_encoding"),
               "store": (studio._stories, "add_version")}[where]
+    real, calls = getattr(*target), []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        if where == "plan" and len(calls) == 1:  # the check before waiting for the model: not the job
+            return real(*args, **kwargs)
+        raise RuntimeError(f"broken {where}")
+
     monkeypatch.setattr(*target, broken)
     with pytest.raises(StudioError, match=f"generation failed: broken {where}"):
         studio.generate_panel(panel.id)
