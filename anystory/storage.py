@@ -44,6 +44,7 @@ from .files import (
 )
 from .files import (
     disk_full_as_error as _os_disk_full_as_error,
+    folder_bytes,
 )
 from .mentions import rename_mentions
 from .names import name_key, numbered_name, visible_name
@@ -565,6 +566,12 @@ class StudioDatabase:
                 log.warning("the disk is full: %d bytes of the reserve given to a write that frees space", freed)
         self.keep_reserve()
         return result
+
+    def own_bytes(self) -> int:
+        """Bytes this data folder holds for its user: its files but the disk reserve and files
+        shared by hard link (`Transaction.link`); what a quota counts."""
+        reserve = self.data_dir / RESERVE_NAME
+        return folder_bytes(self.data_dir, own_only=True) - (reserve.stat().st_size if reserve.is_file() else 0)
 
     def keep_reserve(self) -> None:
         """Make the reserve whole when the disk has room for it twice over (never the last bytes)."""

@@ -29,9 +29,9 @@ from PIL import Image
 
 from . import images as imgs
 from . import render
-from .files import DiskFull, folder_bytes
+from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
-from .limits import Limits
+from .limits import LimitReached, Limits
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
@@ -82,7 +82,7 @@ class LimitsGuard:
         return {table: self.database.count(table) for table in self.TABLES}
 
     def _bytes(self) -> int | None:
-        return folder_bytes(self.database.data_dir, own_only=True) if self.limits.max_bytes is not None else None
+        return self.database.own_bytes() if self.limits.max_bytes is not None else None
 
     def before(self, db) -> tuple[dict[str, int], int | None]:
         return self._counts(), self._bytes()
@@ -203,7 +203,7 @@ class Studio:
         """Refuse early (before any model call) when one more `what` would pass a limit."""
         self.limits.check_count(what, self._database.count(what))
         if self.limits.max_bytes is not None:
-            self.limits.check_bytes(folder_bytes(self.data_dir, own_only=True))
+            self.limits.check_bytes(self._database.own_bytes())
 
     def add_character(self, name: str, description: str, image, mask=None) -> Character:
         """Check the name, the limits, the picture and mask (all cheap), then encode once and store
@@ -587,7 +587,7 @@ class Studio:
     def _generation_failed(self, panel_id: int, err: Exception) -> Exception:
         """Mark the panel failed with the reason; returns the error to raise: `err` itself when
         it is already a sentence for the user, else a StudioError saying what failed."""
-        if isinstance(err, StudioError | DiskFull):
+        if isinstance(err, StudioError | DiskFull | LimitReached):
             failure = err
         else:
             failure = StudioError(_friendly_failure(err))
