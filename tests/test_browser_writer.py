@@ -26,6 +26,7 @@ def app(browser, gradio_temp, preview_pipe, tmp_path):
         demo.close()
 
 
+@pytest.mark.hostile
 def test_a_bad_picture_is_refused_in_words_and_the_tab_keeps_working(app, browser, tmp_path):
     from playwright.sync_api import expect
 

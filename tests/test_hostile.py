@@ -28,7 +28,7 @@ from anystory.studio import CharacterInUse, Studio, StudioError
 from anystory.tiny import synthetic_subject
 from ui.common import error_message
 
-from .test_browser import browser, open_page
+from .browser_support import browser, open_page
 from .ui_support import IGNORE_GRADIO_WARNINGS, gradio_temp, preview_pipe
 
 __all__ = ["browser", "gradio_temp", "preview_pipe"]  # fixtures used by name
