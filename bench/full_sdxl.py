@@ -194,7 +194,7 @@ def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device, re
 
     config = AnyStoryConfig(reference_size=reference_size)  # the paper's SDXL sizes: m 64, d_r 1024, d' 256
     pipe = AnyStoryPipeline.from_pretrained(
-        str(folder), adapter="init", config=config, torch_dtype=dtype, device=device, local_files_only=True
+        str(folder), adapter="init", config=config, dtype=dtype, device=device, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe

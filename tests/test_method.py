@@ -1,6 +1,7 @@
 """The properties of METHOD.md §7, on the tiny SDXL loaded from a folder."""
 
 import copy
+import threading
 
 import numpy as np
 import pytest
@@ -11,9 +12,9 @@ from diffusers.models.attention_processor import AttnProcessor2_0
 
 from anystory import AnyStoryConfig, ReferenceNet, SubjectEncoding
 from anystory.attention import InjectionContext, RoutedCrossAttnProcessor, transformer_blocks
-from anystory.encoder import prepare_subject
+from anystory.encoder import prepare_subject, reference_features
 from anystory.encoding import inside_tokens
-from anystory.pipeline import build_processors
+from anystory.pipeline import PipelineBusyError, build_processors
 from anystory.router import LayoutRouting, SubjectRouter, grid_of, gumbel_routes, routing_loss
 from anystory.tiny import SDXL_UNET_CONFIG
 
@@ -160,7 +161,7 @@ def test_permuting_subjects_permutes_maps_and_keeps_the_image(pipe, subjects, ro
 
 def _context(pipe, encodings, routing, latent_hw=(16, 16)):
     ctx = InjectionContext(subjects=encodings, background=pipe.background_encoding(), routing=routing)
-    ctx.begin_forward(latent_hw, batch=1)
+    ctx.begin_pass(latent_hw)
     return ctx
 
 
@@ -177,12 +178,11 @@ def test_cross_attention_locality(pipe, subjects):
 
     outputs = []
     for pair in ([subjects[0], subjects[1]], [subjects[0], subjects[2]]):
-        site.context = _context(pipe, pair, routing)
-        outputs.append(site(attn, hidden, text))
-    gates = routing.gates(site, hidden, (8, 8), None)[0]  # [3, 64]
+        outputs.append(site(attn, hidden, text, injection=_context(pipe, pair, routing)))
+    routes = routing.routes(site, hidden, (8, 8), None)[0]  # [3, 64]
     changed = (outputs[0] - outputs[1]).abs().amax(-1)[0]
-    assert changed[gates[1].bool()].min() > 1e-4  # subject 1's positions see the new subject 1
-    assert changed[~gates[1].bool()].max() == 0  # subject 0's and background positions do not
+    assert changed[routes[1].bool()].min() > 1e-4  # subject 1's positions see the new subject 1
+    assert changed[~routes[1].bool()].max() == 0  # subject 0's and background positions do not
 
 
 @torch.no_grad()
@@ -195,19 +195,15 @@ def test_self_attention_locality_and_clean_background(pipe, subjects):
 
     def run(pair):
         ctx = _context(pipe, pair, routing)
-        ctx.publish_routes(2, routing.gates(None, hidden, (8, 8), None), (8, 8))  # "previous layer" map
-        site.context = ctx
-        try:
-            return site(attn, hidden)
-        finally:
-            site.context = None
+        ctx.publish_routes(2, routing.routes(None, hidden, (8, 8), None), (8, 8))  # "previous layer" map
+        return site(attn, hidden, injection=ctx)
 
     a, b = run([subjects[0], subjects[1]]), run([subjects[0], subjects[2]])
-    gates = routing.gates(None, hidden, (8, 8), None)[0]
+    routes = routing.routes(None, hidden, (8, 8), None)[0]
     changed = (a - b).abs().amax(-1)[0]
-    assert changed[gates[1].bool()].min() > 1e-5
-    assert changed[~gates[1].bool()].max() == 0
-    background = gates[2].bool()
+    assert changed[routes[1].bool()].min() > 1e-5
+    assert changed[~routes[1].bool()].max() == 0
+    background = routes[2].bool()
     assert (a[0, background] - plain[0, background]).abs().max() <= 1e-6
     assert (a[0, ~background] - plain[0, ~background]).abs().amax(-1).min() > 1e-5
 
@@ -278,3 +274,219 @@ def test_reference_net_starts_equal_to_the_unet(pipe):
     unet = pipe.unet
     conv = pipe.reference_net.conv_in.weight
     assert torch.equal(conv[:, :4], unet.conv_in.weight) and conv[:, 4].abs().max() == 0
+
+
+# -- the order routes are read in, the ReferenceNet's start, the unconditional rows ----------------
+
+
+class _OneSiteRouting:
+    """Subject 0 everywhere at one site, the background everywhere else: shows which site's
+    routes each attn1 reads."""
+
+    exclusive = True
+
+    def __init__(self, site: int):
+        self.site = site
+
+    def routes(self, site, latent, grid, ctx=None):
+        routes = latent.new_zeros(latent.shape[0], 2, latent.shape[1])
+        routes[:, 0 if site.index == self.site else 1] = 1
+        return routes
+
+
+def _unet_inputs(unet, batch=1, size=8, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    config = unet.config
+    pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+    latents = torch.randn(batch, 4, size, size, generator=generator)
+    text = torch.randn(batch, 77, config.cross_attention_dim, generator=generator)
+    added = {"text_embeds": torch.randn(batch, pooled, generator=generator), "time_ids": torch.zeros(batch, 6)}
+    return latents, text, added
+
+
+@torch.no_grad()
+def test_first_up_block_reads_the_mid_block_routes(pipe, subjects, monkeypatch):
+    """attn1 of the first up block reads the routes of the MID block's last attn2: execution order
+    (down -> mid -> up), not `unet.attn_processors` order (down -> up -> mid), where the block
+    before it would be the last down block."""
+    unet = pipe.unet
+    blocks = transformer_blocks(unet)
+    down = [b for part in unet.down_blocks for t in getattr(part, "attentions", None) or [] for b in t.transformer_blocks]
+    mid = [b for t in unet.mid_block.attentions for b in t.transformer_blocks]
+    first_up = unet.up_blocks[0].attentions[0].transformer_blocks[0]
+    last_mid = len(down) + len(mid) - 1
+    assert blocks[last_mid] is mid[-1] and blocks[last_mid + 1] is first_up
+    names = list(unet.attn_processors)
+    first_up_name = next(n for n in names if n.startswith("up_blocks.0.attentions.0.transformer_blocks.0.attn1"))
+    assert names[names.index(first_up_name) - 1].startswith("down_blocks.")  # what the listing order would give
+
+    seen = {}
+    original = InjectionContext.previous_routes
+
+    def recording(self, grid, block):
+        routes = original(self, grid, block)
+        seen[block] = None if routes is None else routes.clone()
+        return routes
+
+    monkeypatch.setattr(InjectionContext, "previous_routes", recording)
+    ctx = InjectionContext(subjects=subjects[:1], background=pipe.background_encoding(), routing=_OneSiteRouting(last_mid))
+    latents, text, added = _unet_inputs(unet)
+    ctx.begin_pass(tuple(latents.shape[-2:]))
+    unet(latents, torch.tensor([500]), encoder_hidden_states=text, added_cond_kwargs=added, cross_attention_kwargs={"injection": ctx})
+
+    assert set(seen) == set(range(1, len(blocks)))  # every attn1 but block 1's asked for routes
+    for block, routes in seen.items():
+        owner = 0 if block == last_mid + 1 else 1  # only the first up block follows the mid block
+        assert routes[:, owner].bool().all(), block
+
+
+@torch.no_grad()
+def test_reference_net_with_zero_mask_channel_gives_the_unets_attn1_inputs(pipe):
+    """The untrained ReferenceNet computes the features the UNet's own attn1 sees, whatever the
+    mask channel holds, once the UNet's cross-attention adds nothing: under the reference pass's
+    zero text, attn2 adds only its output bias b_out, the one term the ReferenceNet (no attn2)
+    lacks. With real biases the two differ by exactly that (why public-weights mode, which runs
+    the UNet itself, and an untrained checkpoint do not encode alike)."""
+    unet = copy.deepcopy(pipe.unet)
+    generator = torch.Generator().manual_seed(1)
+    latent = torch.randn(1, 4, 8, 8, generator=generator)
+    masks = [(torch.rand(1, 1, 8, 8, generator=generator) > 0.5).float(), torch.zeros(1, 1, 8, 8)]
+
+    with_bias = reference_features(unet, latent)
+    for block in transformer_blocks(unet):
+        block.attn2.to_out[0].bias.zero_()
+    own = reference_features(unet, latent)
+    net = ReferenceNet.from_unet(unet)
+    features = [reference_features(net, torch.cat([latent, mask], dim=1)) for mask in masks]
+
+    assert len(own) == len(features[0]) == len(transformer_blocks(unet))
+    for block, expected in enumerate(own):
+        assert torch.equal(features[0][block], features[1][block])  # the mask channel is ignored
+        assert torch.allclose(features[0][block], expected, atol=1e-5, rtol=1e-5), block
+    assert max((a - b).abs().max() for a, b in zip(with_bias[1:], own[1:])) > 1e-4
+
+
+@torch.no_grad()
+def test_unconditional_rows_get_the_background_slot_and_no_reference(pipe, subjects):
+    """With CFG the unconditional half sees the background slot E_{N+1} everywhere in attn2 and no
+    reference tokens in attn1, whatever the subjects and routes of the conditional half."""
+    block = transformer_blocks(pipe.unet)[3]
+    attn2, attn1 = block.attn2, block.attn1
+    torch.manual_seed(0)
+    site = RoutedCrossAttnProcessor(3, attn2.to_k.out_features, attn2.to_k.in_features, router=None)
+    torch.nn.init.normal_(site.to_v_ip.weight)  # a trained-looking CLIP path, so slots matter
+    hidden = torch.randn(2, 64, attn2.to_q.in_features)  # [unconditional, conditional]
+    text = torch.randn(2, 77, attn2.to_k.in_features)
+    routing = LayoutRouting(torch.from_numpy(np.stack(two_regions())))
+    background_only = LayoutRouting(torch.zeros(2, 8, 8))
+
+    def guided(pair):
+        ctx = _context(pipe, pair, routing)
+        ctx.cfg = True
+        return ctx
+
+    out = site(attn2, hidden, text, injection=guided(subjects[:2]))
+    alone = site(attn2, hidden[:1], text[:1], injection=_context(pipe, subjects[:2], background_only))
+    assert torch.allclose(out[:1], alone, atol=1e-6)  # = a row routed to the background everywhere
+    other = site(attn2, hidden, text, injection=guided([subjects[2], subjects[0]]))
+    assert torch.equal(other[:1], out[:1]) and (other[1:] - out[1:]).abs().max() > 1e-4
+
+    ctx = guided(subjects[:2])
+    ctx.publish_routes(2, routing.routes(None, hidden[1:], (8, 8)), (8, 8))  # the conditional row's routes
+    out = attn1.processor(attn1, hidden, injection=ctx)
+    plain = AttnProcessor2_0()(attn1, hidden)
+    assert torch.allclose(out[:1], plain[:1], atol=1e-6)  # no reference tokens
+    assert (out[1:] - plain[1:]).abs().max() > 1e-5  # while the conditional row has them
+
+
+# -- one call at a time ------------------------------------------------------------------------------
+
+
+def test_a_second_call_while_one_runs_fails_loudly(pipe, subjects):
+    """A generation blocked inside its callback holds the pipeline: a call from another thread, or
+    from inside that callback, raises PipelineBusyError at once; the first generation is unmixed."""
+    inside, release = threading.Event(), threading.Event()
+    from_callback, from_thread, result = [], [], {}
+
+    def hold(p, step, timestep, tensors):
+        if step == 0:
+            try:
+                p(PROMPT, **GEN)
+            except PipelineBusyError as err:
+                from_callback.append(err)
+            inside.set()
+            release.wait(120)
+        return {}
+
+    def first():
+        result["images"] = pipe(PROMPT, subjects=subjects[:2], generator=seeded(), callback_on_step_end=hold, **GEN).images
+
+    def second(call):
+        try:
+            call()
+        except PipelineBusyError as err:
+            from_thread.append(err)
+
+    running = threading.Thread(target=first)
+    running.start()
+    try:
+        assert inside.wait(120)
+        calls = [
+            lambda: pipe(PROMPT, subjects=subjects[:2], generator=seeded(), **GEN),
+            lambda: pipe(PROMPT, **GEN),  # no subjects: still diffusers' state and the shared UNet
+            lambda: pipe.encode_subject(make_subject_image(4, alpha=True)),
+        ]
+        for call in calls:
+            other = threading.Thread(target=second, args=(call,))
+            other.start()
+            other.join(120)
+    finally:
+        release.set()
+        running.join(300)
+    assert len(from_callback) == 1 and len(from_thread) == len(calls)
+    assert all("busy" in str(err) for err in from_callback + from_thread)
+    alone = pipe(PROMPT, subjects=subjects[:2], generator=seeded(), **GEN).images
+    assert np.array_equal(result["images"], alone)
+
+
+# -- the documented defaults -------------------------------------------------------------------------
+
+
+def _documented_schedules() -> list[tuple[list[str], str, tuple, tuple]]:
+    """The "Step schedules" table of docs/METHOD.md: (routers, subjects, clip, reference) per row."""
+    import ast
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "METHOD.md").read_text()
+    section = text.split("### Step schedules", 1)[1].split("\n### ", 1)[0]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[2].startswith("("):
+            rows.append(([r.strip() for r in cells[0].split(",")], cells[1], ast.literal_eval(cells[2]), ast.literal_eval(cells[3])))
+    return rows
+
+
+def test_default_schedules_are_the_documented_ones(pipe, subjects):
+    from anystory.pipeline import default_schedules
+
+    rows = _documented_schedules()
+    assert {r for routers, *_ in rows for r in routers} == {"learned", "prompt", "layout", "none"}
+    counts = {"1": [1], "2 or more": [2, 3, 4], "any": [1, 2, 3, 4]}
+    for routers, subjects_cell, clip, reference in rows:
+        for router in routers:
+            for n in counts[subjects_cell]:
+                assert default_schedules(router, n) == (clip, reference), (router, n)
+
+    # Step i of n is on when round(start n) <= i < round(end n), halves up: 0.09 of 25 steps starts at step 2.
+    ctx = InjectionContext(subjects=subjects[:1], background=pipe.background_encoding(), routing=None,
+                           reference_schedule=(0.09, 1.0), num_steps=25)  # fmt: skip
+    on = [step for step in range(25) if (setattr(ctx, "step", step) or ctx.reference_active)]
+    assert on == list(range(2, 25))
+
+    # The pipeline applies them: learned router, 2 subjects, 6 steps -> the reference path is off at step 0.
+    steps = dict(GEN, num_inference_steps=6)
+    run = lambda **schedules: pipe(PROMPT, subjects=subjects[:2], router="learned", generator=seeded(), **schedules, **steps).images  # noqa: E731
+    default = run()
+    assert np.array_equal(default, run(clip_schedule=(0.0, 1.0), reference_schedule=(0.09, 1.0)))
+    assert np.abs(default - run(reference_schedule=(0.0, 1.0))).max() > 1e-4
