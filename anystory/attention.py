@@ -128,6 +128,14 @@ class InjectionContext:
     def reference_active(self) -> bool:
         return self._in_window(self.reference_schedule) and any(s.has_reference for s in self.subjects)
 
+    @property
+    def subjects_routed(self) -> bool:
+        """False when the routing strategy knows, without looking at a tensor, that every position
+        is background at this step (the prompt router before its start): then no subject is
+        injected anywhere, and the work for the subjects' slots is skipped."""
+        known = getattr(self.routing, "routes_subjects", None)
+        return known(self) if known is not None else True
+
     # -- one UNet pass -----------------------------------------------------------------------------
 
     def begin_pass(self, latent_hw: tuple[int, int]) -> None:
@@ -323,6 +331,9 @@ class RoutedCrossAttnProcessor(nn.Module):
         slots = ctx.num_slots
         slot_keys, slot_values = ctx.clip_kv(self, heads)  # [S, heads, T, d]
         scales = ctx.slot_scales(query.device, query.dtype)
+        if not ctx.subjects_routed:  # the background slot everywhere, in every row
+            k, v = slot_keys[-1:].expand(batch, -1, -1, -1), slot_values[-1:].expand(batch, -1, -1, -1)
+            return _merge_heads(F.scaled_dot_product_attention(query, k, v).to(query.dtype) * scales[-1])
         cond = batch - first_cond
         q = query[first_cond:].unsqueeze(1).expand(-1, slots, -1, -1, -1).reshape(cond * slots, heads, tokens, dim)
         k = slot_keys.unsqueeze(0).expand(cond, -1, -1, -1, -1).reshape(cond * slots, *slot_keys.shape[1:])
@@ -379,6 +390,8 @@ class ReferenceAttnProcessor(nn.Module):
     ):  # fmt: skip
         ctx = injection
         if ctx is None or not self.inject or not ctx.reference_active or encoder_hidden_states is not None:
+            return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if not ctx.subjects_routed:  # every position is background: no reference token is visible
             return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         _check_supported(attn, hidden_states)
         batch, tokens, _ = hidden_states.shape

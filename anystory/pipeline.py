@@ -550,12 +550,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         _, cross_attn = self.anystory_processors()
         return "learned" if cross_attn and cross_attn[0].router is not None else "prompt"
 
-    def _routing(self, router, subjects, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size):
+    def _routing(self, router, subjects, background, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size):
         if router == "learned":
             if self.default_router != "learned":
                 raise ValueError("router='learned' needs trained router weights; use 'prompt', 'layout' or 'none'")
-            embeddings = [s.routing_embedding for s in subjects] + [self._background_encoding().routing_embedding]
-            return LearnedRouting(torch.stack(embeddings).to(self._execution_device, self.unet.dtype))
+            return LearnedRouting(torch.stack([s.routing_embedding for s in subjects] + [background.routing_embedding]))
         if router == "prompt":
             if subject_tokens is None:
                 if subject_phrases is None or len(subject_phrases) != len(subjects):
@@ -575,7 +574,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             return NoRouting(len(subjects))
         raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
 
-    def _check_subjects(self, subjects) -> list[SubjectEncoding]:
+    def _check_subjects(self, subjects, device, dtype) -> list[SubjectEncoding]:
         subjects = [
             s if isinstance(s, SubjectEncoding) else self._encode_subject(s, None, crop=True, cache_reference_kv=True)
             for s in subjects
@@ -589,7 +588,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                     f"subject {i} was encoded by other weights ({subject.encoder_id or 'unknown'}, "
                     f"this pipeline is {self.encoder_id}): encode it again"
                 )
-        return [s.to(self._execution_device, self.unet.dtype) for s in subjects]
+        return [s.to(device, dtype) for s in subjects]
 
     def __call__(
         self,
@@ -633,9 +632,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         subject_scales, clip_scale, reference_bias, clip_schedule, reference_schedule, return_route_record, kwargs,
     ) -> AnyStoryPipelineOutput:  # fmt: skip
         kwargs["return_dict"] = True
-        subjects = self._check_subjects(subjects)
+        device, dtype = self._execution_device, self.unet.dtype  # each walks every module: once per call
+        subjects = self._check_subjects(subjects, device, dtype)
         if not subjects:
             return AnyStoryPipelineOutput(images=super().__call__(prompt, **kwargs).images)
+        background = self._background_encoding().to(device, dtype)
 
         router = router or self.default_router
         default_clip, default_reference = default_schedules(router, len(subjects))
@@ -643,11 +644,12 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         size = (kwargs.get("height") or self.default_sample_size * self.vae_scale_factor,
                 kwargs.get("width") or self.default_sample_size * self.vae_scale_factor)  # fmt: skip
         routing = self._routing(
-            router, subjects, layout, prompt, subject_phrases, subject_tokens, round(prompt_route_start * steps), size,
+            router, subjects, background, layout, prompt, subject_phrases, subject_tokens,
+            round(prompt_route_start * steps), size,
         )  # fmt: skip
         ctx = InjectionContext(
             subjects=subjects,
-            background=self._background_encoding().to(self._execution_device, self.unet.dtype),
+            background=background,
             routing=routing,
             clip_scale=clip_scale,
             reference_bias=reference_bias,

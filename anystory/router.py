@@ -205,10 +205,14 @@ class PromptRouting:
         self.attention = at_latent if self.attention is None else self.attention + at_latent
         self._routes.clear()
 
+    def routes_subjects(self, ctx) -> bool:
+        """Whether any position can go to a subject at this step (known on the host)."""
+        return self.attention is not None and ctx.step >= self.start_step
+
     def routes(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         batch, tokens = latent.shape[0], latent.shape[1]
         slots = len(self.token_indices) + 1
-        if self.attention is None or ctx.step < self.start_step:
+        if not self.routes_subjects(ctx):
             background = latent.new_zeros(batch, slots, tokens)
             background[:, -1] = 1
             return background

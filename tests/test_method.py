@@ -1,7 +1,9 @@
 """The properties of METHOD.md §7, on the tiny SDXL loaded from a folder."""
 
 import copy
+import sys
 import threading
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -490,3 +492,112 @@ def test_default_schedules_are_the_documented_ones(pipe, subjects):
     default = run()
     assert np.array_equal(default, run(clip_schedule=(0.0, 1.0), reference_schedule=(0.09, 1.0)))
     assert np.abs(default - run(reference_schedule=(0.0, 1.0))).max() > 1e-4
+
+
+# -- no host round trips while denoising -------------------------------------------------------------
+
+
+def test_route_record_equals_copies_made_at_every_site(pipe, subjects, monkeypatch, tmp_path):
+    """The record stays on the device and moves once at the end: the same entries, in the same
+    order, as copying each site's routes to the host when it publishes them (as it once did)."""
+    from anystory.render import load_route_maps, route_maps_bytes
+
+    def write_route_maps(path, final, record):
+        path.write_bytes(route_maps_bytes(final, record))
+        return path
+
+    copies = []
+    publish = InjectionContext.publish_routes
+
+    def copying(self, site, routes, grid):
+        b, s, _ = routes.shape
+        copies.append({"step": self.step, "site": site, "grid": grid, "gates": routes.detach().float().view(b, s, *grid).bool().cpu()})
+        return publish(self, site, routes, grid)
+
+    monkeypatch.setattr(InjectionContext, "publish_routes", copying)
+    out = pipe(PROMPT, subjects=subjects[:2], router="learned", return_route_record=True, generator=seeded(),
+               height=128, width=128, **GEN)  # fmt: skip
+    record = out.route_record
+    assert len(record) == len(copies) == GEN["num_inference_steps"] * len(transformer_blocks(pipe.unet))
+    for ours, copied in zip(record, copies):
+        assert ours.keys() == copied.keys() and all(ours[k] == copied[k] for k in ("step", "site", "grid"))
+        assert ours["gates"].device.type == "cpu" and torch.equal(ours["gates"], copied["gates"])
+    final = out.route_maps[0].numpy()
+    saved = [write_route_maps(tmp_path / f"{name}.npz", final, [{**e, "gates": e["gates"][0].numpy()} for e in entries])
+             for name, entries in (("ours", record), ("copies", copies))]  # fmt: skip
+    (final_a, record_a), (final_b, record_b) = (load_route_maps(path) for path in saved)
+    assert np.array_equal(final_a, final_b) and len(record_a) == len(record_b)
+    assert all(np.array_equal(a["gates"], b["gates"]) and a["grid"] == b["grid"] for a, b in zip(record_a, record_b))
+
+
+class _HostTrips:
+    """Counts `.cpu()`, `.item()`, `.tolist()`, `.numpy()` and `bool` / `int` / `float` of a tensor
+    (each a device-to-host copy and a wait on a GPU) while `on`, with the file that called it; on
+    CUDA it also turns on torch's own sync check, which fails the call."""
+
+    METHODS = ("cpu", "item", "tolist", "numpy", "__bool__", "__int__", "__float__")
+
+    def __init__(self, monkeypatch):
+        self.on, self.calls = False, []
+        for name in self.METHODS:
+            monkeypatch.setattr(torch.Tensor, name, self._counting(name, getattr(torch.Tensor, name)))
+
+    def _counting(self, name, original):
+        def counted(tensor, *args, **kwargs):
+            if self.on:
+                self.calls.append((name, sys._getframe(1).f_code.co_filename))
+            return original(tensor, *args, **kwargs)
+
+        return counted
+
+    def callback(self, steps: int):
+        """A step-end callback: on from the end of the first step to the end of the last, i.e. for
+        every UNet pass but the first (which makes the per-generation constants) and the
+        scheduler steps between them."""
+
+        def at_step_end(pipe, step, timestep, tensors):
+            self.on = step < steps - 1
+            if torch.cuda.is_available():
+                torch.cuda.set_sync_debug_mode("error" if self.on else "default")
+            return {}
+
+        return at_step_end
+
+
+@pytest.mark.parametrize("router", ["learned", "prompt", "layout"])
+def test_no_host_round_trip_while_denoising(pipe, plain, subjects, monkeypatch, router):
+    """Generating with two subjects and the route record on, nothing of AnyStory reads a tensor
+    back to the host during the denoising loop, and nothing more happens there than in diffusers'
+    own SDXL loop (whose scheduler compares its CPU sigmas)."""
+    import anystory
+
+    package = str(Path(anystory.__file__).parent)
+    trips = _HostTrips(monkeypatch)
+    steps = dict(GEN, num_inference_steps=4)
+    extra = {"learned": {}, "prompt": dict(subject_phrases=["a girl", "her dog"], prompt_route_start=0.0),
+             "layout": dict(layout=two_regions())}[router]  # fmt: skip
+    out = pipe(PROMPT, subjects=subjects[:2], router=router, return_route_record=True, generator=seeded(),
+               callback_on_step_end=trips.callback(4), **extra, **steps)  # fmt: skip
+    ours, trips.calls = trips.calls, []
+    plain(PROMPT, generator=seeded(), callback_on_step_end=trips.callback(4), **steps)
+    assert [call for call in ours if call[1].startswith(package)] == []
+    assert sorted(ours) == sorted(trips.calls)
+    assert len(out.route_record) == 4 * len(transformer_blocks(pipe.unet))  # the record was on throughout
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: torch.cuda.set_sync_debug_mode")
+def test_no_device_sync_while_denoising_on_cuda(tiny_folder):
+    """On a GPU, torch's own check: any synchronising call between the first and the last step fails."""
+    from anystory import AnyStoryPipeline
+
+    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", device="cuda", local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    pair = [pipe.encode_subject(make_subject_image(seed, alpha=True)) for seed in (1, 2)]
+    trips = _HostTrips(pytest.MonkeyPatch())
+    try:
+        out = pipe(PROMPT, subjects=pair, return_route_record=True, callback_on_step_end=trips.callback(4),
+                   num_inference_steps=4, output_type="latent")  # fmt: skip
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+        pytest.MonkeyPatch().undo()
+    assert len(out.route_record) == 4 * len(transformer_blocks(pipe.unet))

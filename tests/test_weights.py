@@ -132,6 +132,17 @@ def test_prompt_router_routes_nothing_before_its_start_step(public):
     assert all(torch.equal(e["gates"].sum(1), torch.ones_like(e["gates"][:, 0], dtype=torch.long)) for e in late_entries)
 
 
+def test_nothing_of_the_subjects_is_computed_before_the_prompt_router_starts(public):
+    """Before its start the prompt router routes every position to the background, so the
+    subjects' work is skipped (a plain self-attention, the background slot alone): the image is
+    the one the full computation gives with every position routed to the background."""
+    girl = public.encode_subject(make_subject_image(1))
+    skipped = public(PROMPT, subjects=[girl], subject_phrases=["a girl"], prompt_route_start=1.0, generator=seeded(), **GEN)
+    computed = public(PROMPT, subjects=[girl], router="layout", layout=[np.zeros((8, 8))], generator=seeded(), **GEN)
+    assert torch.equal(skipped.route_maps[0], computed.route_maps[0])
+    assert np.abs(skipped.images - computed.images).max() <= 1e-5
+
+
 def test_learned_router_refused_without_router_weights(public):
     girl = public.encode_subject(make_subject_image(1))
     with pytest.raises(ValueError, match="needs trained router weights"):
