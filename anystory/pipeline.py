@@ -31,7 +31,15 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
 from .encoding import SubjectEncoding, inside_tokens
-from .router import LayoutRouting, LearnedRouting, NoRouting, PromptRouting, SubjectRouter, grid_of, phrase_token_indices
+from .router import (
+    LayoutRouting,
+    LearnedRouting,
+    NoRouting,
+    PromptRouting,
+    SubjectRouter,
+    grid_of,
+    phrase_token_indices,
+)
 from .weights import (
     PUBLIC_IMAGE_ENCODER,
     PUBLIC_IP_ADAPTER,
@@ -550,7 +558,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         _, cross_attn = self.anystory_processors()
         return "learned" if cross_attn and cross_attn[0].router is not None else "prompt"
 
-    def _routing(self, router, subjects, background, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size):
+    def _routing(
+        self, router, subjects, background, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size
+    ):
         if router == "learned":
             if self.default_router != "learned":
                 raise ValueError("router='learned' needs trained router weights; use 'prompt', 'layout' or 'none'")

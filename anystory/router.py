@@ -199,7 +199,8 @@ class PromptRouting:
         probs = (query @ key.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # [Bc, hw, T]
         if probs.device not in self._token_tensors:
             self._token_tensors[probs.device] = [torch.tensor(idx, device=probs.device) for idx in self.token_indices]
-        per_subject = torch.stack([probs.index_select(-1, idx).sum(-1) for idx in self._token_tensors[probs.device]], dim=1)
+        indices = self._token_tensors[probs.device]
+        per_subject = torch.stack([probs.index_select(-1, idx).sum(-1) for idx in indices], dim=1)
         b, n, _ = per_subject.shape
         at_latent = F.adaptive_avg_pool2d(per_subject.float().view(b, n, *grid), ctx.latent_hw)
         self.attention = at_latent if self.attention is None else self.attention + at_latent

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,

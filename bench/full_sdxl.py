@@ -314,16 +314,21 @@ def _status_kb(field: str) -> int:
 
 
 class Timer:
+    """Wall seconds (`seconds`) and this process's CPU seconds (`cpu_seconds`) of a block. On a
+    shared CPU machine the CPU time of a run with a fixed thread count hardly depends on what
+    else runs; the wall time does."""
+
     def __init__(self, device: torch.device):
         self.device = device
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start

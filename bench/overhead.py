@@ -205,8 +205,9 @@ def public_rows(pipe, plain, peer_parts, subjects, args) -> list[tuple]:
 
     peer_context = lambda: unet_state(pipe.unet, peer_state)  # noqa: E731
     rows = [("plain SDXL (diffusers pipeline)", "-", 0, lambda g: plain(PROMPT, generator=g, **common), None)]
-    if not args.quick:
-        rows.append(("plain, stock AttnProcessor2_0", "-", 0, lambda g: plain(PROMPT, generator=g, **common), lambda: stock_processors(pipe.unet)))
+    if args.stock:
+        stock = lambda: stock_processors(pipe.unet)  # noqa: E731
+        rows.append(("plain, stock AttnProcessor2_0", "-", 0, lambda g: plain(PROMPT, generator=g, **common), stock))
     rows.append((PEER_ROW, "masks", 2, peer_run(ip_adapter_image_embeds=embeddings), peer_context))
     if not args.quick:
         rows.append((PEER_ROW + ", encoded per call", "masks", 2, peer_run(ip_adapter_image=pictures), peer_context))
@@ -222,7 +223,7 @@ def public_rows(pipe, plain, peer_parts, subjects, args) -> list[tuple]:
 
 def measure(rows, device: torch.device, repeats: int) -> dict:
     """Alternating rounds after one warm-up round: times and peak memory per row."""
-    results = {i: {"times": [], "peak": [], "delta": []} for i in range(len(rows))}
+    results = {i: {"times": [], "cpu": [], "peak": [], "delta": []} for i in range(len(rows))}
     for round_index in range(repeats + 1):
         for i, (_, _, _, run, *context) in enumerate(rows):
             context = (context[0] if context else None) or contextlib.nullcontext  # set up outside the timer
@@ -240,6 +241,7 @@ def measure(rows, device: torch.device, repeats: int) -> dict:
             if round_index == 0:
                 continue  # warm-up
             results[i]["times"].append(timer.seconds)
+            results[i]["cpu"].append(timer.cpu_seconds)
             results[i]["peak"].append(peak)
             results[i]["delta"].append(peak - before)
         if round_index:
@@ -248,28 +250,33 @@ def measure(rows, device: torch.device, repeats: int) -> dict:
 
 
 def print_table(rows, results, device, extra_mb: float) -> dict:
-    """The markdown table; returns {(label, router, n): (ratio, memory over plain SDXL in GB or None)}."""
-    base = statistics.median(results[0]["times"])
+    """The markdown table; returns {(label, router, n): (ratio, memory over plain SDXL in GB or None)}.
+
+    On CUDA the ratio is of wall time; on the CPU of this process's CPU time (the wall time is
+    shown too): with a fixed thread count it does not depend on what else the machine runs."""
     cuda = device.type == "cuda"
-    header = "| run | router | subjects | s / image (median) | min-max | vs plain |"
-    header += " peak alloc GB | over plain SDXL GB |" if cuda else " peak RSS over start MB |"
+    key = "times" if cuda else "cpu"
+    base = statistics.median(results[0][key])
+    header = "| run | router | subjects | s / image (median) | min-max |"
+    header += " vs plain | peak alloc GB | over plain SDXL GB |" if cuda else " CPU s / image (median) | min-max | vs plain (CPU time) | peak RSS over start MB |"
     print(header)
     print("|" + "---|" * (header.count("|") - 1))
     plain_peak = max(results[0]["peak"]) - extra_mb  # a plain SDXL pipeline holds no AnyStory weights
     summary = {}
     for i, (label, router, n, *_) in enumerate(rows):
-        times = results[i]["times"]
-        median = statistics.median(times)
-        cells = [label, router, str(n), f"{median:.2f}", f"{min(times):.2f}-{max(times):.2f}", f"{median / base:.3f}x"]
+        times, measured = results[i]["times"], results[i][key]
+        ratio = statistics.median(measured) / base
+        cells = [label, router, str(n), f"{statistics.median(times):.2f}", f"{min(times):.2f}-{max(times):.2f}"]
         over = None
         if cuda:
             peak = max(results[i]["peak"])
             over = (peak - plain_peak) / 1024
-            cells += [f"{peak / 1024:.2f}", f"{over:+.2f}"]
+            cells += [f"{ratio:.3f}x", f"{peak / 1024:.2f}", f"{over:+.2f}"]
         else:
-            cells += [f"{max(results[i]['delta']):.0f}"]
+            cpu = results[i]["cpu"]
+            cells += [f"{statistics.median(cpu):.2f}", f"{min(cpu):.2f}-{max(cpu):.2f}", f"{ratio:.3f}x", f"{max(results[i]['delta']):.0f}"]
         print("| " + " | ".join(cells) + " |")
-        summary[(label, router, n)] = (median / base, over)
+        summary[(label, router, n)] = (ratio, over)
     return summary
 
 
@@ -409,12 +416,14 @@ def main() -> None:
     parser.add_argument("--routers", nargs="+", choices=["prompt", "layout"], default=["prompt", "layout"], help="--mode public")
     parser.add_argument("--output-type", default="pil")
     parser.add_argument("--quick", action="store_true", help="fewer rows (no breakdown / stock / per-call peer rows)")
+    parser.add_argument("--no-stock", dest="stock", action="store_false", help="--mode public: no stock-processor row")
     parser.add_argument("--compile", action="store_true", help="CUDA: also measure with regional torch.compile")
     parser.add_argument("--offload", action="store_true", help="CUDA: also measure with enable_model_cpu_offload()")
     parser.add_argument("--profile", action="store_true", help="also: torch profiler of a plain and a 2-subject run")
     parser.add_argument("--profile-only", action="store_true", help="only the profile (no table)")
     args = parser.parse_args()
     args.profile = args.profile or args.profile_only
+    args.stock = args.stock and not args.quick
     device, dtype = machine_from(args)
     cuda = device.type == "cuda"
     args.size = args.size or (1024 if cuda else 256)

@@ -228,7 +228,8 @@ def main() -> None:
             results["first start"].append(end_to_end(data_dir, args.timeout))
             results["restart"].append(end_to_end(data_dir, args.timeout))
     print(
-        "\n| app.py --preview | launch to first page, s (runs) | torch | diffusers | transformers | gradio | anystory | ui |"
+        "\n| app.py --preview | launch to first page, s (runs) "
+        "| torch | diffusers | transformers | gradio | anystory | ui |"
     )
     print("|---|---|---|---|---|---|---|---|")
     for kind, runs in results.items():

@@ -313,7 +313,7 @@ def test_first_up_block_reads_the_mid_block_routes(pipe, subjects, monkeypatch):
     before it would be the last down block."""
     unet = pipe.unet
     blocks = transformer_blocks(unet)
-    down = [b for part in unet.down_blocks for t in getattr(part, "attentions", None) or [] for b in t.transformer_blocks]
+    down = [b for part in unet.down_blocks for t in getattr(part, "attentions", None) or [] for b in t.transformer_blocks]  # fmt: skip
     mid = [b for t in unet.mid_block.attentions for b in t.transformer_blocks]
     first_up = unet.up_blocks[0].attentions[0].transformer_blocks[0]
     last_mid = len(down) + len(mid) - 1
@@ -331,10 +331,12 @@ def test_first_up_block_reads_the_mid_block_routes(pipe, subjects, monkeypatch):
         return routes
 
     monkeypatch.setattr(InjectionContext, "previous_routes", recording)
-    ctx = InjectionContext(subjects=subjects[:1], background=pipe.background_encoding(), routing=_OneSiteRouting(last_mid))
+    routing = _OneSiteRouting(last_mid)
+    ctx = InjectionContext(subjects=subjects[:1], background=pipe.background_encoding(), routing=routing)
     latents, text, added = _unet_inputs(unet)
     ctx.begin_pass(tuple(latents.shape[-2:]))
-    unet(latents, torch.tensor([500]), encoder_hidden_states=text, added_cond_kwargs=added, cross_attention_kwargs={"injection": ctx})
+    injection = {"injection": ctx}
+    unet(latents, torch.tensor([500]), encoder_hidden_states=text, added_cond_kwargs=added, cross_attention_kwargs=injection)
 
     assert set(seen) == set(range(1, len(blocks)))  # every attn1 but block 1's asked for routes
     for block, routes in seen.items():
@@ -421,7 +423,8 @@ def test_a_second_call_while_one_runs_fails_loudly(pipe, subjects):
         return {}
 
     def first():
-        result["images"] = pipe(PROMPT, subjects=subjects[:2], generator=seeded(), callback_on_step_end=hold, **GEN).images
+        out = pipe(PROMPT, subjects=subjects[:2], generator=seeded(), callback_on_step_end=hold, **GEN)
+        result["images"] = out.images
 
     def second(call):
         try:
@@ -465,7 +468,8 @@ def _documented_schedules() -> list[tuple[list[str], str, tuple, tuple]]:
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if len(cells) == 4 and cells[2].startswith("("):
-            rows.append(([r.strip() for r in cells[0].split(",")], cells[1], ast.literal_eval(cells[2]), ast.literal_eval(cells[3])))
+            routers = [r.strip() for r in cells[0].split(",")]
+            rows.append((routers, cells[1], ast.literal_eval(cells[2]), ast.literal_eval(cells[3])))
     return rows
 
 
@@ -488,7 +492,9 @@ def test_default_schedules_are_the_documented_ones(pipe, subjects):
 
     # The pipeline applies them: learned router, 2 subjects, 6 steps -> the reference path is off at step 0.
     steps = dict(GEN, num_inference_steps=6)
-    run = lambda **schedules: pipe(PROMPT, subjects=subjects[:2], router="learned", generator=seeded(), **schedules, **steps).images  # noqa: E731
+    def run(**schedules):
+        return pipe(PROMPT, subjects=subjects[:2], router="learned", generator=seeded(), **schedules, **steps).images
+
     default = run()
     assert np.array_equal(default, run(clip_schedule=(0.0, 1.0), reference_schedule=(0.09, 1.0)))
     assert np.abs(default - run(reference_schedule=(0.0, 1.0))).max() > 1e-4
@@ -511,7 +517,8 @@ def test_route_record_equals_copies_made_at_every_site(pipe, subjects, monkeypat
 
     def copying(self, site, routes, grid):
         b, s, _ = routes.shape
-        copies.append({"step": self.step, "site": site, "grid": grid, "gates": routes.detach().float().view(b, s, *grid).bool().cpu()})
+        gates = routes.detach().float().view(b, s, *grid).bool().cpu()
+        copies.append({"step": self.step, "site": site, "grid": grid, "gates": gates})
         return publish(self, site, routes, grid)
 
     monkeypatch.setattr(InjectionContext, "publish_routes", copying)

@@ -137,7 +137,8 @@ def test_nothing_of_the_subjects_is_computed_before_the_prompt_router_starts(pub
     subjects' work is skipped (a plain self-attention, the background slot alone): the image is
     the one the full computation gives with every position routed to the background."""
     girl = public.encode_subject(make_subject_image(1))
-    skipped = public(PROMPT, subjects=[girl], subject_phrases=["a girl"], prompt_route_start=1.0, generator=seeded(), **GEN)
+    phrases = dict(subject_phrases=["a girl"], prompt_route_start=1.0)
+    skipped = public(PROMPT, subjects=[girl], generator=seeded(), **phrases, **GEN)
     computed = public(PROMPT, subjects=[girl], router="layout", layout=[np.zeros((8, 8))], generator=seeded(), **GEN)
     assert torch.equal(skipped.route_maps[0], computed.route_maps[0])
     assert np.abs(skipped.images - computed.images).max() <= 1e-5
