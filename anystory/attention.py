@@ -1,12 +1,13 @@
 """Inject step: attention processors that add the subjects under the routes (METHOD.md §3).
 
-- `RoutedCrossAttnProcessor` (attn2, Eq. 5): text attention + eta * sum_i gate_i * Softmax(Q K^_i) V^_i,
-  one softmax per slot; it also asks the router for the gates and publishes them.
+- `RoutedCrossAttnProcessor` (attn2, Eq. 5): text attention + eta * sum_i sigma(M_i) Softmax(Q K^_i) V^_i,
+  one softmax per slot; it asks the router for this site's routes sigma(M^l) and publishes them.
 - `ReferenceAttnProcessor` (attn1, Eq. 6-8): self-attention whose keys/values are extended by the
   subjects' reference tokens, each visible only at positions routed to that subject by the
-  PREVIOUS cross-attention layer (in execution order), and only inside the subject's own mask.
-
-With no `InjectionContext` set, both are exactly diffusers' `AttnProcessor2_0`.
+  PREVIOUS cross-attention site (in execution order), and only inside the subject's own mask.
+- `InjectionContext`: one generation's subjects, settings and routes. The processors get it with
+  each call (`injection=`, which the UNet passes on from `cross_attention_kwargs`); without it
+  both are exactly diffusers' `AttnProcessor2_0`.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from torch import nn
 from .encoding import SubjectEncoding, inside_tokens
 from .router import grid_of, resize_routes
 
-_plain_attention = AttnProcessor2_0()
+# diffusers' own attention processor: what every AnyStory processor computes without an injection.
+plain_attention = AttnProcessor2_0()
 
 
 def transformer_blocks(unet: nn.Module) -> list[nn.Module]:
@@ -63,38 +65,35 @@ def _check_supported(attn: Attention, hidden_states: torch.Tensor) -> None:
 
 @dataclass
 class InjectionContext:
-    """The per-generation state shared by all processors of one UNet.
+    """One generation's injection (METHOD.md §2-3): what goes in, and the routes computed so far.
 
-    Slots are ordered subjects first, background last. Batches hold the unconditional rows first
-    when classifier-free guidance is on (as diffusers' SDXL pipeline concatenates them).
+    It travels with every UNet call as `cross_attention_kwargs={"injection": ctx}` (diffusers
+    hands that to each attention processor), so the processors, shared by every call of a
+    pipeline, hold no per-call state. Slots are the subjects 1..N, then the background N+1.
+    Batches hold the unconditional rows first when classifier-free guidance is on (as diffusers'
+    SDXL pipeline concatenates them).
     """
 
     subjects: list[SubjectEncoding]
-    background: SubjectEncoding
-    routing: object  # a strategy from router.py with .gates(site, latent, grid) and .exclusive
+    background: SubjectEncoding  # E_{N+1}, R_{N+1}: the background slot, also the unconditional rows'
+    routing: object  # a router.py strategy: .routes(site, latent, grid, ctx) -> sigma(M^l), .exclusive
     clip_scale: float = 1.0  # eta
     reference_bias: float = 0.0  # gamma
-    subject_scales: list[float] | None = None
-    clip_schedule: tuple[float, float] | None = (0.0, 1.0)
+    subject_scales: list[float] | None = None  # per-subject strength (CLIP path scale, log-bias of K~_i)
+    clip_schedule: tuple[float, float] | None = (0.0, 1.0)  # (start, end) fractions of the steps; None: off
     reference_schedule: tuple[float, float] | None = (0.0, 1.0)
-    num_steps: int = 1
+    record_steps: bool = False  # keep the routes of every site at every step (`record`)
+    # Where the denoising is, set by the caller before each UNet pass.
     step: int = 0
+    num_steps: int = 1
     cfg: bool = False
     latent_hw: tuple[int, int] = (1, 1)
-    record_steps: bool = False
-    # filled while running
-    last_gates: torch.Tensor | None = None
-    last_grid: tuple[int, int] | None = None
-    # Gates of each site in this forward, by block index: attn1 of block l reads site l-1's. Kept
-    # per site (not just the latest) so that a gradient-checkpointed block, recomputed during
-    # backward, sees the same routes it saw in the forward pass.
-    site_gates: dict = field(default_factory=dict)
-    votes: torch.Tensor | None = None
-    vote_count: int = 0
-    record: list[dict] = field(default_factory=list)
-    _clip_kv: dict = field(default_factory=dict)
-    _token_masks: dict = field(default_factory=dict)
-    _cache: dict = field(default_factory=dict)  # per-generation constants (inference only)
+    # Filled while running, all on the device (nothing goes to the host before the call ends).
+    routes: dict = field(default_factory=dict)  # site l -> (sigma(M^l) [Bc, N+1, hw], grid) of this pass
+    route_sum: torch.Tensor | None = None  # sigma(M^l) summed over sites and steps at the latent grid
+    route_count: int = 0
+    _record: list[dict] = field(default_factory=list)
+    _constants: dict = field(default_factory=dict)  # per-generation values, made once
 
     def __post_init__(self):
         n = len(self.subjects)
@@ -104,17 +103,22 @@ class InjectionContext:
         if any(s < 0 for s in scales):
             raise ValueError("subject scales must be >= 0")
         self.subject_scales = list(scales)
+        # E_1..E_{N+1}: the CLIP tokens of every slot, stacked [S, T, text].
         self.clip_tokens = torch.stack([s.clip_tokens for s in self.subjects] + [self.background.clip_tokens])
 
     @property
     def num_slots(self) -> int:
         return len(self.subjects) + 1
 
+    # -- schedules ---------------------------------------------------------------------------------
+
     def _in_window(self, window: tuple[float, float] | None) -> bool:
+        """Step i is in (start, end) when round(start * n) <= i < round(end * n), rounding halves up
+        (as the official release counts its schedules)."""
         if window is None:
             return False
-        fraction = self.step / max(self.num_steps, 1)
-        return window[0] <= fraction < window[1]
+        first, stop = (math.floor(fraction * self.num_steps + 0.5) for fraction in window)
+        return first <= self.step < stop
 
     @property
     def clip_active(self) -> bool:
@@ -124,36 +128,95 @@ class InjectionContext:
     def reference_active(self) -> bool:
         return self._in_window(self.reference_schedule) and any(s.has_reference for s in self.subjects)
 
-    def begin_forward(self, latent_hw: tuple[int, int], batch: int) -> None:
-        """Called before every UNet forward: block 1 of a pass has no previous map."""
+    @property
+    def subjects_routed(self) -> bool:
+        """False when the routing strategy knows, without looking at a tensor, that every position
+        is background at this step (the prompt router before its start): then no subject is
+        injected anywhere, and the work for the subjects' slots is skipped."""
+        known = getattr(self.routing, "routes_subjects", None)
+        return known(self) if known is not None else True
+
+    # -- one UNet pass -----------------------------------------------------------------------------
+
+    def begin_pass(self, latent_hw: tuple[int, int]) -> None:
+        """Before every UNet pass: block 1 of a pass has no previous route."""
         self.latent_hw = latent_hw
-        self.last_gates, self.last_grid = None, None
-        self.site_gates = {}
-        rows = batch // 2 if self.cfg else batch
-        if self.votes is None:
-            self.votes = torch.zeros(rows, self.num_slots, *latent_hw)
+        self.routes = {}
 
     def cond_rows(self, batch: int) -> int:
         """Index of the first conditional row."""
         return batch // 2 if self.cfg else 0
 
-    def _constant(self, key, make):
-        """A value that stays the same for the whole generation, made once (made every time while
-        gradients are on: training may change the weights between calls)."""
-        if torch.is_grad_enabled():
+    def publish_routes(self, site: int, routes: torch.Tensor, grid: tuple[int, int]) -> None:
+        """sigma(M^l) of site l [Bc, N+1, hw]: kept for the next block's attn1, added to the route
+        sum (the final route maps), recorded when asked. Kept per site, not just the latest: a
+        gradient-checkpointed block, recomputed during backward, reads the routes it read before."""
+        routes = routes.detach()
+        self.routes[site] = (routes, grid)
+        b, s, _ = routes.shape
+        one_hot = routes.float().view(b, s, *grid)
+        at_latent = F.adaptive_avg_pool2d(one_hot, self.latent_hw)
+        self.route_sum = at_latent if self.route_sum is None else self.route_sum + at_latent
+        self.route_count += 1
+        if self.record_steps:
+            self._record.append({"step": self.step, "site": site, "grid": grid, "gates": one_hot.bool()})
+
+    def previous_routes(self, grid: tuple[int, int], block: int) -> torch.Tensor | None:
+        """The routes of the cross-attention that ran just before block `block`'s attn1 (block
+        l - 1 in execution order), resized to `grid`; None when there is none."""
+        if block - 1 not in self.routes:
+            return None
+        routes, source = self.routes[block - 1]
+        return resize_routes(routes, source, grid, self.routing.exclusive)
+
+    # -- what the call returns -----------------------------------------------------------------------
+
+    def route_maps(self) -> torch.Tensor:
+        """The final route map per image [B, N+1, h, w] at the latent grid, on the host: the
+        majority over sites and steps, one-hot for exclusive routers (ties go to the most recent
+        site's routes; a tie-break by slot order would depend on the order subjects are given),
+        else the mean."""
+        if self.route_sum is None:
+            return torch.zeros(0, self.num_slots, *self.latent_hw)
+        if not self.routing.exclusive:
+            return (self.route_sum / max(self.route_count, 1)).cpu()
+        latest, grid = next(reversed(self.routes.values()))
+        b, s, _ = latest.shape
+        tie_break = F.adaptive_avg_pool2d(latest.float().view(b, s, *grid), self.latent_hw)
+        winner = (self.route_sum + 1e-3 * tie_break).argmax(dim=1)
+        return F.one_hot(winner, s).permute(0, 3, 1, 2).float().cpu()
+
+    @property
+    def record(self) -> list[dict]:
+        """Per step and site: {"step", "site", "grid", "gates": bool [Bc, N+1, h, w]} on the host,
+        moved in one device-to-host copy for the whole record (each site keeps its routes on the
+        device while the generation runs)."""
+        if not self._record:
+            return []
+        flat = torch.cat([entry["gates"].flatten() for entry in self._record]).cpu()
+        host, offset = [], 0
+        for entry in self._record:
+            size = entry["gates"].numel()
+            host.append({**entry, "gates": flat[offset : offset + size].view(entry["gates"].shape)})
+            offset += size
+        return host
+
+    # -- per-generation constants --------------------------------------------------------------------
+
+    def constant(self, key, make, weights: bool = True):
+        """A value that stays the same for the whole generation, made once. One that depends on
+        trained weights is made at every call while gradients are on (training changes them)."""
+        if weights and torch.is_grad_enabled():
             return make()
-        if key not in self._cache:
-            self._cache[key] = make()
-        return self._cache[key]
+        if key not in self._constants:
+            self._constants[key] = make()
+        return self._constants[key]
 
     def slot_scales(self, device, dtype) -> torch.Tensor:
-        # Made once: a host-to-device copy at every site would also synchronise the GPU stream.
-        return self._constant(
-            ("slot_scales", device, dtype),
-            lambda: torch.tensor(
-                [self.clip_scale * s for s in self.subject_scales] + [self.clip_scale], device=device, dtype=dtype
-            ),
-        )
+        """eta * strength_i per subject slot, eta for the background: [S]."""
+        values = [self.clip_scale * s for s in self.subject_scales] + [self.clip_scale]
+        make = lambda: torch.tensor(values, device=device, dtype=dtype)  # noqa: E731
+        return self.constant(("slot_scales", device, dtype), make, weights=False)
 
     def reference_log_strength(self, device, dtype) -> torch.Tensor:
         """gamma + log(strength_i) per subject (log 0 = -inf: that subject's reference is off),
@@ -163,43 +226,24 @@ class InjectionContext:
             strength = torch.tensor(self.subject_scales, device=device, dtype=torch.float32)
             return (self.reference_bias + torch.log(strength)).to(dtype)
 
-        return self._constant(("reference_log_strength", device, dtype), make)
+        return self.constant(("reference_log_strength", device, dtype), make, weights=False)
 
     def clip_kv(self, site: RoutedCrossAttnProcessor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """K^_s = E_s W'_k, V^_s = E_s W'_v of every slot, split into heads [S, heads, T, d];
-        projected once per generation per site."""
-        if site.index not in self._clip_kv or torch.is_grad_enabled():
+        """K^_s = E_s W'_k, V^_s = E_s W'_v of every slot, split into heads [S, heads, T, d]."""
+
+        def make():
             tokens = self.clip_tokens.to(site.to_k_ip.weight.device, site.to_k_ip.weight.dtype)  # [S, T, text]
-            keys = _split_heads(site.to_k_ip(tokens), heads).contiguous()
-            values = _split_heads(site.to_v_ip(tokens), heads).contiguous()
-            self._clip_kv[site.index] = (keys, values)
-        return self._clip_kv[site.index]
+            keys, values = site.to_k_ip(tokens), site.to_v_ip(tokens)
+            return _split_heads(keys, heads).contiguous(), _split_heads(values, heads).contiguous()
 
-    def publish_routes(self, site_index: int, gates: torch.Tensor, grid: tuple[int, int]) -> None:
-        """Keep the gates for the next attn1 and vote for the final route map."""
-        self.last_gates, self.last_grid = gates.detach(), grid
-        b, s, _ = gates.shape
-        hard = gates.detach().float().view(b, s, *grid)
-        self.votes = self.votes.to(hard.device)
-        self.votes += F.adaptive_avg_pool2d(hard, self.latent_hw)
-        self.vote_count += 1
-        if self.record_steps:
-            self.record.append({"step": self.step, "site": site_index, "grid": grid, "gates": hard.bool().cpu()})
-
-    def previous_routes(self, grid: tuple[int, int], block: int) -> torch.Tensor | None:
-        """The routes of the cross-attention that ran before block `block`'s: block - 1's as its
-        processor recorded them, else the latest published (routes published by hand)."""
-        gates, source = self.site_gates.get(block - 1, (self.last_gates, self.last_grid))
-        if gates is None:
-            return None
-        return resize_routes(gates, source, grid, self.routing.exclusive)
+        return self.constant(("clip_kv", site.index), make)
 
     def reference_tokens(self, block: int, site: ReferenceAttnProcessor):
         """One block's reference tokens that lie inside their subject's mask, all subjects stacked:
         K~, V~ [T', d] and the subject of each token [T'] (long); None when a subject has no
         reference or no token lies inside a mask. A token outside its subject's mask is never
         attended to (its bias would be -inf everywhere), so it is left out rather than masked."""
-        return self._constant(("reference_tokens", block), lambda: self._gather_reference(block, site))
+        return self.constant(("reference_tokens", block), lambda: self._gather_reference(block, site))
 
     def _gather_reference(self, block: int, site: ReferenceAttnProcessor):
         keys, values, owners = [], [], []
@@ -210,7 +254,11 @@ class InjectionContext:
             if kv is None:
                 kv = site.project_reference(subject.reference_features[block])
             if not subject.reference_inside_only:
-                inside = self._inside_tokens(subject, kv[0].shape[0], kv[0].device)
+                inside = self.constant(
+                    ("inside_tokens", slot, kv[0].shape[0]),
+                    lambda: self._inside_tokens(subject, kv[0].shape[0], kv[0].device),
+                    weights=False,
+                )
                 kv = kv[0].index_select(0, inside), kv[1].index_select(0, inside)
             keys.append(kv[0])
             values.append(kv[1])
@@ -220,13 +268,11 @@ class InjectionContext:
             return None
         return torch.cat(keys), torch.cat(values), owner
 
-    def _inside_tokens(self, subject: SubjectEncoding, tokens: int, device) -> torch.Tensor:
+    @staticmethod
+    def _inside_tokens(subject: SubjectEncoding, tokens: int, device) -> torch.Tensor:
         """Indices of the reference tokens (of a block with `tokens` tokens) inside the subject's mask."""
-        key = (id(subject), tokens, device)
-        if key not in self._token_masks:
-            grid = grid_of(tokens, tuple(subject.reference_mask.shape))
-            self._token_masks[key] = inside_tokens(subject.reference_mask, grid).to(device)
-        return self._token_masks[key]
+        grid = grid_of(tokens, tuple(subject.reference_mask.shape))
+        return inside_tokens(subject.reference_mask, grid).to(device)
 
 
 class RoutedCrossAttnProcessor(nn.Module):
@@ -239,12 +285,14 @@ class RoutedCrossAttnProcessor(nn.Module):
         self.to_v_ip = nn.Linear(text_dim, hidden_dim, bias=False)
         nn.init.zeros_(self.to_v_ip.weight)  # an untrained CLIP path adds exactly nothing
         self.router = router
-        self.context: InjectionContext | None = None
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        ctx = self.context
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+        injection: InjectionContext | None = None, **kwargs,
+    ):  # fmt: skip
+        ctx = injection
         if ctx is None:
-            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         _check_supported(attn, hidden_states)
         batch, tokens, _ = hidden_states.shape
         first_cond = ctx.cond_rows(batch)
@@ -263,33 +311,35 @@ class RoutedCrossAttnProcessor(nn.Module):
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask)
         out = _merge_heads(out).to(query.dtype)
 
-        # Route: the prompt router watches the text attention; every router answers with gates.
+        # Route: the prompt router watches the text attention; every router answers sigma(M^l).
         if hasattr(ctx.routing, "observe"):
             ctx.routing.observe(query[first_cond:], key[first_cond:], attn.scale, grid, ctx)
-        gates = ctx.routing.gates(self, hidden_states[first_cond:], grid, ctx)  # [Bc, N+1, hw]
-        ctx.publish_routes(self.index, gates, grid)
-        ctx.site_gates[self.index] = (ctx.last_gates, grid)  # for the next block's attn1
+        routes = ctx.routing.routes(self, hidden_states[first_cond:], grid, ctx)  # [Bc, N+1, hw]
+        ctx.publish_routes(self.index, routes, grid)
 
         if ctx.clip_active:
-            out = out + self._image_attention(query, gates, first_cond, ctx, attn.heads)
+            out = out + self._image_attention(query, routes, first_cond, ctx, attn.heads)
         return _finish(attn, out, hidden_states)
 
-    def _image_attention(self, query, gates, first_cond, ctx, heads) -> torch.Tensor:
-        """sum over slots of eta_s * gate_s * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5).
+    def _image_attention(self, query, routes, first_cond, ctx, heads) -> torch.Tensor:
+        """sum over slots of eta_s * sigma(M_s) * Softmax(Q K^_s) V^_s, one softmax per slot (Eq. 5).
 
         The unconditional rows see the background slot everywhere. The conditional rows attend to
-        every slot in one call (the slots as a batch); the gated sum then goes slot by slot.
+        every slot in one call (the slots as a batch); the routed sum then goes slot by slot.
         """
         batch, _, tokens, dim = query.shape
         slots = ctx.num_slots
         slot_keys, slot_values = ctx.clip_kv(self, heads)  # [S, heads, T, d]
         scales = ctx.slot_scales(query.device, query.dtype)
+        if not ctx.subjects_routed:  # the background slot everywhere, in every row
+            k, v = slot_keys[-1:].expand(batch, -1, -1, -1), slot_values[-1:].expand(batch, -1, -1, -1)
+            return _merge_heads(F.scaled_dot_product_attention(query, k, v).to(query.dtype) * scales[-1])
         cond = batch - first_cond
         q = query[first_cond:].unsqueeze(1).expand(-1, slots, -1, -1, -1).reshape(cond * slots, heads, tokens, dim)
         k = slot_keys.unsqueeze(0).expand(cond, -1, -1, -1, -1).reshape(cond * slots, *slot_keys.shape[1:])
         v = slot_values.unsqueeze(0).expand(cond, -1, -1, -1, -1).reshape(cond * slots, *slot_values.shape[1:])
         image = F.scaled_dot_product_attention(q, k, v).to(query.dtype).view(cond, slots, heads, tokens, dim)
-        weights = (gates.to(query.dtype) * scales[None, :, None])[:, :, None, :, None]  # [Bc, S, 1, hw, 1]
+        weights = (routes.to(query.dtype) * scales[None, :, None])[:, :, None, :, None]  # [Bc, S, 1, hw, 1]
         total = image[:, 0] * weights[:, 0]
         for slot in range(1, slots):
             total = total.addcmul_(image[:, slot], weights[:, slot])
@@ -316,7 +366,6 @@ class ReferenceAttnProcessor(nn.Module):
             self.to_k_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
             self.to_v_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
         self._shared_kv = shared_kv
-        self.context: InjectionContext | None = None
 
     @property
     def owns_reference_kv(self) -> bool:
@@ -335,17 +384,22 @@ class ReferenceAttnProcessor(nn.Module):
             )  # fmt: skip
         return to_k(features.to(to_k.weight.dtype)), to_v(features.to(to_v.weight.dtype))
 
-    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
-        ctx = self.context
+    def __call__(
+        self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
+        injection: InjectionContext | None = None, **kwargs,
+    ):  # fmt: skip
+        ctx = injection
         if ctx is None or not self.inject or not ctx.reference_active or encoder_hidden_states is not None:
-            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        if not ctx.subjects_routed:  # every position is background: no reference token is visible
+            return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         _check_supported(attn, hidden_states)
         batch, tokens, _ = hidden_states.shape
         grid = grid_of(tokens, ctx.latent_hw)
         routes = ctx.previous_routes(grid, self.index)
         reference = ctx.reference_tokens(self.index, self)
         if routes is None or reference is None or attention_mask is not None:
-            return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+            return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
         ref_keys, ref_values, owner = reference  # [T', d], [T', d], [T'] (the subject of each token)
         first_cond = ctx.cond_rows(batch)
 

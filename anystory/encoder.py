@@ -6,7 +6,7 @@
 - `ReferenceNet`: a copy of the UNet without cross-attention, with a 5-channel conv_in (latent +
   mask, the new channel zero-initialised), run once at t = 0.
 - `reference_features` / `capture_reference_features`: the hidden state entering attn1 (after its
-  norm) of every block, without / with gradients.
+  norm) of every block, without / with gradients, under `reference_conditions` (t = 0, zero conditions).
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ from diffusers.models.embeddings import IPAdapterPlusImageProjection
 from diffusers.models.modeling_utils import ModelMixin
 from PIL import Image
 
-from .attention import _plain_attention, transformer_blocks
-from .images import to_rgb
+from .attention import plain_attention, transformer_blocks
+from .images import mask_values, to_rgb_and_alpha
 
 CROP_MARGIN = 0.04  # square crop around the mask's bounding box, ~4% margin (as the official demo)
 
@@ -41,43 +41,12 @@ class SubjectInput:
     mask: torch.Tensor  # [reference_size, reference_size] float in [0, 1]
 
 
-def to_rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
-    """Any PIL mode -> 8-bit RGB, plus the alpha channel when the image has one."""
-    if not isinstance(image, Image.Image):
-        raise ValueError(f"a subject image must be a PIL image, got {type(image).__name__}")
-    if image.width < 1 or image.height < 1:
-        raise ValueError("the subject image is empty")
-    image = to_rgb(image, "subject image")  # the same conversion as the app's door (images.py)
-    if image.mode == "RGBA":
-        return image.convert("RGB"), image.getchannel("A")
-    return image, None
-
-
-def mask_array(mask, size: tuple[int, int]) -> np.ndarray:
-    """A mask (PIL image, array or tensor) as float [H, W] in [0, 1], checked against the image size."""
-    if isinstance(mask, Image.Image):
-        values = np.asarray(mask.convert("L"), dtype=np.float32) / 255.0
-    else:
-        values = np.asarray(mask.detach().cpu() if isinstance(mask, torch.Tensor) else mask, dtype=np.float32)
-        values = values.squeeze()
-        if values.max(initial=0) > 1.0:
-            values = values / 255.0
-    if values.ndim != 2:
-        raise ValueError(f"a subject mask must be 2-D, got shape {values.shape}")
-    if (values.shape[1], values.shape[0]) != size:
-        raise ValueError(
-            f"the mask is {values.shape[1]}x{values.shape[0]} but the image is {size[0]}x{size[1]}; "
-            "they must be the same size"
-        )
-    return values
-
-
 def prepare_subject(image: Image.Image, mask=None, reference_size: int = 512, crop: bool = True) -> SubjectInput:
     """Mask from the argument, else the alpha channel, else the whole image; square crop around it
     (crop=False: the whole image as it is)."""
     rgb, alpha = to_rgb_and_alpha(image)
     if mask is not None:
-        values = mask_array(mask, rgb.size)
+        values = mask_values(mask, rgb.size)
         source = "mask"
     elif alpha is not None:
         values = np.asarray(alpha, dtype=np.float32) / 255.0
@@ -201,16 +170,25 @@ class _CaptureAttn1:
         self.store[self.index] = hidden_states
         if self.last:
             raise _StopAfterLastBlock
-        return _plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return plain_attention(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-def capture_reference_features(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
-    added_cond_kwargs: dict,
-) -> list[torch.Tensor]:
-    """Run `unet` once at t = 0 and return G^l for every block in execution order ([B, T_l, C_l]).
+def reference_conditions(unet: UNet2DConditionModel, batch: int, device, dtype) -> tuple[torch.Tensor, dict]:
+    """The conditions of the reference pass (METHOD.md §1: t = 0, conditions zero): a zero text
+    sequence [B, 1, D] and zero added conditions (the pooled text embedding and SDXL's six time ids)."""
+    time_ids = 6  # SDXL: original size, crop top-left, target size
+    pooled = unet.config.projection_class_embeddings_input_dim - time_ids * unet.config.addition_time_embed_dim
+    text = torch.zeros(batch, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
+    added = {
+        "text_embeds": torch.zeros(batch, pooled, device=device, dtype=dtype),
+        "time_ids": torch.zeros(batch, time_ids, device=device, dtype=dtype),
+    }
+    return text, added
+
+
+def capture_reference_features(unet: UNet2DConditionModel, latents: torch.Tensor) -> list[torch.Tensor]:
+    """Run `unet` once on `latents` at t = 0 under `reference_conditions` and return G^l for every
+    block in execution order ([B, T_l, C_l]).
 
     Gradients follow the caller's grad mode (training runs it with grad; `reference_features` is
     the no-grad form). The pass stops after the last block's attn1, since nothing later is needed,
@@ -228,10 +206,11 @@ def capture_reference_features(
             index = attn1_names[id(module)]
             last = stop_early and index == len(blocks) - 1
             capture[f"{name}.processor"] = _CaptureAttn1(store, index, last=last)
+    text, added = reference_conditions(unet, latents.shape[0], latents.device, latents.dtype)
     unet.set_attn_processor(capture)
     try:
         timestep = torch.zeros(latents.shape[0], device=latents.device)
-        unet(latents, timestep, encoder_hidden_states=encoder_hidden_states, added_cond_kwargs=added_cond_kwargs)
+        unet(latents, timestep, encoder_hidden_states=text, added_cond_kwargs=added)
     except _StopAfterLastBlock:
         pass
     finally:
@@ -240,14 +219,9 @@ def capture_reference_features(
 
 
 @torch.no_grad()
-def reference_features(
-    unet: UNet2DConditionModel,
-    latents: torch.Tensor,
-    encoder_hidden_states: torch.Tensor,
-    added_cond_kwargs: dict,
-) -> list[torch.Tensor]:
+def reference_features(unet: UNet2DConditionModel, latents: torch.Tensor) -> list[torch.Tensor]:
     """`capture_reference_features` without gradients (encoding for generation)."""
-    return capture_reference_features(unet, latents, encoder_hidden_states, added_cond_kwargs)
+    return capture_reference_features(unet, latents)
 
 
 def latent_mask(mask: torch.Tensor, latent_hw: tuple[int, int]) -> torch.Tensor:

@@ -182,37 +182,67 @@ def _check_size(width: int, height: int, what: str) -> None:
         raise ImageInputError(f"the {what} is {width}x{height}: too small to show a character (at least {MIN_SIDE} px a side)")
 
 
+def to_rgb_and_alpha(image: Image.Image) -> tuple[Image.Image, Image.Image | None]:
+    """Any PIL mode -> 8-bit RGB (through `to_rgb`: profiles, LAB, deep greys), plus the alpha
+    channel when the picture has one."""
+    if not isinstance(image, Image.Image):
+        raise ImageInputError(f"a subject image must be a PIL image, got {type(image).__name__}")
+    if image.width < 1 or image.height < 1:
+        raise ImageInputError("the subject image is empty")
+    image = to_rgb(image, "subject image")
+    if image.mode == "RGBA":
+        return image.convert("RGB"), image.getchannel("A")
+    return image, None
+
+
+def alpha_mask(image: Image.Image) -> Image.Image | None:
+    """The alpha channel as a mask, when the image has a meaningful one (not fully opaque)."""
+    _, alpha = to_rgb_and_alpha(image)
+    if alpha is not None and np.asarray(alpha).min() < 255:
+        return alpha
+    return None
+
+
+def mask_values(mask, size: tuple[int, int]) -> np.ndarray:
+    """A mask as float [H, W] in [0, 1], checked against the image `size` (width, height).
+
+    A PIL mask counts its alpha when it is a painted layer (a mode with a not fully opaque alpha),
+    else its brightness; an array or tensor its values (0-1, or 0-255 when any exceeds 1).
+    """
+    if isinstance(mask, Image.Image):
+        layer = alpha_mask(mask) if mask.mode in ("RGBA", "LA", "PA", "RGBa", "La") else None
+        values = np.asarray((layer or mask).convert("L"), dtype=np.float32) / 255.0
+    else:
+        if hasattr(mask, "detach"):  # a torch tensor (this module does not import torch)
+            mask = mask.detach().cpu()
+        values = np.asarray(mask, dtype=np.float32).squeeze()
+        if values.max(initial=0) > 1.0:
+            values = values / 255.0
+    if values.ndim != 2:
+        raise ImageInputError(f"a subject mask must be 2-D, got shape {values.shape}")
+    if (values.shape[1], values.shape[0]) != tuple(size):
+        raise ImageInputError(
+            f"the mask is {values.shape[1]}x{values.shape[0]} but the image is {size[0]}x{size[1]}; "
+            "they must match (a mask must be the same size as its picture)"
+        )
+    return values
+
+
 def read_mask(source, size: tuple[int, int]) -> tuple[Image.Image, str]:
     """A mask as an 8-bit 'L' image of `size`, and a warning ('' if none).
 
-    Painted masks (RGBA layers) count their alpha; others their brightness. An empty mask is
-    refused; a mask covering everything is accepted with a warning (the background becomes part
-    of the character).
+    Painted masks (RGBA layers) count their alpha; others their brightness (`mask_values`). An
+    empty mask is refused; a mask covering everything is accepted with a warning (the background
+    becomes part of the character).
     """
-    mask = read_image(source, "mask") if not isinstance(source, Image.Image) else to_rgb(source, "mask")
-    if mask.mode == "RGBA" and np.asarray(mask.getchannel("A")).min() < 255:
-        mask = mask.getchannel("A")
-    mask = mask.convert("L")
-    if mask.size != size:
-        raise ImageInputError(
-            f"the mask is {mask.width}x{mask.height} but the image is {size[0]}x{size[1]}; they must match"
-        )
-    values = np.asarray(mask)
+    source = read_image(source, "mask") if not isinstance(source, Image.Image) else to_rgb(source, "mask")
+    values = np.round(mask_values(source, size) * 255).astype(np.uint8)
     if not (values >= 128).any():
         raise ImageInputError("the mask is empty: paint or upload the character's shape")
     warning = ""
     if (values >= 128).all():
         warning = "the mask covers the whole picture: its background will be part of the character"
-    return mask, warning
-
-
-def alpha_mask(image: Image.Image) -> Image.Image | None:
-    """The alpha channel as a mask, when the image has a meaningful one."""
-    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
-        alpha = image.convert("RGBA").getchannel("A")
-        if np.asarray(alpha).min() < 255:
-            return alpha
-    return None
+    return Image.fromarray(values, "L"), warning
 
 
 def png_bytes(image: Image.Image) -> bytes:

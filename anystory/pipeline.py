@@ -6,12 +6,16 @@
     out.images[0], out.route_maps[0]                             # image, [N+1, h, w] slot map
 
 The denoising loop is diffusers' own (`StableDiffusionXLPipeline.__call__`); AnyStory acts through
-the attention processors installed on the UNet, which read one `InjectionContext` per call.
+the attention processors installed on the UNet, which get the call's `InjectionContext` through
+`cross_attention_kwargs`. One pipeline runs one call at a time: a second call while one runs (from
+another thread, or from inside a callback) raises `PipelineBusyError`.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
+import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -19,7 +23,6 @@ from pathlib import Path
 import numpy as np
 import PIL.Image
 import torch
-import torch.nn.functional as F
 from diffusers import StableDiffusionXLPipeline
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
@@ -28,7 +31,15 @@ from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
 from .encoding import SubjectEncoding, inside_tokens
-from .router import LayoutRouting, LearnedRouting, NoRouting, PromptRouting, SubjectRouter, grid_of, phrase_token_indices
+from .router import (
+    LayoutRouting,
+    LearnedRouting,
+    NoRouting,
+    PromptRouting,
+    SubjectRouter,
+    grid_of,
+    phrase_token_indices,
+)
 from .weights import (
     PUBLIC_IMAGE_ENCODER,
     PUBLIC_IP_ADAPTER,
@@ -36,6 +47,7 @@ from .weights import (
     ModelLoadError,
     hub_call,
     ip_adapter_block_keys,
+    ip_adapter_resampler,
     load_adapter_weights,
     load_state_dict_file,
     read_adapter_config,
@@ -46,6 +58,19 @@ from .weights import (
 
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 ROUTERS = ("learned", "prompt", "layout", "none")
+DEFAULT_SCHEDULE = "default"  # the schedule arguments' default: `default_schedules` decides
+
+
+class PipelineBusyError(RuntimeError):
+    """A call reached a pipeline that is already running one (the message says what to do)."""
+
+
+def default_schedules(router: str, num_subjects: int) -> tuple[tuple[float, float], tuple[float, float]]:
+    """(clip_schedule, reference_schedule) when the caller gives none (docs/METHOD.md, "Step
+    schedules"): the learned router with two or more subjects starts the reference path at 0.09
+    of the steps, as the official release does; everything else runs both paths at every step."""
+    reference = (0.09, 1.0) if router == "learned" and num_subjects >= 2 else (0.0, 1.0)
+    return (0.0, 1.0), reference
 
 
 @dataclass
@@ -163,6 +188,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self.image_encoder_source: tuple[str, str | None] | None = None  # None: the base's own
         self.release_encoders_after_use = True  # on CUDA: encoders back to CPU after encoding
         self._background: SubjectEncoding | None = None
+        self._busy = threading.Lock()  # held for the whole of one generation or encoding
 
     # -- loading ---------------------------------------------------------------------------------
 
@@ -176,8 +202,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         ip_adapter: str | tuple[str, str] = PUBLIC_IP_ADAPTER,
         image_encoder_source: tuple[str, str] = PUBLIC_IMAGE_ENCODER,
         single_file_config: str | None = None,
-        torch_dtype: torch.dtype | None = None,
+        dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
+        torch_dtype: torch.dtype | None = None,
         **kwargs,
     ) -> AnyStoryPipeline:
         """Load SDXL and add the AnyStory parts.
@@ -191,12 +218,17 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
           "init": freshly initialised AnyStory parts (deterministic): the ReferenceNet copies the
             UNet, W~ copy attn1's K/V, W'_k copies attn2's K, W'_v is zero, QFormers and routers
             are random. The starting point of training; the tests' model.
-        Device and dtype: CUDA + fp16 where present (pass torch_dtype=torch.bfloat16 for bf16),
-        else CPU + float32.
+        Device and dtype: CUDA + fp16 where present (pass dtype=torch.bfloat16 for bf16), else CPU +
+        float32. `torch_dtype` is the older name of `dtype` (deprecated, as in diffusers).
         """
+        if torch_dtype is not None:
+            if dtype is not None and dtype != torch_dtype:
+                raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree: pass dtype only")
+            warnings.warn("torch_dtype is deprecated (as in diffusers): pass dtype", FutureWarning, stacklevel=2)
+            dtype = torch_dtype
         auto_device, auto_dtype = default_device_and_dtype()
         device = torch.device(device) if device is not None else auto_device
-        dtype = torch_dtype or (auto_dtype if device.type == "cuda" else torch.float32)
+        dtype = dtype or (auto_dtype if device.type == "cuda" else torch.float32)
         base = str(base)
         looks_local = base.startswith((".", "/", "~")) or base.count("/") > 1 or "\\" in base
         if looks_local and not Path(base).expanduser().exists():
@@ -243,7 +275,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         # A single file never holds the CLIP image encoder: it comes from image_encoder_source.
         kwargs.setdefault("image_encoder", None)
         kwargs.setdefault("feature_extractor", None)
-        plain = hub_call(load, path, torch_dtype=dtype, **extra, **kwargs)
+        plain = hub_call(load, path, dtype=dtype, **extra, **kwargs)
         return cls(**plain.components)
 
     def _ensure_image_encoder(self, source: tuple[str, str | None], dtype, local_files_only: bool) -> None:
@@ -298,7 +330,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
     def init_public(self, ip_adapter_state: dict[str, torch.Tensor], config: AnyStoryConfig | None = None) -> None:
         """Public-weights mode from an IP-Adapter Plus state dict (original key layout).
 
-        image_proj.* -> the Subject QFormer (diffusers' own conversion to its Perceiver resampler);
+        image_proj.* -> the Subject QFormer (diffusers' `IPAdapterPlusImageProjection`, the keys
+        renamed by `weights.ip_adapter_resampler`);
         ip_adapter.{k}.to_k_ip / to_v_ip -> W'_k / W'_v of the attn2 that k numbers (odd k, in
         `unet.attn_processors` order). No Routing QFormer, no router weights, no separate
         ReferenceNet: the UNet itself encodes references and attn1's own K/V project them.
@@ -311,21 +344,24 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                 f"but the image encoder gives {clip_dim}: IP-Adapter Plus SDXL vit-h needs the ViT-H encoder "
                 f"(h94/IP-Adapter models/image_encoder), not sdxl_models/image_encoder (ViT-bigG)"
             )
-        resampler = self.unet._convert_ip_adapter_image_proj_to_diffusers(image_proj, low_cpu_mem_usage=False)
+        resampler_state, sizes = ip_adapter_resampler(image_proj)
         base_config = config or AnyStoryConfig.for_models(self.unet, self.vae_scale_factor)
         self.anystory_config = replace(
-            base_config, num_tokens=image_proj["latents"].shape[1], routing_dim=0, qformer_depth=len(resampler.layers)
+            base_config, num_tokens=sizes["num_queries"], routing_dim=0, qformer_depth=sizes["depth"]
         )
         subject_encoder = SubjectEncoder(
             image_embed_dim=clip_dim,
             text_dim=image_proj["proj_out.weight"].shape[0],
-            num_tokens=self.anystory_config.num_tokens,
+            num_tokens=sizes["num_queries"],
             routing_dim=0,
-            depth=len(resampler.layers),
-            heads=resampler.layers[0].attn.heads,
-            dim_head=image_proj["layers.0.0.to_q.weight"].shape[0] // resampler.layers[0].attn.heads,
+            depth=sizes["depth"],
+            heads=sizes["heads"],
+            dim_head=sizes["dim_head"],
         )
-        subject_encoder.subject_qformer.load_state_dict(resampler.state_dict())
+        try:
+            subject_encoder.subject_qformer.load_state_dict(resampler_state)
+        except RuntimeError as err:
+            raise CheckpointError(f"the IP-Adapter file's resampler does not fit IP-Adapter Plus: {err}") from err
 
         processors = build_processors(self.unet, self.anystory_config, share_reference_kv=True)
         by_block = {p.index: p for p in processors.values() if isinstance(p, RoutedCrossAttnProcessor)}
@@ -428,7 +464,22 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                 vae.to(torch.float16)
         return latent * vae.config.scaling_factor
 
-    @torch.no_grad()
+    @contextmanager
+    def _exclusive(self):
+        """Hold the pipeline for one call. diffusers' pipelines keep per-call state (the
+        scheduler's steps, the guidance settings), and AnyStory swaps attention processors while
+        encoding: two calls at once would mix them, so the second one fails at once instead."""
+        if not self._busy.acquire(blocking=False):
+            raise PipelineBusyError(
+                "this AnyStoryPipeline is busy: another call (a generation or an encoding) is running on it, "
+                "from another thread or from inside its own callback. One pipeline runs one call at a time: "
+                "wait for it to finish, or give each thread its own pipeline."
+            )
+        try:
+            yield
+        finally:
+            self._busy.release()
+
     def encode_subject(
         self, image: PIL.Image.Image, mask=None, *, crop: bool = True, cache_reference_kv: bool = True
     ) -> SubjectEncoding:
@@ -439,6 +490,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         `cache_reference_kv=False` keeps the raw ReferenceNet states and projects them at every
         step instead (same result; for checking and for training).
         """
+        with self._exclusive():
+            return self._encode_subject(image, mask, crop=crop, cache_reference_kv=cache_reference_kv)
+
+    @torch.no_grad()
+    def _encode_subject(self, image, mask, *, crop: bool, cache_reference_kv: bool) -> SubjectEncoding:
         if self.subject_encoder is None:
             raise ValueError("this pipeline has no subject encoder: load it with an adapter")
         subject = prepare_subject(image, mask, self.anystory_config.reference_size, crop=crop)
@@ -479,23 +535,14 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         net_input = latent * mask_latent  # background -> zero latent
         if net.config.in_channels == latent.shape[1] + 1:
             net_input = torch.cat([net_input, mask_latent[None, None]], dim=1)
-        features = reference_features(net, net_input.to(net.dtype), *self._null_conditions(net))
-        return features, mask_latent
-
-    def _null_conditions(self, unet) -> tuple[torch.Tensor, dict]:
-        """Zero text and added conditions for the reference pass (METHOD.md §1: t = 0, conds zero)."""
-        device, dtype = self._execution_device, unet.dtype
-        time_ids = 6  # SDXL: original size, crop top-left, target size
-        pooled = unet.config.projection_class_embeddings_input_dim - time_ids * unet.config.addition_time_embed_dim
-        text = torch.zeros(1, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
-        added = {
-            "text_embeds": torch.zeros(1, pooled, device=device, dtype=dtype),
-            "time_ids": torch.zeros(1, time_ids, device=device, dtype=dtype),
-        }
-        return text, added
+        return reference_features(net, net_input.to(net.dtype)), mask_latent
 
     def background_encoding(self) -> SubjectEncoding:
         """E_{N+1}, R_{N+1}: the encoding of an all-zero image; also the CFG unconditional."""
+        with self._exclusive():
+            return self._background_encoding()
+
+    def _background_encoding(self) -> SubjectEncoding:
         if self._background is None:
             with self._encoders_ready():
                 pixels = torch.zeros_like(self._clip_pixels(PIL.Image.new("RGB", (8, 8))))
@@ -511,12 +558,13 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         _, cross_attn = self.anystory_processors()
         return "learned" if cross_attn and cross_attn[0].router is not None else "prompt"
 
-    def _routing(self, router, subjects, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size):
+    def _routing(
+        self, router, subjects, background, layout, prompt, subject_phrases, subject_tokens, prompt_route_start, size
+    ):
         if router == "learned":
             if self.default_router != "learned":
                 raise ValueError("router='learned' needs trained router weights; use 'prompt', 'layout' or 'none'")
-            embeddings = [s.routing_embedding for s in subjects] + [self.background_encoding().routing_embedding]
-            return LearnedRouting(torch.stack(embeddings).to(self._execution_device, self.unet.dtype))
+            return LearnedRouting(torch.stack([s.routing_embedding for s in subjects] + [background.routing_embedding]))
         if router == "prompt":
             if subject_tokens is None:
                 if subject_phrases is None or len(subject_phrases) != len(subjects):
@@ -536,8 +584,11 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             return NoRouting(len(subjects))
         raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
 
-    def _check_subjects(self, subjects) -> list[SubjectEncoding]:
-        subjects = [s if isinstance(s, SubjectEncoding) else self.encode_subject(s) for s in subjects]
+    def _check_subjects(self, subjects, device, dtype) -> list[SubjectEncoding]:
+        subjects = [
+            s if isinstance(s, SubjectEncoding) else self._encode_subject(s, None, crop=True, cache_reference_kv=True)
+            for s in subjects
+        ]
         limit = self.anystory_config.max_subjects if self.anystory_config else 0
         if len(subjects) > limit:
             raise ValueError(f"{len(subjects)} subjects given; this pipeline takes at most {limit}")
@@ -547,7 +598,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                     f"subject {i} was encoded by other weights ({subject.encoder_id or 'unknown'}, "
                     f"this pipeline is {self.encoder_id}): encode it again"
                 )
-        return [s.to(self._execution_device, self.unet.dtype) for s in subjects]
+        return [s.to(device, dtype) for s in subjects]
 
     def __call__(
         self,
@@ -562,8 +613,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         subject_scales: list[float] | None = None,
         clip_scale: float = 1.0,
         reference_bias: float = 0.0,
-        clip_schedule: tuple[float, float] | None = (0.0, 1.0),
-        reference_schedule: tuple[float, float] | None = (0.0, 1.0),
+        clip_schedule: tuple[float, float] | None | str = DEFAULT_SCHEDULE,
+        reference_schedule: tuple[float, float] | None | str = DEFAULT_SCHEDULE,
         return_route_record: bool = False,
         **kwargs,
     ) -> AnyStoryPipelineOutput:
@@ -576,29 +627,45 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
           everywhere). Default: "learned" if the weights have a router, else "prompt".
         subject_scales: per subject strength (CLIP path scale; log-bias of its reference tokens).
         clip_scale: eta. reference_bias: gamma. *_schedule: (start, end) fractions of the steps
-        in which each path is on; None switches a path off.
+        in which each path is on (step i is on when round(start * n) <= i < round(end * n));
+        None switches a path off; by default `default_schedules(router, len(subjects))`.
         """
+        with self._exclusive():
+            return self._generate(
+                prompt, list(subjects), router, layout, subject_phrases, subject_tokens, prompt_route_start,
+                subject_scales, clip_scale, reference_bias, clip_schedule, reference_schedule, return_route_record,
+                kwargs,
+            )  # fmt: skip
+
+    def _generate(
+        self, prompt, subjects, router, layout, subject_phrases, subject_tokens, prompt_route_start,
+        subject_scales, clip_scale, reference_bias, clip_schedule, reference_schedule, return_route_record, kwargs,
+    ) -> AnyStoryPipelineOutput:  # fmt: skip
         kwargs["return_dict"] = True
-        subjects = self._check_subjects(list(subjects))
+        device, dtype = self._execution_device, self.unet.dtype  # each walks every module: once per call
+        subjects = self._check_subjects(subjects, device, dtype)
         if not subjects:
             return AnyStoryPipelineOutput(images=super().__call__(prompt, **kwargs).images)
+        background = self._background_encoding().to(device, dtype)
 
+        router = router or self.default_router
+        default_clip, default_reference = default_schedules(router, len(subjects))
         steps = kwargs.get("num_inference_steps", 50)
         size = (kwargs.get("height") or self.default_sample_size * self.vae_scale_factor,
                 kwargs.get("width") or self.default_sample_size * self.vae_scale_factor)  # fmt: skip
         routing = self._routing(
-            router or self.default_router, subjects, layout, prompt, subject_phrases, subject_tokens,
+            router, subjects, background, layout, prompt, subject_phrases, subject_tokens,
             round(prompt_route_start * steps), size,
         )  # fmt: skip
         ctx = InjectionContext(
             subjects=subjects,
-            background=self.background_encoding().to(self._execution_device, self.unet.dtype),
+            background=background,
             routing=routing,
             clip_scale=clip_scale,
             reference_bias=reference_bias,
             subject_scales=subject_scales,
-            clip_schedule=clip_schedule,
-            reference_schedule=reference_schedule,
+            clip_schedule=default_clip if clip_schedule == DEFAULT_SCHEDULE else clip_schedule,
+            reference_schedule=default_reference if reference_schedule == DEFAULT_SCHEDULE else reference_schedule,
             record_steps=return_route_record,
         )
 
@@ -614,40 +681,19 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             sample = args[0] if args else unet_kwargs["sample"]
             ctx.cfg = self.do_classifier_free_guidance
             ctx.num_steps = self._num_timesteps
-            ctx.begin_forward(tuple(sample.shape[-2:]), sample.shape[0])
+            ctx.begin_pass(tuple(sample.shape[-2:]))
 
-        with self._injecting(ctx, before_unet):
+        # The context rides with the call (diffusers hands cross_attention_kwargs to every
+        # attention processor); the pre-hook tells it where each UNet pass starts.
+        kwargs["cross_attention_kwargs"] = {**(kwargs.get("cross_attention_kwargs") or {}), "injection": ctx}
+        hook = self.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
+        try:
             output = super().__call__(prompt, callback_on_step_end=on_step_end, **kwargs)
+        finally:
+            hook.remove()
 
         return AnyStoryPipelineOutput(
             images=output.images,
-            route_maps=list(self._final_route_maps(ctx)),
+            route_maps=list(ctx.route_maps()),
             route_record=ctx.record if return_route_record else None,
         )
-
-    @contextmanager
-    def _injecting(self, ctx: InjectionContext, before_unet):
-        """Processors read `ctx` and the UNet pre-hook updates it, for the duration of one call."""
-        hook = self.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
-        processors = sum(self.anystory_processors(), [])
-        for proc in processors:
-            proc.context = ctx
-        try:
-            yield
-        finally:
-            hook.remove()
-            for proc in processors:
-                proc.context = None
-
-    @staticmethod
-    def _final_route_maps(ctx: InjectionContext) -> torch.Tensor:
-        """The majority over layers and steps: one-hot per latent position for exclusive routers."""
-        votes = ctx.votes.float().cpu()
-        if ctx.routing.exclusive:
-            # Ties go to the most recent layer's map (a tie-break by slot order would not be
-            # permutation-equivariant).
-            b, s, _ = ctx.last_gates.shape
-            last = F.adaptive_avg_pool2d(ctx.last_gates.float().view(b, s, *ctx.last_grid), ctx.latent_hw)
-            votes = votes + 1e-3 * last.cpu()
-            return F.one_hot(votes.argmax(dim=1), votes.shape[1]).permute(0, 3, 1, 2).float()
-        return votes / max(ctx.vote_count, 1)

@@ -1,9 +1,9 @@
 """Route step: where each subject goes in the latent (METHOD.md §2).
 
-Every router here answers one question at each cross-attention site: for each latent position,
-which of the N+1 slots (N subjects, then the background) owns it. The answer is a gate tensor
-[batch, N+1, h*w]: one-hot over slots for exclusive routers (learned, layout), all subjects
-everywhere for `NoRouting` (the blending baseline).
+Every router here answers one question at each cross-attention site l: for each latent position,
+which of the N+1 slots (N subjects, then the background) owns it. The answer is the site's routes
+sigma(M^l) [batch, N+1, h*w]: one-hot over slots for exclusive routers (learned, layout, prompt),
+all subjects everywhere for `NoRouting` (the blending baseline).
 """
 
 from __future__ import annotations
@@ -98,15 +98,15 @@ def gumbel_routes(logits: torch.Tensor, tau: float = 1.0, generator: torch.Gener
     return hard - soft.detach() + soft
 
 
-def resize_routes(gates: torch.Tensor, src: tuple[int, int], dst: tuple[int, int], exclusive: bool) -> torch.Tensor:
-    """Gates [B, S, h*w] from grid `src` to grid `dst`: area-resize, then argmax (or threshold)."""
+def resize_routes(routes: torch.Tensor, src: tuple[int, int], dst: tuple[int, int], exclusive: bool) -> torch.Tensor:
+    """Routes [B, S, h*w] from grid `src` to grid `dst`: area-resize, then argmax (or threshold)."""
     if src == dst:
-        return gates
-    b, s, _ = gates.shape
-    resized = F.adaptive_avg_pool2d(gates.float().view(b, s, *src), dst).view(b, s, -1)
+        return routes
+    b, s, _ = routes.shape
+    resized = F.adaptive_avg_pool2d(routes.float().view(b, s, *src), dst).view(b, s, -1)
     if exclusive:
-        return hard_routes(resized).to(gates.dtype)
-    return (resized > 0.5).to(gates.dtype)
+        return hard_routes(resized).to(routes.dtype)
+    return (resized > 0.5).to(routes.dtype)
 
 
 def grid_of(tokens: int, full: tuple[int, int]) -> tuple[int, int]:
@@ -136,7 +136,7 @@ class LearnedRouting:
         self.logits: list[tuple[int, torch.Tensor, tuple[int, int]]] = []  # kept for the routing loss
         self._prepared: dict[int, tuple] = {}  # per site, inference only
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
+    def routes(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         if site.router is None:
             raise ValueError("router='learned' needs a checkpoint with trained router weights")
         if torch.is_grad_enabled():  # training: the router's weights change between calls
@@ -163,13 +163,14 @@ class LayoutRouting:
         # Background votes where no subject region reaches half coverage.
         background = (masks.amax(dim=0, keepdim=True) < 0.5).float()
         self.slots = torch.cat([masks, background])[None]  # [1, N+1, H, W]
-        self._cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._routes: dict[tuple, torch.Tensor] = {}  # per grid, device and dtype: one copy each
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
-        if grid not in self._cache:
+    def routes(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
+        key = (grid, latent.device, latent.dtype)
+        if key not in self._routes:
             area = F.adaptive_avg_pool2d(self.slots, grid).flatten(2)
-            self._cache[grid] = hard_routes(area)
-        return self._cache[grid].to(latent.device, latent.dtype).expand(latent.shape[0], -1, -1)
+            self._routes[key] = hard_routes(area).to(latent.device, latent.dtype)
+        return self._routes[key].expand(latent.shape[0], -1, -1)
 
 
 class PromptRouting:
@@ -191,31 +192,39 @@ class PromptRouting:
         self.token_indices = token_indices
         self.start_step, self.threshold = start_step, threshold
         self.attention: torch.Tensor | None = None  # [Bc, N, H, W] accumulated at the latent grid
-        self._gates: dict[tuple[int, int], torch.Tensor] = {}
+        self._routes: dict[tuple[int, int], torch.Tensor] = {}
+        self._token_tensors: dict = {}  # per device: the indices as tensors (a Python list index would copy each call)
 
     def observe(self, query, key, scale: float, grid: tuple[int, int], ctx) -> None:
         probs = (query @ key.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # [Bc, hw, T]
-        per_subject = torch.stack([probs[..., idx].sum(-1) for idx in self.token_indices], dim=1)
+        if probs.device not in self._token_tensors:
+            self._token_tensors[probs.device] = [torch.tensor(idx, device=probs.device) for idx in self.token_indices]
+        indices = self._token_tensors[probs.device]
+        per_subject = torch.stack([probs.index_select(-1, idx).sum(-1) for idx in indices], dim=1)
         b, n, _ = per_subject.shape
         at_latent = F.adaptive_avg_pool2d(per_subject.float().view(b, n, *grid), ctx.latent_hw)
         self.attention = at_latent if self.attention is None else self.attention + at_latent
-        self._gates.clear()
+        self._routes.clear()
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
+    def routes_subjects(self, ctx) -> bool:
+        """Whether any position can go to a subject at this step (known on the host)."""
+        return self.attention is not None and ctx.step >= self.start_step
+
+    def routes(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
         batch, tokens = latent.shape[0], latent.shape[1]
         slots = len(self.token_indices) + 1
-        if self.attention is None or ctx.step < self.start_step:
+        if not self.routes_subjects(ctx):
             background = latent.new_zeros(batch, slots, tokens)
             background[:, -1] = 1
             return background
-        if grid not in self._gates:
+        if grid not in self._routes:
             smooth = F.avg_pool2d(self.attention, 3, stride=1, padding=1, count_include_pad=False)
             normalised = smooth / smooth.flatten(2).amax(-1)[..., None, None].clamp_min(1e-12)
             at_grid = F.adaptive_avg_pool2d(normalised, grid).flatten(2)  # [Bc, N, hw]
             best, owner = at_grid.max(dim=1)
             owner = torch.where(best >= self.threshold, owner, slots - 1)
-            self._gates[grid] = F.one_hot(owner, slots).movedim(-1, 1)
-        return self._gates[grid].to(latent.dtype)
+            self._routes[grid] = F.one_hot(owner, slots).movedim(-1, 1)
+        return self._routes[grid].to(latent.dtype)
 
 
 def phrase_token_indices(tokenizer, prompt: str, phrases: list[str]) -> list[list[int]]:
@@ -244,16 +253,19 @@ class NoRouting:
     def __init__(self, num_subjects: int):
         self.num_subjects = num_subjects
 
-    def gates(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
-        gates = latent.new_ones(latent.shape[0], self.num_subjects + 1, latent.shape[1])
-        gates[:, -1] = 0
-        return gates
+    def routes(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
+        routes = latent.new_ones(latent.shape[0], self.num_subjects + 1, latent.shape[1])
+        routes[:, -1] = 0
+        return routes
 
 
 def routing_loss(
     logits: list[tuple[int, torch.Tensor, tuple[int, int]]], target_masks: torch.Tensor
 ) -> torch.Tensor:
-    """L_route: mean over layers of mean_i ||softmax(M^l)_i - M_i^gt||^2 (METHOD.md §2.5, λ outside).
+    """L_route, lambda outside: for each site, (softmax(M^l) - M^gt)^2 averaged over images, slots
+    AND positions, then averaged over sites. The paper's ||.||^2 sums over positions: this mean is
+    it divided by the site's h*w, so lambda = 0.1 here is lambda = 0.1 / (h*w) there
+    (docs/METHOD.md, "The routing loss's weight").
 
     `target_masks` [B, N+1, H, W]: each instance's whole mask in the target image, background last.
     """

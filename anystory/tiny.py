@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+from PIL import Image
 from transformers import (
     CLIPImageProcessor,
     CLIPTextConfig,
@@ -201,40 +201,43 @@ def synthetic_subject(seed: int, size: tuple[int, int] = (72, 56), alpha: bool =
     return Image.fromarray(np.dstack([pixels, inside.astype(np.uint8) * 255]), "RGBA")
 
 
-def tiny_ip_adapter_state(folder: str | os.PathLike, num_tokens: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Random IP-Adapter Plus weights in the ORIGINAL file layout (`image_proj.*`,
-    `ip_adapter.{1,3,...}.to_k_ip/to_v_ip`), sized for the tiny SDXL folder at `folder`.
-
-    The same layout as `ip-adapter-plus_sdxl_vit-h.safetensors` (resampler: 4 layers, heads of
-    64), so public-weights loading is tested through the real key mapping.
-    """
-    folder = Path(folder)
-    unet = UNet2DConditionModel.from_pretrained(folder / "unet")
-    clip_dim = CLIPVisionConfig.from_pretrained(folder / "image_encoder").hidden_size
-    text_dim, inner, depth = unet.config.cross_attention_dim, 64, 4
+def ip_adapter_plus_state(
+    unet: UNet2DConditionModel, clip_dim: int, num_tokens: int = 16, heads: int = 20, depth: int = 4,
+    seed: int = 0, std: float | None = 0.1, dtype: torch.dtype = torch.float32,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """Random IP-Adapter Plus weights in the ORIGINAL file layout of
+    `ip-adapter-plus_sdxl_vit-h.safetensors` (`image_proj.*`: a resampler of `depth` layers with
+    heads of 64; `ip_adapter.{1,3,...}.to_k_ip/to_v_ip` for every attn2 of `unet`). The release
+    is 16 tokens, 20 heads, 4 layers over ViT-H (1280): 191 tensors for the SDXL UNet.
+    `std=None` draws each matrix with std 1/sqrt(fan_in) (sane activations at full size)."""
+    text_dim, inner = unet.config.cross_attention_dim, heads * 64
     generator = torch.Generator().manual_seed(seed)
 
-    def rand(*shape, std=0.1):
-        return torch.randn(*shape, generator=generator) * std
+    def rand(*shape, scale=None):
+        spread = scale if scale is not None else (std if std is not None else shape[-1] ** -0.5)
+        return (torch.randn(*shape, generator=generator) * spread).to(dtype)
+
+    def ones(*shape):
+        return (1 + rand(*shape)) if std is not None else torch.ones(*shape, dtype=dtype)
 
     state = {
-        "image_proj.latents": rand(1, num_tokens, clip_dim, std=clip_dim**-0.5),
+        "image_proj.latents": rand(1, num_tokens, clip_dim, scale=clip_dim**-0.5),
         "image_proj.proj_in.weight": rand(clip_dim, clip_dim),
         "image_proj.proj_in.bias": rand(clip_dim),
         "image_proj.proj_out.weight": rand(text_dim, clip_dim),
         "image_proj.proj_out.bias": rand(text_dim),
-        "image_proj.norm_out.weight": 1 + rand(text_dim),
+        "image_proj.norm_out.weight": ones(text_dim),
         "image_proj.norm_out.bias": rand(text_dim),
     }
     for i in range(depth):
         layer = f"image_proj.layers.{i}"
         for norm in ("norm1", "norm2"):
-            state[f"{layer}.0.{norm}.weight"] = 1 + rand(clip_dim)
+            state[f"{layer}.0.{norm}.weight"] = ones(clip_dim)
             state[f"{layer}.0.{norm}.bias"] = rand(clip_dim)
         state[f"{layer}.0.to_q.weight"] = rand(inner, clip_dim)
         state[f"{layer}.0.to_kv.weight"] = rand(2 * inner, clip_dim)
         state[f"{layer}.0.to_out.weight"] = rand(clip_dim, inner)
-        state[f"{layer}.1.0.weight"] = 1 + rand(clip_dim)
+        state[f"{layer}.1.0.weight"] = ones(clip_dim)
         state[f"{layer}.1.0.bias"] = rand(clip_dim)
         state[f"{layer}.1.1.weight"] = rand(4 * clip_dim, clip_dim)
         state[f"{layer}.1.3.weight"] = rand(clip_dim, 4 * clip_dim)
@@ -246,6 +249,19 @@ def tiny_ip_adapter_state(folder: str | os.PathLike, num_tokens: int = 4, seed: 
             state[f"ip_adapter.{key_id}.to_v_ip.weight"] = rand(attn.to_v.out_features, text_dim)
             key_id += 2
     return state
+
+
+def tiny_ip_adapter_state(folder: str | os.PathLike, num_tokens: int = 4, seed: int = 0) -> dict[str, torch.Tensor]:
+    """`ip_adapter_plus_state` sized for the tiny SDXL folder at `folder` (one head of 64), so
+    public-weights loading is tested through the real key mapping. Reads the folder's configs
+    only (the UNet is built on the meta device: its shapes are all that is needed)."""
+    from accelerate import init_empty_weights
+
+    folder = Path(folder)
+    with init_empty_weights():
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+    clip_dim = CLIPVisionConfig.from_pretrained(folder / "image_encoder").hidden_size
+    return ip_adapter_plus_state(unet, clip_dim, num_tokens=num_tokens, heads=1, seed=seed)
 
 
 def write_tiny_ip_adapter(folder: str | os.PathLike, path: str | os.PathLike, seed: int = 0) -> Path:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -142,6 +142,55 @@ def split_ip_adapter(state: dict[str, torch.Tensor]) -> tuple[dict, dict]:
     if "latents" not in image_proj:
         raise CheckpointError("only IP-Adapter *Plus* (a resampler with image_proj.latents) fits AnyStory's CLIP path")
     return image_proj, ip_adapter
+
+
+# IP-Adapter Plus names the parts of resampler layer i positionally (layers.i.0 = attention,
+# layers.i.1 = feed-forward); diffusers' IPAdapterPlusImageProjection names them.
+_RESAMPLER_LAYER_KEYS = {
+    "0.norm1": "ln0",
+    "0.norm2": "ln1",
+    "0.to_q": "attn.to_q",
+    "0.to_out": "attn.to_out.0",
+    "1.0": "ff.0",
+    "1.1": "ff.1.net.0.proj",
+    "1.3": "ff.1.net.2",
+}
+RESAMPLER_HEAD_DIM = 64  # IP-Adapter Plus attends in heads of 64 (ViT-H SDXL: 1280 = 20 heads)
+
+
+def ip_adapter_resampler(image_proj: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict]:
+    """The `image_proj.*` tensors of an IP-Adapter Plus file (prefix removed) as the state dict of
+    diffusers' `IPAdapterPlusImageProjection`, and its sizes (depth, heads, dim_head, queries).
+
+    The same mapping as diffusers' own IP-Adapter loading, written against public classes only:
+    `to_kv` is split into `to_k` / `to_v`, the positional layer parts get their names.
+    """
+    state, layers = {}, set()
+    for key, value in image_proj.items():
+        parts = key.split(".")
+        if parts[0] != "layers":
+            state[key] = value
+            continue
+        layer, rest = parts[1], ".".join(parts[2:])
+        layers.add(int(layer))
+        if rest == "0.to_kv.weight":
+            to_k, to_v = value.chunk(2, dim=0)
+            state[f"layers.{layer}.attn.to_k.weight"], state[f"layers.{layer}.attn.to_v.weight"] = to_k, to_v
+            continue
+        part, _, leaf = rest.rpartition(".")
+        if part not in _RESAMPLER_LAYER_KEYS:
+            raise CheckpointError(f"the IP-Adapter file has an unknown resampler tensor image_proj.{key}")
+        state[f"layers.{layer}.{_RESAMPLER_LAYER_KEYS[part]}.{leaf}"] = value
+    if not layers or "layers.0.0.to_q.weight" not in image_proj:
+        raise CheckpointError("the IP-Adapter file's resampler has no attention layers (image_proj.layers.0.0.to_q)")
+    inner = image_proj["layers.0.0.to_q.weight"].shape[0]
+    sizes = {
+        "depth": max(layers) + 1,
+        "heads": max(inner // RESAMPLER_HEAD_DIM, 1),
+        "dim_head": min(inner, RESAMPLER_HEAD_DIM),
+        "num_queries": image_proj["latents"].shape[1],
+    }
+    return state, sizes
 
 
 def ip_adapter_block_keys(unet) -> dict[int, int]:

@@ -117,11 +117,9 @@ def encode_parts(pipe, image, device, repeats: int) -> list[tuple[str, float, li
         net = pipe.reference_net
         mask = latent_mask(subject.mask, tuple(latent.shape[-2:])).to(latent)
         net_input = torch.cat([latent * mask, mask[None, None]], dim=1).to(net.dtype)
-        conditions = pipe._null_conditions(net)
-
         def reference_pass():
             with torch.no_grad():
-                return reference_features(net, net_input, *conditions)
+                return reference_features(net, net_input)
 
         rows.append(("ReferenceNet pass (64x64 latent, t = 0, stops after the last attn1)",) + timed(reference_pass, device, repeats))
         features = reference_pass()

@@ -6,7 +6,9 @@ Speed and memory do not depend on the weights' values, only on the shapes, so th
 - small text encoders with the real output widths (768 + 1280 = 2048 tokens, pooled 1280, so
   the UNet's added conditions fit: 6 * 256 + 1280 = 2816); they run once per image;
 - a CLIP vision encoder of ViT-H/14 shape (hidden 1280, 224 px, patch 14) with `image_layers`
-  layers (32 = the real OpenCLIP ViT-H depth).
+  layers (32 = the real OpenCLIP ViT-H depth);
+- for public-weights mode, an IP-Adapter Plus file in the release's exact layout
+  (`ip-adapter-plus_sdxl_vit-h.safetensors`: 191 tensors, 16 tokens, 20 heads, random values).
 
 The parameters are allocated on the meta device and filled cheaply (normal / sqrt(fan_in);
 norms 1, biases 0): a default init of 2.5 B parameters takes minutes on two cores. The folder is
@@ -16,6 +18,7 @@ adapter="init", ...)`, the real loading path.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import math
 import os
@@ -37,7 +40,9 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
-from anystory.tiny import SDXL_UNET_CONFIG, tiny_tokenizer
+from anystory.tiny import SDXL_UNET_CONFIG, ip_adapter_plus_state, tiny_tokenizer
+
+IP_ADAPTER_NAME = "ip-adapter-plus_sdxl_vit-h.safetensors"
 
 # stabilityai/stable-diffusion-xl-base-1.0, vae/config.json
 SDXL_VAE_CONFIG: dict = {
@@ -168,6 +173,25 @@ def write_full_sdxl(folder: str | os.PathLike, image_layers: int = 32, dtype: to
     return folder
 
 
+def write_release_ip_adapter(folder: str | os.PathLike, dtype: torch.dtype = torch.bfloat16) -> Path:
+    """`folder`/ip-adapter-plus_sdxl_vit-h.safetensors with random values in the release's layout
+    for the full SDXL UNet (0.85 GB in bf16/fp16); reused when complete."""
+    from safetensors.torch import save_file
+
+    path = Path(folder) / IP_ADAPTER_NAME
+    marker = path.with_name(f".complete-{IP_ADAPTER_NAME}-{str(dtype).split('.')[-1]}")
+    if marker.exists():
+        return path
+    with init_empty_weights():
+        unet = UNet2DConditionModel(**SDXL_UNET_CONFIG)  # shapes and processor names only
+    state = ip_adapter_plus_state(unet, clip_dim=1280, num_tokens=16, heads=20, std=None, dtype=dtype)
+    assert len(state) == 191, len(state)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    marker.touch()
+    return path
+
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -194,7 +218,7 @@ def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device, re
 
     config = AnyStoryConfig(reference_size=reference_size)  # the paper's SDXL sizes: m 64, d_r 1024, d' 256
     pipe = AnyStoryPipeline.from_pretrained(
-        str(folder), adapter="init", config=config, torch_dtype=dtype, device=device, local_files_only=True
+        str(folder), adapter="init", config=config, dtype=dtype, device=device, local_files_only=True
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
@@ -203,10 +227,35 @@ def load_full_anystory(folder: str | os.PathLike, dtype: torch.dtype, device, re
 def full_anystory(model_dir: str | None, dtype: torch.dtype, device, image_layers: int = 32):
     """The full-size AnyStoryPipeline: written to `model_dir` (reused when complete) or to a
     temporary folder, removed once loaded."""
-    with tempfile.TemporaryDirectory() as temporary:
-        folder = model_dir or temporary + "/full-sdxl"
+    with model_folder(model_dir) as folder:
         write_full_sdxl(folder, image_layers=image_layers, dtype=dtype)
         return load_full_anystory(folder, dtype, device)
+
+
+@contextlib.contextmanager
+def model_folder(model_dir: str | None):
+    """Where the full-size files go: `model_dir` (kept and reused), else a temporary folder
+    removed when the block ends (files stay readable while it runs: load_ip_adapter needs them)."""
+    if model_dir:
+        yield Path(model_dir)
+        return
+    with tempfile.TemporaryDirectory() as temporary:
+        yield Path(temporary) / "full-sdxl"
+
+
+def load_full_public(folder: str | os.PathLike, dtype: torch.dtype, device, image_layers: int = 32):
+    """The full-size AnyStoryPipeline in public-weights mode (`adapter="public"`, the app's
+    default) from `folder`, writing the SDXL folder and the release-layout IP-Adapter Plus file
+    there first when they are not complete. Returns (pipe, the IP-Adapter file)."""
+    from anystory import AnyStoryPipeline
+
+    write_full_sdxl(folder, image_layers=image_layers, dtype=dtype)
+    ip_file = write_release_ip_adapter(folder, dtype=dtype)
+    pipe = AnyStoryPipeline.from_pretrained(
+        str(folder), adapter="public", ip_adapter=str(ip_file), dtype=dtype, device=device, local_files_only=True
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, ip_file
 
 
 def subject_pictures(count: int = 3) -> list:
@@ -265,16 +314,21 @@ def _status_kb(field: str) -> int:
 
 
 class Timer:
+    """Wall seconds (`seconds`) and this process's CPU seconds (`cpu_seconds`) of a block. On a
+    shared CPU machine the CPU time of a run with a fixed thread count hardly depends on what
+    else runs; the wall time does."""
+
     def __init__(self, device: torch.device):
         self.device = device
 
     def __enter__(self):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        self.start = time.perf_counter()
+        self.start, self.cpu_start = time.perf_counter(), time.process_time()
         return self
 
     def __exit__(self, *exc):
         if self.device.type == "cuda":
             torch.cuda.synchronize()
         self.seconds = time.perf_counter() - self.start
+        self.cpu_seconds = time.process_time() - self.cpu_start

@@ -555,27 +555,26 @@ def test_safe_filename_limits_and_defaults():
 
 
 def test_selection_over_a_pipeline_record_matches_the_pipelines_final_map(tmp_path):
-    """Records made by the real vote code (torch, [batch, S, h, w] gates) feed Inspect and Export."""
+    """Records made by the real route code (torch, [batch, S, h, w] gates) feed Inspect and Export."""
     from types import SimpleNamespace
 
     import torch
 
     from anystory.attention import InjectionContext
-    from anystory.pipeline import AnyStoryPipeline
+    from anystory.encoding import SubjectEncoding
 
     generator = torch.Generator().manual_seed(0)
     batch, slots, latent = 2, 4, (16, 12)
-    ctx = SimpleNamespace(
-        latent_hw=latent, votes=torch.zeros(batch, slots, *latent), vote_count=0, record_steps=True, record=[],
-        step=0, last_gates=None, last_grid=None, routing=SimpleNamespace(exclusive=True),
-    )  # fmt: skip
+    subjects = [SubjectEncoding(torch.zeros(2, 8), torch.zeros(0)) for _ in range(slots - 1)]
+    ctx = InjectionContext(subjects, SubjectEncoding(torch.zeros(2, 8), torch.zeros(0)), SimpleNamespace(exclusive=True), record_steps=True)
     for step in range(3):
         ctx.step = step
+        ctx.begin_pass(latent)
         for site, grid in enumerate([(16, 12), (8, 6), (4, 3), (8, 6), (16, 12)]):
             labels = torch.randint(0, slots, (batch, grid[0] * grid[1]), generator=generator)
-            gates = torch.nn.functional.one_hot(labels, slots).transpose(1, 2)  # [B, S, hw]
-            InjectionContext.publish_routes(ctx, site, gates, grid)
-    final = AnyStoryPipeline._final_route_maps(ctx)  # [B, S, h, w]
+            routes = torch.nn.functional.one_hot(labels, slots).transpose(1, 2)  # [B, S, hw]
+            ctx.publish_routes(site, routes, grid)
+    final = ctx.route_maps()  # [B, S, h, w]
 
     record = ctx.record
     assert record_grids(record) == [(4, 3), (8, 6), (16, 12)] and record_steps(record) == [0, 1, 2]

@@ -47,6 +47,45 @@ def test_public_clip_path_matches_diffusers_ip_adapter(tiny_folder, ip_file, pub
     assert np.abs(ours - expected).max() <= 1e-4
 
 
+def test_resampler_keys_map_onto_diffusers_ip_adapter_plus_projection(ip_file):
+    """The release's positional resampler keys become diffusers' `IPAdapterPlusImageProjection`
+    names through public classes only (no private diffusers conversion); an unknown key is named."""
+    from diffusers.models.embeddings import IPAdapterPlusImageProjection
+    from safetensors.torch import load_file
+
+    from anystory.weights import ip_adapter_resampler, split_ip_adapter
+
+    image_proj, _ = split_ip_adapter(load_file(str(ip_file)))
+    state, sizes = ip_adapter_resampler(image_proj)
+    assert sizes == {"depth": 4, "heads": 1, "dim_head": 64, "num_queries": 4}
+    clip_dim = image_proj["proj_in.weight"].shape[1]
+    module = IPAdapterPlusImageProjection(
+        embed_dims=clip_dim, output_dims=image_proj["proj_out.weight"].shape[0], hidden_dims=clip_dim,
+        depth=sizes["depth"], dim_head=sizes["dim_head"], heads=sizes["heads"], num_queries=sizes["num_queries"],
+    )  # fmt: skip
+    assert set(state) == set(module.state_dict())
+    module.load_state_dict(state, strict=True)
+    to_k, to_v = image_proj["layers.2.0.to_kv.weight"].chunk(2)
+    assert torch.equal(state["layers.2.attn.to_k.weight"], to_k) and torch.equal(state["layers.2.attn.to_v.weight"], to_v)
+    with pytest.raises(CheckpointError, match=r"image_proj\.layers\.0\.7\.weight"):
+        ip_adapter_resampler({**image_proj, "layers.0.7.weight": torch.zeros(1)})
+
+
+def test_dtype_and_its_old_name_torch_dtype(tiny_folder):
+    """`dtype` as in current diffusers; `torch_dtype` still works (with diffusers' deprecation
+    warning); the two disagreeing is refused."""
+    load = lambda **kw: AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True, **kw)  # noqa: E731
+    new = load(dtype=torch.bfloat16)
+    with pytest.warns(FutureWarning, match="torch_dtype"):
+        old = load(torch_dtype=torch.bfloat16)
+    for pipe in (new, old):
+        parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.image_encoder, pipe.subject_encoder, pipe.reference_net)
+        assert all(part.dtype == torch.bfloat16 for part in parts)
+    assert load().unet.dtype == torch.float32  # the CPU default
+    with pytest.raises(ValueError, match="disagree"):
+        load(dtype=torch.float32, torch_dtype=torch.bfloat16)
+
+
 def test_public_mode_shares_the_unet(public):
     self_attn, cross_attn = public.anystory_processors()
     assert public.reference_net is None and public.mode == "public"
@@ -91,6 +130,18 @@ def test_prompt_router_routes_nothing_before_its_start_step(public):
     early = public(PROMPT, subjects=[girl], subject_phrases=["a girl"], prompt_route_start=0.0, return_route_record=True, generator=seeded(), **GEN)
     late_entries = [e for e in early.route_record if e["step"] >= 1]
     assert all(torch.equal(e["gates"].sum(1), torch.ones_like(e["gates"][:, 0], dtype=torch.long)) for e in late_entries)
+
+
+def test_nothing_of_the_subjects_is_computed_before_the_prompt_router_starts(public):
+    """Before its start the prompt router routes every position to the background, so the
+    subjects' work is skipped (a plain self-attention, the background slot alone): the image is
+    the one the full computation gives with every position routed to the background."""
+    girl = public.encode_subject(make_subject_image(1))
+    phrases = dict(subject_phrases=["a girl"], prompt_route_start=1.0)
+    skipped = public(PROMPT, subjects=[girl], generator=seeded(), **phrases, **GEN)
+    computed = public(PROMPT, subjects=[girl], router="layout", layout=[np.zeros((8, 8))], generator=seeded(), **GEN)
+    assert torch.equal(skipped.route_maps[0], computed.route_maps[0])
+    assert np.abs(skipped.images - computed.images).max() <= 1e-5
 
 
 @pytest.mark.hostile

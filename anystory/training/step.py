@@ -40,14 +40,6 @@ def stage_parameters(pipe, stage: int) -> dict[str, nn.Parameter]:
     return chosen
 
 
-def null_conditions(unet, device, dtype) -> tuple[torch.Tensor, dict]:
-    """Zero text and added conditions of the reference pass (METHOD.md §1: t = 0, conditions zero)."""
-    time_ids = 6
-    pooled = unet.config.projection_class_embeddings_input_dim - time_ids * unet.config.addition_time_embed_dim
-    text = torch.zeros(1, 1, unet.config.cross_attention_dim, device=device, dtype=dtype)
-    return text, {"text_embeds": torch.zeros(1, pooled, device=device, dtype=dtype), "time_ids": torch.zeros(1, time_ids, device=device, dtype=dtype)}
-
-
 class InputEncoder:
     """The frozen half of a step: VAE latents, prompt embeddings, CLIP states, reference inputs.
 
@@ -139,9 +131,7 @@ class TrainingModule(nn.Module):
             raise ValueError("training needs an AnyStory ReferenceNet (load with adapter='init' or a checkpoint)")
         self.stage, self.routing_weight, self.gumbel_tau = stage, routing_weight, gumbel_tau
         self.noise_scheduler = noise_scheduler
-        blocks = transformer_blocks(self.unet)
-        self._self_attn = [b.attn1.processor for b in blocks]
-        self._cross_attn = [b.attn2.processor for b in blocks]
+        self._self_attn = [b.attn1.processor for b in transformer_blocks(self.unet)]
 
     # -- pieces, also used by the evaluation --
 
@@ -153,10 +143,7 @@ class TrainingModule(nn.Module):
             tokens = self.subject_encoder.subject_qformer(states)
             if item["drop_clip"]:  # the unconditional (background) tokens in every subject slot
                 tokens = torch.cat([tokens[-1:].expand(count, -1, -1), tokens[-1:]])
-            ref_input = item["reference_input"].to(self.reference_net.dtype)
-            text, added = null_conditions(self.reference_net, ref_input.device, ref_input.dtype)
-            added = {k: v.expand(count, -1) for k, v in added.items()}
-            features = capture_reference_features(self.reference_net, ref_input, text.expand(count, -1, -1), added)
+            features = capture_reference_features(self.reference_net, item["reference_input"].to(self.reference_net.dtype))
         routing = self.subject_encoder.routing_qformer
         embeddings = routing(states)[:, 0] if routing is not None else states.new_zeros(count + 1, 0)
 
@@ -169,23 +156,19 @@ class TrainingModule(nn.Module):
         return subjects, SubjectEncoding(tokens[count], embeddings[count])
 
     def run_unet(self, item: dict, ctx: InjectionContext, noisy: torch.Tensor) -> torch.Tensor:
-        """One UNet pass under `ctx`. With gradients on, the processors keep `ctx` until `release()`:
-        gradient checkpointing re-runs blocks during backward, and they must see the same context."""
+        """One UNet pass under `ctx`, which rides with the call (`cross_attention_kwargs`): under
+        gradient checkpointing a block re-run during backward gets the same context with its inputs."""
         ctx.cfg, ctx.num_steps, ctx.step = False, 1, 0
-        ctx.begin_forward(tuple(noisy.shape[-2:]), noisy.shape[0])
-        for proc in self._self_attn + self._cross_attn:
-            proc.context = ctx
-        try:
-            added = {"text_embeds": item["pooled"], "time_ids": item["time_ids"]}
-            return self.unet(noisy, item["timestep"], encoder_hidden_states=item["prompt_embeds"], added_cond_kwargs=added).sample
-        finally:
-            if not torch.is_grad_enabled():
-                self.release()
+        ctx.begin_pass(tuple(noisy.shape[-2:]))
+        added = {"text_embeds": item["pooled"], "time_ids": item["time_ids"]}
+        return self.unet(
+            noisy, item["timestep"], encoder_hidden_states=item["prompt_embeds"], added_cond_kwargs=added,
+            cross_attention_kwargs={"injection": ctx},
+        ).sample  # fmt: skip
 
     def release(self) -> None:
-        """Detach the processors from the last training context (after its backward pass)."""
-        for proc in self._self_attn + self._cross_attn:
-            proc.context = None
+        """Nothing to release: no processor holds a context between calls (the context travels with
+        each UNet call). Kept for callers written when the processors held it (trainer.py)."""
 
     def noisy_latents(self, item: dict) -> torch.Tensor:
         return self.noise_scheduler.add_noise(item["latents"], item["noise"], item["timestep"])
@@ -193,8 +176,7 @@ class TrainingModule(nn.Module):
     # -- the loss --
 
     def forward(self, batch: list[dict]) -> dict[str, torch.Tensor]:
-        """Mean losses of the samples. Under gradient checkpointing pass one sample per call (and
-        backward before the next): the processors hold one context at a time."""
+        """Mean losses of the samples (each sample is its own UNet call)."""
         totals: dict[str, torch.Tensor] = {}
         for item in batch:
             for name, value in self._sample_loss(item).items():
