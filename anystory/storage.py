@@ -476,13 +476,22 @@ class StudioDatabase:
         return db
 
     def close(self) -> None:
-        """Close every connection this object opened (in any thread)."""
+        """Close this object's connections: this thread's and dead threads' now, another live
+        thread's when that thread lets go of it.
+
+        Closing a connection under a thread that is in the middle of a query crashes the process
+        (SQLite does not guard against it), so a live thread's connection is only dropped: its
+        last reference (this object's thread-local, or the query still running) closes it.
+        """
+        me = threading.current_thread()
         with self._connections_lock:
-            for conn in self._connections.values():
+            connections, self._connections = self._connections, {}
+        self._local = threading.local()  # drops every thread's reference but the running queries'
+        for thread, conn in connections.items():
+            if thread is me or not thread.is_alive():
                 with contextlib.suppress(sqlite3.Error):
                     conn.close()
-            self._connections.clear()
-        self._local = threading.local()
+        del connections
 
     def __enter__(self) -> StudioDatabase:
         return self

@@ -7,6 +7,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -443,6 +444,31 @@ def test_a_connection_per_thread(database):
         thread.start()
         thread.join()
     assert len(database._connections) <= 2
+
+
+@pytest.mark.hostile
+def test_close_while_another_thread_is_in_a_query(database):
+    """A workspace deleted while one of its events still runs (a page's first event, then its
+    load): closing must not pull the connection from under the running query (a segfault)."""
+    started, result = threading.Event(), []
+    slow = "INSERT INTO t WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 3000000) SELECT x FROM c"
+
+    def query():
+        db = database.db
+        db.execute("CREATE TABLE t (x INTEGER)")
+        started.set()
+        with db.conn:
+            result.append(db.execute(slow).rowcount)
+
+    thread = threading.Thread(target=query)
+    thread.start()
+    started.wait()
+    time.sleep(0.05)  # inside sqlite3_step, the GIL released
+    database.close()
+    thread.join()
+    assert result == [3000000] and database._connections == {}
+    assert database.db.execute("SELECT count(*) FROM t").fetchone()[0] == 3000000
+    assert database.db.execute("SELECT 1").fetchone()[0] == 1  # a later call opens a new connection
 
 
 # -- archives -----------------------------------------------------------------------------------------
