@@ -45,6 +45,9 @@ class TrainConfig:
     gumbel_tau: float = 1.0
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     cache_latents: bool = False  # keep target latents and prompt embeddings in memory
+    # stage 2: keep what the frozen encoder makes of a sample's references (CLIP states, reference
+    # latents, ReferenceNet features, Subject QFormer tokens), keyed by the pictures' content
+    cache_subjects: bool = False
     num_workers: int = 0
 
     checkpoint_every: int = 500

@@ -10,18 +10,27 @@
    twice the tests' tiny one in width: the tiny one's latent keeps too little of a scene at t = 600
    for any router to reach 0.8 there (latent_probe.py measures it).
 3. Stage 1 (subject encoder, oracle routes): its diffusion loss, start and end.
-4. Stage 2 (router): routing IoU on the held-out scenes with the untrained router, then training
-   within a CPU-time budget (15 minutes), then the IoU again. IoU is measured on the noised
-   target latent at t = 200, 400, 600 of 1000 (see evaluate.py for the figures).
+4. Stage 2 (router): routing IoU on the held-out scenes with the untrained router, then a fixed
+   number of steps (`stage2_steps`), then the IoU again. IoU is measured on the noised target
+   latent at t = 200, 400, 600 of 1000 (see evaluate.py for the figures).
 
-CPU time is this process's user + system time (`resource.getrusage`); with --threads 1 it is close
-to wall time. The figures print as a table and go to OUT/proof.json.
+The result is defined by steps, data and seeds alone: no time budget stops any phase, so a slower
+machine takes longer and gets the same figures. CPU time is this process's user + system time
+(`resource.getrusage`); with --threads 1 it is close to wall time. It is reported per phase and per
+step, for comparing machines. The figures print as a table and go to OUT/proof.json.
+
+The scenes and the fitted base (step 2, most of the CPU time) are kept in a cache folder keyed by
+what they are made from: the settings they depend on, the seed, and the source of the code that
+makes them (synthetic.py, tiny.py, tiny_base.py) with the torch and diffusers versions. A later run
+with the same key copies them instead of fitting again (`--no-cache` fits afresh).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import os
 import resource
 import shutil
 import tempfile
@@ -29,6 +38,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import diffusers
 import numpy as np
 import torch
 
@@ -65,14 +75,39 @@ class ProofConfig:
     stage1_steps: int = 300
     stage1_lr: float = 5e-4
     stage1_eval_scenes: int = 24  # stage-1 loss before/after: these held-out scenes x 5 timesteps, fixed noise
-    stage2_max_steps: int = 5500  # cosine schedule over these; the CPU budget stops earlier on a slower machine
-    stage2_cpu_minutes: float = 15.0
+    # Stage 2 runs exactly this many steps (cosine schedule over them): steps, not time, define the proof.
+    stage2_steps: int = 8000
     stage2_lr: float = 1.5e-3
     routing_weight: float = 0.1  # lambda of L_route (the paper's)
-    stage2_timesteps: tuple[int, int] = (0, 1000)  # training timesteps of stage 2, uniform in [start, stop)
+    # Training timesteps of stage 2, uniform in [start, stop): the hardest measured t (600) needs the
+    # most samples; past ~800 the latent is nearly all noise and below ~300 routing is easy.
+    stage2_timesteps: tuple[int, int] = (300, 800)
     timesteps: tuple[int, ...] = DEFAULT_TIMESTEPS
     target_iou: float = 0.8
     seed: int = 0
+
+
+# What the scenes and the fitted base are made from (the cache key's settings); the stages' settings
+# are not among them, so changing those reuses the base.
+BASE_FIELDS = ("size", "reference_size", "scale", "shapes", "stage1_scenes", "stage2_scenes", "heldout_scenes", "identities",
+               "unseen_identities", "vae_channels", "vae_steps", "unet_steps", "unet_crop", "unet_batch",
+               "unet_max_noise_weight", "seed")  # fmt: skip
+BASE_CODE = ("synthetic.py", "tiny_base.py", "../tiny.py")  # the code that makes them
+CACHE_FILE = "base.json"
+
+
+def default_cache() -> Path:
+    return Path(os.environ.get("ANYSTORY_PROOF_CACHE") or Path.home() / ".cache" / "anystory" / "proof-base")
+
+
+def base_key(config: ProofConfig) -> str:
+    """The content key of the scenes and fitted base `config` makes: any change to their settings,
+    the seed, the code that makes them, or the torch / diffusers version gives another key."""
+    settings = {name: getattr(config, name) for name in BASE_FIELDS}
+    here = Path(__file__).resolve().parent
+    code = {name: hashlib.sha256((here / name).read_bytes()).hexdigest() for name in BASE_CODE}
+    inputs = {"settings": settings, "code": code, "torch": torch.__version__, "diffusers": diffusers.__version__}
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=list).encode()).hexdigest()[:20]
 
 
 def cpu_seconds() -> float:
@@ -100,26 +135,13 @@ def _train_config(out: Path, base: Path, data: Path, stage: int, **extra):
     return load_config(None, stage, values)
 
 
-def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: bool = False) -> dict:
-    """The whole proof in `out`. `reuse`: the OUT of an earlier run with the same data settings,
-    whose scenes and fitted base are used as they are (stages 1 and 2 run again); with
-    `refit_unet`, only its scenes and VAE: the UNet is fitted again from the random one."""
+def run(config: ProofConfig, out: Path, cache: Path | None = None) -> dict:
+    """The whole proof in `out`. `cache`: the folder of cached scenes and fitted bases (None: fit
+    afresh and keep nothing)."""
     clock = Clock()
     data, base = out / "data", out / "tiny-sdxl"
-    if reuse is not None:
-        earlier = json.loads((reuse / "proof.json").read_text())
-        out.mkdir(parents=True, exist_ok=True)
-        shutil.copytree(reuse / "data", data)
-        shutil.copytree(reuse / "tiny-sdxl", base)
-        kept = ("data", "base: VAE") if refit_unet else ("data", "base")
-        clock.phases.update({k: v for k, v in earlier["phases"].items() if k.startswith(kept)})
-        vae, unet = earlier["base"], {}
-        if refit_unet:
-            vae = {k: v for k, v in vae.items() if not k.startswith("denoising")}
-            with tempfile.TemporaryDirectory() as fresh:
-                write_tiny_sdxl(fresh, seed=config.seed)
-                shutil.rmtree(base / "unet")
-                shutil.copytree(Path(fresh) / "unet", base / "unet")
+    key = base_key(config)
+    cached = cache / key if cache is not None else None
 
     def make_data():
         common = dict(size=config.size, reference_size=config.reference_size, scale=config.scale, shapes=config.shapes)
@@ -133,15 +155,20 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
         if tuple(config.vae_channels) != TINY_VAE_CHANNELS:
             replace_vae(base, tuple(config.vae_channels), seed=config.seed + 1)
 
-    if reuse is None:
+    if cached is not None and (cached / CACHE_FILE).is_file():
+        earlier = json.loads((cached / CACHE_FILE).read_text())
+        out.mkdir(parents=True, exist_ok=True)
+        clock.run("data + base from cache", lambda: (shutil.copytree(cached / "data", data), shutil.copytree(cached / "tiny-sdxl", base)))
+        fitted, base_source = earlier["base"], {"from_cache": str(cached), "fit_phases": earlier["phases"]}
+    else:
         clock.run("data + tiny SDXL", make_data)
-    if reuse is None or refit_unet:
         images, captions = load_images([data / "stage1", data / "stage2"])
-    if reuse is None:
         vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
-    if reuse is None or refit_unet:
         unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed,
                          crop=config.unet_crop, batch=config.unet_batch, max_noise_weight=config.unet_max_noise_weight)  # fmt: skip
+        fitted, base_source = {**vae, **unet}, {"from_cache": None, "fit_phases": dict(clock.phases)}
+        if cached is not None:
+            _store(cached, data, base, {"key": key, "base": fitted, "phases": dict(clock.phases)})
 
     stage1 = Trainer(_train_config(out / "stage1", base, data / "stage1", 1, resolution=config.size,
                                    max_steps=config.stage1_steps, learning_rate=config.stage1_lr, seed=config.seed))  # fmt: skip
@@ -158,8 +185,8 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
     stage1_log = (float(np.mean([r["diffusion"] for r in log[:tenth]])), float(np.mean([r["diffusion"] for r in log[-tenth:]])))
 
     trainer = Trainer(_train_config(out / "stage2", base, data / "stage2", 2, init=str(stage1_checkpoint), resolution=config.size,
-                                    max_steps=config.stage2_max_steps, learning_rate=config.stage2_lr, lr_scheduler="cosine",
-                                    seed=config.seed, augment={"enabled": False}, routing_weight=config.routing_weight,
+                                    max_steps=config.stage2_steps, learning_rate=config.stage2_lr, lr_scheduler="cosine",
+                                    seed=config.seed, augment={"enabled": False}, cache_subjects=True, routing_weight=config.routing_weight,
                                     timesteps=list(config.stage2_timesteps)))  # fmt: skip
     sets = {name: ManifestDataset(data / name, trainer.pipe.feature_extractor, config.size, trainer.pipe.anystory_config.reference_size)
             for name in ("heldout", "unseen")}  # fmt: skip
@@ -167,14 +194,7 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
               for name, d in sets.items()}  # fmt: skip
     print(before["heldout"].table(), flush=True)
 
-    budget, start = config.stage2_cpu_minutes * 60, cpu_seconds()
-    state = {"steps": 0}
-
-    def within_budget(step: int, losses: dict) -> bool:
-        state["steps"] = step
-        return cpu_seconds() - start >= budget  # True stops the run (with a checkpoint)
-
-    stage2_checkpoint = clock.run("stage 2", trainer.run, within_budget)
+    stage2_checkpoint = clock.run("stage 2", trainer.run)  # no callback: it stops at stage2_steps, nothing else
     after = {name: clock.run(f"routing IoU after ({name})", routing_iou, trainer.pipe, d, config.timesteps, config.seed)
              for name, d in sets.items()}  # fmt: skip
     print(after["heldout"].table(), flush=True)
@@ -182,15 +202,17 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
     passed = all(after["heldout"].map_iou[t] >= config.target_iou for t in config.timesteps) and loss_after < loss_before
     report = {
         "config": asdict(config),
-        "reused_base_and_data_from": str(reuse) if reuse else None,
-        "refit_unet": refit_unet,
+        "base_key": key,
+        "base_source": base_source,
         "threads": torch.get_num_threads(),
         "phases": clock.phases,
-        "base": {**vae, **unet},
-        "stage1": {"steps": config.stage1_steps, "heldout_loss_before": loss_before, "heldout_loss_after": loss_after,
+        "cpu_s": round(sum(p["cpu_s"] for p in clock.phases.values()), 1),
+        "base": fitted,
+        "stage1": {"steps": stage1.step, "cpu_s_per_step": _per_step(clock.phases["stage 1"], stage1.step), "heldout_loss_before": loss_before, "heldout_loss_after": loss_after,
                    "log_loss_first_tenth": stage1_log[0], "log_loss_last_tenth": stage1_log[1],
                    "checkpoint": str(stage1_checkpoint)},  # fmt: skip
-        "stage2": {"steps": state["steps"], "cpu_s": clock.phases["stage 2"]["cpu_s"], "checkpoint": str(stage2_checkpoint)},
+        "stage2": {"steps": trainer.step, "cpu_s": clock.phases["stage 2"]["cpu_s"],
+                   "cpu_s_per_step": _per_step(clock.phases["stage 2"], trainer.step), "checkpoint": str(stage2_checkpoint)},
         "routing_iou_before": asdict(before["heldout"]),
         "routing_iou_after": asdict(after["heldout"]),
         "unseen_identities_before": asdict(before["unseen"]),
@@ -201,6 +223,24 @@ def run(config: ProofConfig, out: Path, reuse: Path | None = None, refit_unet: b
     return report
 
 
+def _per_step(phase: dict, steps: int) -> float:
+    return round(phase["cpu_s"] / max(steps, 1), 4)
+
+
+def _store(cached: Path, data: Path, base: Path, record: dict) -> None:
+    """Copy the scenes and the fitted base into the cache, whole or not at all (a folder renamed
+    into place), so an interrupted run leaves no half entry."""
+    tmp = cached.with_name(cached.name + f".tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(data, tmp / "data")
+    shutil.copytree(base, tmp / "tiny-sdxl")
+    (tmp / CACHE_FILE).write_text(json.dumps(record, indent=1))
+    try:
+        os.replace(tmp, cached)
+    except OSError:  # another run stored the same key first: its entry is as good
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def summary(report: dict) -> str:
     before, after, config = report["routing_iou_before"], report["routing_iou_after"], report["config"]
     lines = [
@@ -208,8 +248,12 @@ def summary(report: dict) -> str:
         f"{report['stage1']['heldout_loss_after']:.4f}; training log, first -> last tenth "
         f"{report['stage1']['log_loss_first_tenth']:.4f} -> {report['stage1']['log_loss_last_tenth']:.4f}",
         f"stage 2: {report['stage2']['steps']} steps in {report['stage2']['cpu_s'] / 60:.1f} CPU minutes "
-        f"(budget {config['stage2_cpu_minutes']}), lambda {config['routing_weight']}, training t in "
+        f"({report['stage2']['cpu_s_per_step']:.3f} CPU-s per step), lambda {config['routing_weight']}, training t in "
         f"[{config['stage2_timesteps'][0]}, {config['stage2_timesteps'][1]})",
+        f"base: {'from the cache ' + report['base_source']['from_cache'] if report['base_source']['from_cache'] else 'fitted in this run'}"
+        f" (fit: " + ", ".join(f"{k} {v['cpu_s']} CPU-s" for k, v in report["base_source"]["fit_phases"].items()) + ")",
+        f"CPU time of this run: {report['cpu_s'] / 60:.1f} min ({report['threads']} thread(s)); per phase: "
+        + ", ".join(f"{k} {v['cpu_s']}" for k, v in report["phases"].items()),
         "",
         "| t | map IoU before | map IoU after | site IoU before | site IoU after | latent-grid IoU after (ceiling) |",
         "|---|---|---|---|---|---|",
@@ -232,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="keep everything here (default: a temporary folder, removed after)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time ~ wall time)")
-    parser.add_argument("--stage2-steps", type=int, default=ProofConfig.stage2_max_steps,
-                        help="stage 2's cosine schedule length (the CPU budget may stop it earlier)")
-    parser.add_argument("--stage2-cpu-minutes", type=float, default=ProofConfig.stage2_cpu_minutes)
+    parser.add_argument("--stage2-steps", type=int, default=ProofConfig.stage2_steps, help="stage 2's steps (cosine schedule over them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routing-weight", type=float, default=ProofConfig.routing_weight)
     parser.add_argument("--stage2-timesteps", type=int, nargs=2, default=ProofConfig.stage2_timesteps)
@@ -245,19 +287,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--unet-batch", type=int, default=ProofConfig.unet_batch, help="base UNet fit: crops per step")
     parser.add_argument("--unet-max-noise-weight", type=float, default=ProofConfig.unet_max_noise_weight,
                         help="base UNet fit: cap of the high-noise loss weight clamp(1/SNR, 1, cap); 1 = plain epsilon loss")
-    parser.add_argument("--reuse", help="the --out of an earlier run: reuse its scenes and fitted base")
-    parser.add_argument("--refit-unet", action="store_true", help="with --reuse: keep its scenes and VAE, fit the UNet again")
+    parser.add_argument("--cache", help="cache folder of scenes and fitted bases (default: $ANYSTORY_PROOF_CACHE or "
+                        "~/.cache/anystory/proof-base)")  # fmt: skip
+    parser.add_argument("--no-cache", action="store_true", help="fit the base afresh and keep nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = ProofConfig(stage2_cpu_minutes=args.stage2_cpu_minutes, stage2_max_steps=args.stage2_steps, seed=args.seed, routing_weight=args.routing_weight,
+    config = ProofConfig(stage2_steps=args.stage2_steps, seed=args.seed, routing_weight=args.routing_weight,
                          stage2_timesteps=tuple(args.stage2_timesteps), unet_steps=args.unet_steps, unet_crop=args.unet_crop,
                          unet_batch=args.unet_batch, unet_max_noise_weight=args.unet_max_noise_weight,
                          vae_channels=tuple(args.vae_channels), vae_steps=args.vae_steps)  # fmt: skip
+    cache = None if args.no_cache else Path(args.cache) if args.cache else default_cache()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-proof-"))
     try:
-        if args.refit_unet and not args.reuse:
-            parser.error("--refit-unet needs --reuse")
-        report = run(config, out, Path(args.reuse) if args.reuse else None, args.refit_unet)
+        report = run(config, out, cache)
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)

@@ -10,6 +10,8 @@ sample's graph in memory at a time.
 
 from __future__ import annotations
 
+import hashlib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,16 +42,32 @@ def stage_parameters(pipe, stage: int) -> dict[str, nn.Parameter]:
     return chosen
 
 
+def content_key(*tensors: torch.Tensor, extra: str = "") -> str:
+    """A digest of the tensors' values, shapes and dtypes: equal inputs, equal key, whatever row or
+    step they came from; any changed value misses."""
+    digest = hashlib.sha1(extra.encode())
+    for tensor in tensors:
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes())
+    return digest.hexdigest()
+
+
 class InputEncoder:
     """The frozen half of a step: VAE latents, prompt embeddings, CLIP states, reference inputs.
 
-    With `cache=True` a row's target latent and prompt embeddings are kept (targets are never
-    augmented, so they do not change between epochs).
+    With `cache=True` a row's target latent (targets are never augmented, so it does not change
+    between epochs) and the prompt embeddings of each caption are kept. With `cache_subjects=True`
+    the CLIP states and reference inputs of a sample's references are kept too, keyed by the
+    content of the reference pictures (augmented references rarely repeat, so they mostly miss);
+    each encoded sample carries that key as `subject_key` for `TrainingModule`'s cache.
     """
 
-    def __init__(self, pipe, cache: bool = False):
-        self.pipe, self.cache = pipe, cache
-        self._rows: dict[int, tuple] = {}
+    def __init__(self, pipe, cache: bool = False, cache_subjects: bool = False):
+        self.pipe, self.cache, self.cache_subjects = pipe, cache, cache_subjects
+        self._rows: dict[int, torch.Tensor] = {}
+        self._prompts: dict[str, tuple] = {}
+        self._subjects: dict[str, tuple] = {}
         self._null_states: torch.Tensor | None = None
 
     @property
@@ -76,16 +94,40 @@ class InputEncoder:
     @torch.no_grad()
     def _target(self, sample: dict) -> tuple:
         key = sample.get("index")
-        if self.cache and key in self._rows:
-            return self._rows[key]
-        latents = self.vae_latents(sample["pixels"][None])
-        embeds, _, pooled, _ = self.pipe.encode_prompt(sample["caption"], device=self.device, do_classifier_free_guidance=False)
+        latents = self._rows.get(key) if self.cache else None
+        if latents is None:
+            latents = self.vae_latents(sample["pixels"][None])
+            if self.cache and key is not None:
+                self._rows[key] = latents
+        caption = sample["caption"]
+        prompt = self._prompts.get(caption) if self.cache else None
+        if prompt is None:
+            embeds, _, pooled, _ = self.pipe.encode_prompt(caption, device=self.device, do_classifier_free_guidance=False)
+            prompt = (embeds, pooled)
+            if self.cache:
+                self._prompts[caption] = prompt
+        embeds, pooled = prompt
         h, w = sample["pixels"].shape[-2:]
         time_ids = torch.tensor([[h, w, 0, 0, h, w]], device=self.device, dtype=embeds.dtype)  # SDXL micro-conditioning
-        result = (latents, embeds, pooled, time_ids)
-        if self.cache and key is not None:
-            self._rows[key] = result
-        return result
+        return latents, embeds, pooled, time_ids
+
+    @torch.no_grad()
+    def _subject_inputs(self, sample: dict) -> tuple[str | None, tuple]:
+        """(content key or None, (CLIP states, reference input, reference masks)) of a sample."""
+        key = None
+        if self.cache_subjects:
+            key = content_key(sample["clip_pixels"], sample["reference_pixels"], sample["reference_masks"])
+            if key in self._subjects:
+                return key, self._subjects[key]
+        clip_states = self.clip_states(sample["clip_pixels"])
+        ref_latents = self.vae_latents(sample["reference_pixels"])
+        ref_masks = torch.stack([latent_mask(m, tuple(ref_latents.shape[-2:])) for m in sample["reference_masks"]])
+        ref_masks = ref_masks.to(ref_latents)
+        reference_input = torch.cat([ref_latents * ref_masks[:, None], ref_masks[:, None]], dim=1)
+        result = (torch.cat([clip_states, self.null_states(sample["clip_pixels"])]), reference_input, ref_masks)
+        if key is not None:
+            self._subjects[key] = result
+        return key, result
 
     @torch.no_grad()
     def __call__(self, samples: list[dict], generator: torch.Generator, timesteps: tuple[int, int]) -> list[dict]:
@@ -93,18 +135,14 @@ class InputEncoder:
         encoded = []
         for sample in samples:
             latents, embeds, pooled, time_ids = self._target(sample)
-            clip_states = self.clip_states(sample["clip_pixels"])
-            ref_latents = self.vae_latents(sample["reference_pixels"])
-            ref_masks = torch.stack([latent_mask(m, tuple(ref_latents.shape[-2:])) for m in sample["reference_masks"]])
-            ref_masks = ref_masks.to(ref_latents)
-            reference_input = torch.cat([ref_latents * ref_masks[:, None], ref_masks[:, None]], dim=1)
+            subject_key, (clip_states, reference_input, ref_masks) = self._subject_inputs(sample)
             noise = torch.randn(latents.shape, generator=generator).to(latents)
             timestep = torch.randint(timesteps[0], timesteps[1], (1,), generator=generator).to(self.device)
             encoded.append(
                 {
                     "latents": latents, "noise": noise, "timestep": timestep,
                     "prompt_embeds": embeds, "pooled": pooled, "time_ids": time_ids,
-                    "clip_states": torch.cat([clip_states, self.null_states(sample["clip_pixels"])]),
+                    "clip_states": clip_states, "subject_key": subject_key,
                     "reference_input": reference_input, "reference_masks": ref_masks,
                     "masks": sample["masks"].to(self.device),
                     "drop_clip": bool(sample["drop_clip"]),
@@ -122,7 +160,8 @@ class TrainingModule(nn.Module):
       loss + routing_weight * L_route, with Gumbel straight-through routes.
     """
 
-    def __init__(self, pipe, stage: int, noise_scheduler, routing_weight: float = 0.1, gumbel_tau: float = 1.0):
+    def __init__(self, pipe, stage: int, noise_scheduler, routing_weight: float = 0.1, gumbel_tau: float = 1.0,
+                 cache_subjects: bool = False):  # fmt: skip
         super().__init__()
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
@@ -132,6 +171,10 @@ class TrainingModule(nn.Module):
         self.stage, self.routing_weight, self.gumbel_tau = stage, routing_weight, gumbel_tau
         self.noise_scheduler = noise_scheduler
         self._self_attn = [b.attn1.processor for b in transformer_blocks(self.unet)]
+        # Stage 2 freezes the Subject QFormer and the ReferenceNet: their outputs for a sample's
+        # references (its `subject_key`) are the same every time it comes round, so they are kept.
+        self.cache_subjects = cache_subjects and stage == 2
+        self._frozen: dict[tuple[str, bool], tuple] = {}
 
     # -- pieces, also used by the evaluation --
 
@@ -139,11 +182,17 @@ class TrainingModule(nn.Module):
         """SubjectEncodings of one sample's subjects (+ background), differentiable where trained."""
         states = item["clip_states"].to(self.subject_encoder.dtype)
         count = states.shape[0] - 1
-        with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == 1):
-            tokens = self.subject_encoder.subject_qformer(states)
-            if item["drop_clip"]:  # the unconditional (background) tokens in every subject slot
-                tokens = torch.cat([tokens[-1:].expand(count, -1, -1), tokens[-1:]])
-            features = capture_reference_features(self.reference_net, item["reference_input"].to(self.reference_net.dtype))
+        key = (item.get("subject_key"), bool(item["drop_clip"]))
+        if self.cache_subjects and key[0] is not None and key in self._frozen:
+            tokens, features = self._frozen[key]
+        else:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and self.stage == 1):
+                tokens = self.subject_encoder.subject_qformer(states)
+                if item["drop_clip"]:  # the unconditional (background) tokens in every subject slot
+                    tokens = torch.cat([tokens[-1:].expand(count, -1, -1), tokens[-1:]])
+                features = capture_reference_features(self.reference_net, item["reference_input"].to(self.reference_net.dtype))
+            if self.cache_subjects and key[0] is not None:
+                self._frozen[key] = (tokens, features)
         routing = self.subject_encoder.routing_qformer
         embeddings = routing(states)[:, 0] if routing is not None else states.new_zeros(count + 1, 0)
 

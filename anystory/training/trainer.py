@@ -151,8 +151,10 @@ class Trainer:
             manifest=config.manifest, augment=config.augment, check=config.validate,
             max_instances=self.pipe.anystory_config.max_subjects,
         )  # fmt: skip
-        self.encoder = InputEncoder(self.pipe, cache=config.cache_latents)
-        self.module = TrainingModule(self.pipe, config.stage, self.noise_scheduler, config.routing_weight, config.gumbel_tau)
+        cache_subjects = config.cache_subjects and config.stage == 2  # stage 1 trains the encoder
+        self.encoder = InputEncoder(self.pipe, cache=config.cache_latents, cache_subjects=cache_subjects)
+        self.module = TrainingModule(self.pipe, config.stage, self.noise_scheduler, config.routing_weight, config.gumbel_tau,
+                                     cache_subjects=cache_subjects)  # fmt: skip
         self.trainable = self._select_trainable()
         self._cast_frozen()
         if config.gradient_checkpointing:
