@@ -421,3 +421,97 @@ def test_latent_probe_runs_on_scenes(tiny_folder, scenes, capsys):
                  "--steps", "3"]) == 0  # fmt: skip
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 100") or line.startswith("| 900")]
     assert len(rows) == 2 and all(0.0 <= float(r.split("|")[2]) <= 1.0 for r in rows)
+
+
+# -- the CPU proof: steps, not time; caches --------------------------------------------------------
+
+
+def test_cached_subject_encodings_give_the_same_loss_and_gradients(tiny_folder, scenes, stage1_checkpoint, tmp_path):
+    """Stage 2 keeps the frozen encoder's outputs per reference content: a sample met again (a
+    cache hit) gives the loss and gradients of the uncached step; other references miss."""
+    results = {}
+    for cached in (False, True):
+        trainer = Trainer(config(tiny_folder, scenes, tmp_path / str(cached), stage=2, init=str(stage1_checkpoint),
+                                 augment={"enabled": False}, cache_latents=cached, cache_subjects=cached))  # fmt: skip
+        runs = []
+        for index in (0, 0, 1):  # row 0 twice: the second time from the caches
+            batch = trainer.encoder([trainer.dataset[(index, 1)]], torch.Generator().manual_seed(0), (0, 1000))
+            torch.manual_seed(0)  # the same Gumbel noise
+            losses = trainer.model(batch)
+            losses["loss"].backward()
+            runs.append((losses["loss"].item(), {k: p.grad.clone() for k, p in trainer.trainable.items()}))
+            trainer.optimizer.zero_grad(set_to_none=True)
+        results[cached] = runs
+        if cached:
+            # the probe step's row 0 and rows 0 and 1 here: two distinct references, two entries each
+            assert len(trainer.encoder._subjects) == 2 and len(trainer.module._frozen) == 2
+            row0 = trainer.encoder([trainer.dataset[(0, 1)]], torch.Generator(), (0, 1000))[0]
+            assert batch[0]["subject_key"] != row0["subject_key"]
+        else:
+            assert not trainer.encoder._subjects and not trainer.module._frozen
+    for (loss_a, grads_a), (loss_b, grads_b) in zip(results[False], results[True]):
+        assert abs(loss_a - loss_b) <= 1e-6 * max(1.0, abs(loss_a))
+        for key in grads_a:
+            assert torch.allclose(grads_a[key], grads_b[key], atol=1e-7, rtol=1e-5), key
+    assert results[True][0][0] != results[True][2][0]  # another row is not served row 0's encoding
+
+
+def test_content_key_follows_the_values():
+    from anystory.training.step import content_key
+
+    a = torch.arange(12.0).reshape(3, 4)
+    assert content_key(a) == content_key(a.clone())
+    changed = a.clone()
+    changed[1, 2] += 1e-3
+    assert content_key(changed) != content_key(a)
+    assert content_key(a.reshape(4, 3)) != content_key(a) and content_key(a.double()) != content_key(a)
+
+
+def test_proof_has_no_time_budget():
+    """The proof's result depends on steps, data and seeds only: no setting of the proof or of a
+    training run is a time (CPU or wall) budget, and the proof trains without a stopping callback."""
+    import dataclasses
+    import inspect
+
+    from anystory.training import proof
+    from anystory.training.config import TrainConfig
+
+    timed = {"time", "minute", "minutes", "second", "seconds", "budget", "cpu", "deadline", "hour", "hours", "wall"}
+    for cls in (proof.ProofConfig, TrainConfig):
+        names = [f.name for f in dataclasses.fields(cls)]
+        assert not [n for n in names if timed & set(n.split("_"))], cls  # "timesteps" are diffusion steps
+    assert "stage2_steps" in {f.name for f in dataclasses.fields(proof.ProofConfig)}
+    source = inspect.getsource(proof.run)
+    assert "trainer.run()" in source and "stage1.run)" in source  # no callback can stop either stage
+    assert "cpu_seconds() -" not in source
+
+
+def test_tiny_proof_is_reproducible_and_reuses_its_base(tmp_path, monkeypatch):
+    """The proof at toy size, twice: the same figures; the second run copies the scenes and fitted
+    base from the cache; stage 2 runs exactly its steps. A changed base setting, seed or fit code
+    gets another key (a miss)."""
+    from anystory.training import proof
+
+    small = dict(size=64, reference_size=48, stage1_scenes=3, stage2_scenes=3, heldout_scenes=2, vae_steps=2,
+                 unet_steps=2, stage1_steps=2, stage2_steps=3, stage1_eval_scenes=2)  # fmt: skip
+    config = proof.ProofConfig(**small)
+    cache = tmp_path / "cache"
+    first = proof.run(config, tmp_path / "a", cache)
+    assert first["base_source"]["from_cache"] is None and (cache / first["base_key"] / "base.json").is_file()
+    assert first["stage2"]["steps"] == 3 and first["stage1"]["steps"] == 2 and first["stage2"]["cpu_s_per_step"] > 0
+    second = proof.run(config, tmp_path / "b", cache)
+    assert second["base_source"]["from_cache"] == str(cache / first["base_key"])
+    assert "base: VAE fit" not in second["phases"] and second["base"] == first["base"]
+    for name in ("routing_iou_before", "routing_iou_after", "unseen_identities_after"):
+        assert second[name] == first[name], name
+    assert second["stage1"]["heldout_loss_after"] == first["stage1"]["heldout_loss_after"]
+    assert "fitted in this run" in proof.summary(first) and "from the cache" in proof.summary(second)
+
+    key = proof.base_key(config)
+    assert proof.base_key(proof.ProofConfig(**{**small, "stage2_steps": 5})) == key  # stage settings: the same base
+    assert proof.base_key(proof.ProofConfig(**{**small, "vae_steps": 3})) != key
+    assert proof.base_key(proof.ProofConfig(**small, seed=1)) != key
+    real = proof.Path.read_bytes
+    edited = lambda self: real(self) + (b"#" if self.name == "tiny_base.py" else b"")  # noqa: E731
+    monkeypatch.setattr(proof.Path, "read_bytes", edited)
+    assert proof.base_key(config) != key  # the fit's code changed

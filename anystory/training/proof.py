@@ -89,9 +89,10 @@ class ProofConfig:
 
 # What the scenes and the fitted base are made from (the cache key's settings); the stages' settings
 # are not among them, so changing those reuses the base.
-BASE_FIELDS = ("size", "reference_size", "scale", "shapes", "stage1_scenes", "stage2_scenes", "heldout_scenes", "identities",
-               "unseen_identities", "vae_channels", "vae_steps", "unet_steps", "unet_crop", "unet_batch",
-               "unet_max_noise_weight", "seed")  # fmt: skip
+BASE_FIELDS = (
+    "size", "reference_size", "scale", "shapes", "stage1_scenes", "stage2_scenes", "heldout_scenes", "identities",
+    "unseen_identities", "vae_channels", "vae_steps", "unet_steps", "unet_crop", "unet_batch", "unet_max_noise_weight", "seed",
+)  # fmt: skip
 BASE_CODE = ("synthetic.py", "tiny_base.py", "../tiny.py")  # the code that makes them
 CACHE_FILE = "base.json"
 
@@ -276,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", help="keep everything here (default: a temporary folder, removed after)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: CPU time ~ wall time)")
-    parser.add_argument("--stage2-steps", type=int, default=ProofConfig.stage2_steps, help="stage 2's steps (cosine schedule over them)")
+    parser.add_argument("--stage2-steps", type=int, default=ProofConfig.stage2_steps,
+                        help="stage 2's steps (cosine schedule over them)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--routing-weight", type=float, default=ProofConfig.routing_weight)
     parser.add_argument("--stage2-timesteps", type=int, nargs=2, default=ProofConfig.stage2_timesteps)

@@ -190,7 +190,8 @@ class TrainingModule(nn.Module):
                 tokens = self.subject_encoder.subject_qformer(states)
                 if item["drop_clip"]:  # the unconditional (background) tokens in every subject slot
                     tokens = torch.cat([tokens[-1:].expand(count, -1, -1), tokens[-1:]])
-                features = capture_reference_features(self.reference_net, item["reference_input"].to(self.reference_net.dtype))
+                reference_input = item["reference_input"].to(self.reference_net.dtype)
+                features = capture_reference_features(self.reference_net, reference_input)
             if self.cache_subjects and key[0] is not None:
                 self._frozen[key] = (tokens, features)
         routing = self.subject_encoder.routing_qformer

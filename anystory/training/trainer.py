@@ -153,8 +153,9 @@ class Trainer:
         )  # fmt: skip
         cache_subjects = config.cache_subjects and config.stage == 2  # stage 1 trains the encoder
         self.encoder = InputEncoder(self.pipe, cache=config.cache_latents, cache_subjects=cache_subjects)
-        self.module = TrainingModule(self.pipe, config.stage, self.noise_scheduler, config.routing_weight, config.gumbel_tau,
-                                     cache_subjects=cache_subjects)  # fmt: skip
+        self.module = TrainingModule(
+            self.pipe, config.stage, self.noise_scheduler, config.routing_weight, config.gumbel_tau, cache_subjects=cache_subjects
+        )
         self.trainable = self._select_trainable()
         self._cast_frozen()
         if config.gradient_checkpointing:
