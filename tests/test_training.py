@@ -482,7 +482,8 @@ def test_proof_has_no_time_budget():
         assert not [n for n in names if timed & set(n.split("_"))], cls  # "timesteps" are diffusion steps
     assert "stage2_steps" in {f.name for f in dataclasses.fields(proof.ProofConfig)}
     source = inspect.getsource(proof.run)
-    assert "trainer.run()" in source and "stage1.run)" in source  # no callback can stop either stage
+    # both stages run as clock.run("...", trainer.run): no stopping callback is passed to either
+    assert 'clock.run("stage 1", stage1.run)' in source and 'clock.run("stage 2", trainer.run)' in source
     assert "cpu_seconds() -" not in source
 
 
