@@ -62,7 +62,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     image = synthetic_subject(9, (args.size, args.size), alpha=False)
     grid = args.size // 8  # the latent grid the route maps come at
-    print(f"## bench/scoring.py --encoder {args.encoder}, {args.size}x{args.size}, {args.dtype}, {args.threads} thread(s)")
+    side = f"{args.size}x{args.size}"
+    print(f"## bench/scoring.py --encoder {args.encoder}, {side}, {args.dtype}, {args.threads} thread(s)")
     print(f"load average before: {' '.join(f'{v:.2f}' for v in os.getloadavg())}\n")
     print("| subjects | scoring, wall (median) | of which the model | first panel (references too) |")
     print("|---|---|---|---|")

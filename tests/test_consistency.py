@@ -211,3 +211,32 @@ def test_best_of_n_refuses_a_bad_n_before_any_model_call(studio):
         with pytest.raises(StudioError, match="best of N takes N from 1 to 8"):
             studio.best_of_panel(panel.id, n)
     assert studio.versions(panel.id) == []
+
+
+# -- in the app --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_the_storyboard_shows_badges_and_the_story_table(studio):
+    import gradio as gr
+
+    from ui.storyboard.layout import layout_storyboard
+    from ui.storyboard.view import StoryboardView
+
+    mia, rex = two_characters(studio)
+    story = studio.create_story("s")
+    panel = studio.add_panel(story.id, "[Mia] and [Rex] in a park", router="layout",
+                             layout={mia.id: [0, 0, 0.5, 1]})  # fmt: skip
+    studio.update_panel(panel.id, layout={mia.id: [0, 0, 0.5, 1], rex.id: [0.5, 0, 1, 1]})
+    version = studio.generate_panel(panel.id)
+    with gr.Blocks():
+        tab = layout_storyboard(studio.panel_defaults, studio.routers)
+    shown = StoryboardView(tab).render(studio, story.id, panel.id)
+    scores = studio.version_scores(version.id)
+    badges, table = shown[tab.inspector.scores], shown[tab.inspector.story_scores]
+    for entry in scores.characters:
+        assert f"{entry.name}: {entry.clip:.2f}" in badges and f">{entry.clip:.2f}</td>" in table
+    assert 'id="story-score-table"' in table and "<th>1</th>" in table
+    studio.low_score = 1.01  # every score is under it now: flagged
+    shown = StoryboardView(tab).render(studio, story.id, panel.id)
+    assert shown[tab.inspector.scores].count('data-low="1"') == 2 and "2 flagged" in shown[tab.inspector.story_scores]
