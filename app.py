@@ -65,6 +65,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--offload", action="store_true", help="move model parts to the GPU only while used (less memory)"
     )
+    parser.add_argument(
+        "--dino", default=None, metavar="MODEL",
+        help="also score consistency with a DINOv2 model (hub id or folder, e.g. facebook/dinov2-base)",
+    )
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off unless asked)")
     parser.add_argument(
         "--workspaces",
@@ -119,16 +123,18 @@ def parse_limits(items: list[str], *, hosted: bool):
 def open_studio(args: argparse.Namespace):
     """What the UI is built around: one Studio on this data folder, or, with --workspaces, a
     private workspace per visitor, all on one pipeline."""
-    from anystory.studio import Studio, load_pipeline
+    from anystory.studio import Studio, load_dino, load_pipeline
 
     model = dict(preview=True) if args.preview else dict(model=args.model, offload=args.offload)
+    dino = getattr(args, "dino", None)
     if not args.workspaces:
-        return Studio.open(args.data_dir, adapter=args.adapter, limits=args.limits, **model)
+        return Studio.open(args.data_dir, adapter=args.adapter, limits=args.limits, dino=dino, **model)
     from anystory.workspaces import Workspaces
     from ui.session import WorkspaceSessions
 
     pipeline = load_pipeline(args.data_dir, adapter=args.adapter, **model)
     workspaces = Workspaces(args.data_dir, pipeline, preview=args.preview, limits=args.limits)
+    workspaces.dino = load_dino(dino, pipeline)
     return WorkspaceSessions(workspaces, login=bool(os.environ.get("OAUTH_CLIENT_ID")))
 
 

@@ -537,6 +537,31 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             net_input = torch.cat([net_input, mask_latent[None, None]], dim=1)
         return reference_features(net, net_input.to(net.dtype)), mask_latent
 
+    def image_embeddings(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        """Unit-length CLIP image embeddings [B, D] (float32, CPU) of `images`, from the image
+        encoder this pipeline already holds (no second copy): what consistency scores compare.
+        One batched forward under the pipeline's lock; only the image encoder is moved."""
+        if not images:
+            return torch.zeros(0, 0)
+        with self._exclusive():
+            return self._image_embeddings(images)
+
+    @torch.no_grad()
+    def _image_embeddings(self, images: list[PIL.Image.Image]) -> torch.Tensor:
+        encoder = self.image_encoder
+        device = self._execution_device
+        movable = getattr(encoder, "_hf_hook", None) is None
+        before = encoder.device
+        if movable and before != device:
+            encoder.to(device)
+        try:
+            pixels = self.feature_extractor(images=list(images), return_tensors="pt").pixel_values
+            embeds = encoder(pixels.to(device, encoder.dtype)).image_embeds.float()
+        finally:
+            if movable and before != device:
+                encoder.to(before)
+        return torch.nn.functional.normalize(embeds, dim=-1).cpu()
+
     def background_encoding(self) -> SubjectEncoding:
         """E_{N+1}, R_{N+1}: the encoding of an all-zero image; also the CFG unconditional."""
         with self._exclusive():

@@ -282,12 +282,20 @@ def _migration_4(db: sqlite_utils.Database) -> list[str]:
     return []
 
 
+def _migration_version_scores(db: sqlite_utils.Database) -> list[str]:
+    """Consistency scores per version (consistency.PanelScores as JSON; NULL: not scored, as every
+    version made before this migration)."""
+    db.execute("ALTER TABLE versions ADD COLUMN scores TEXT")
+    return []
+
+
 # Applied in order; never edit one that has shipped, append a new one. Each returns notices for the user.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_version_scores,  # 5
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

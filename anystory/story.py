@@ -33,6 +33,7 @@ from .files import folder_bytes, open_atomic
 from .library import Library
 from .mentions import mentioned_names, rename_mentions
 from .names import name_key
+from .scores import PanelScores
 from .storage import DB_NAME, StudioDatabase, Transaction, now, require_png, token
 
 ROUTERS = ("learned", "prompt", "layout", "none")
@@ -136,6 +137,7 @@ class Version:
     image_path: Path
     route_map_path: Path | None
     created: str
+    scores: dict | None = None  # consistency.PanelScores.to_dict(); None: not scored
 
 
 def _copy(value: Any) -> Any:
@@ -291,6 +293,7 @@ class Stories:
             image_path=self.database.absolute(row["image_path"]),
             route_map_path=self.database.absolute(row["route_map_path"]),
             created=row["created"],
+            scores=json.loads(row["scores"]) if row.get("scores") else None,
         )
 
     def _row(self, table: str, row_id: int, what: str) -> dict:
@@ -456,11 +459,13 @@ class Stories:
         route_maps: bytes | None = None,
         *,
         route_maps_suffix: str = ".bin",
+        scores: dict | None = None,
     ) -> Version:
         """Keep a generation: files + row; it becomes the panel's active version, panel "ready"."""
         if not isinstance(settings, dict):
             raise TypeError("settings must be a dict")
         settings_json = _json_dump(settings, "settings")
+        scores_json = None if scores is None else _json_dump(scores, "scores")
         image_png = require_png(image_png, "the panel image")
         if route_maps is not None:
             route_maps = bytes(route_maps)
@@ -475,6 +480,7 @@ class Stories:
                     "image_path": "",
                     "route_map_path": None,
                     "created": now(),
+                    "scores": scores_json,
                 }
             )
             version_id = int(table.last_pk)
@@ -492,6 +498,14 @@ class Stories:
 
     def get_version(self, version_id: int) -> Version:
         return self._version(self._row("versions", version_id, "version"))
+
+    def set_version_scores(self, version_id: int, scores: dict | None) -> Version:
+        """Store (or clear) a version's consistency scores."""
+        scores_json = None if scores is None else _json_dump(scores, "scores")
+        with self.database.transaction():
+            self._row("versions", version_id, "version")
+            self.db["versions"].update(version_id, {"scores": scores_json})
+        return self.get_version(version_id)
 
     def versions(self, panel_id: int) -> list[Version]:
         """The panel's versions, oldest first."""
@@ -690,6 +704,7 @@ class Stories:
                             "image": version["image_path"],
                             "route_maps": version["route_map_path"],
                             "created": version["created"],
+                            "scores": json.loads(version["scores"]) if version["scores"] else None,
                         }
                     )
             existing = {r[0] for r in self.db.execute("SELECT id FROM characters")}
@@ -781,6 +796,9 @@ class Stories:
                 if member not in members:
                     raise ValueError(f"{where}: the archive lacks {member!r}")
                 files[key] = member
+            scores = raw.get("scores")
+            if scores is not None:  # checked as the app reads them; archives of older apps have none
+                scores = PanelScores.from_dict(scores, f"{where}: scores").to_dict()
             versions.append(
                 {
                     "id": raw["id"],
@@ -789,6 +807,7 @@ class Stories:
                     "model_id": str(raw.get("model_id", "")),
                     "files": files,
                     "created": str(raw.get("created") or now()),
+                    "scores": scores,
                 }
             )
         for panel in panels:
@@ -889,6 +908,7 @@ class Stories:
                 "image_path": "",
                 "route_map_path": None,
                 "created": version["created"],
+                "scores": None if version["scores"] is None else _json_dump(version["scores"], "version scores"),
             }
             if keep:
                 row["id"] = version["id"]

@@ -36,6 +36,7 @@ from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .storage import StudioDatabase
+from .scores import LOW_SCORE, CharacterScore, PanelScores
 from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Story, Version, check_setting
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,7 @@ EXAMPLE_CAST_DIR = Path(__file__).resolve().parent.parent / "assets" / "cast"
 EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
 PREVIEW_PANEL = {"width": 128, "height": 128, "steps": 8, "guidance": 5.0}
 REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
+MAX_BEST_OF = 8  # seeds one "best of N" may draw
 
 
 class StudioError(ValueError):
@@ -67,6 +69,28 @@ class PanelPlan:
     character_ids: list[int]
     phrases: list[str]  # each character's words in `prompt` (for the prompt router)
     warnings: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ScoreTable:
+    """A story's consistency at a glance: one row per character, one column per panel (its active
+    version); a cell is that character's score there, or None where the panel does not have it
+    (or was not scored)."""
+
+    characters: list[str]
+    panels: list[int]  # panel ids, in story order
+    positions: list[int]  # their positions (0 = first)
+    cells: list[list[CharacterScore | None]]  # [character][panel]
+    low_score: float = LOW_SCORE
+
+    def low(self) -> list[tuple[str, int]]:
+        """(character, panel position) of every flagged cell: absent, or scored under `low_score`."""
+        return [
+            (name, self.positions[column])
+            for name, row in zip(self.characters, self.cells)
+            for column, cell in enumerate(row)
+            if cell is not None and cell.low(self.low_score)
+        ]
 
 
 class LimitsGuard:
@@ -107,11 +131,16 @@ class Studio:
         keep_route_record: bool = True,
         limits: Limits | None = None,
         model_slot: ModelSlot | None = None,
+        scoring: bool = True,
+        dino=None,
+        low_score: float = LOW_SCORE,
     ):
         """One data folder (a writer's cast and stories) on a loaded pipeline.
 
         Several Studios (workspaces) can share one pipeline: give them one `model_slot`, so that
         one model call (encode or generate) runs at a time among them, the others waiting in line.
+        scoring: score each character of each generated panel (consistency.py); dino: a loaded
+        `consistency.DinoScorer` for the DINO score too; low_score: the CLIP score flagged low.
         """
         self.data_dir = Path(data_dir)
         self.limits = limits or Limits.local()
@@ -131,6 +160,8 @@ class Studio:
         self._busy: set[int] = set()  # characters used by the running generation
         self.exports_dir = self.data_dir / "exports"
         self.routers = ROUTERS  # the router choices a panel can make
+        self.scoring, self.dino, self.low_score = scoring, dino, low_score
+        self._scorer = None  # consistency.Scorer, made on first use (it caches reference embeddings)
 
     @property
     def notes(self) -> list[str]:
@@ -154,13 +185,15 @@ class Studio:
         preview: bool = False,
         offload: bool = False,
         limits: Limits | None = None,
+        dino: str | None = None,
         **pipeline_kwargs,
     ) -> Studio:
-        """Load the model (the tiny offline one in preview mode) and open the data folder."""
+        """Load the model (the tiny offline one in preview mode) and open the data folder; `dino`
+        names a DINOv2 model (hub id or folder) to score with too."""
         pipeline = load_pipeline(
             data_dir, model=model, adapter=adapter, preview=preview, offload=offload, **pipeline_kwargs
         )
-        return cls(data_dir, pipeline, preview=preview, limits=limits)
+        return cls(data_dir, pipeline, preview=preview, limits=limits, dino=load_dino(dino, pipeline))
 
     def close(self) -> None:
         """Close the data folder's database connections (the Studio is not used afterwards)."""
@@ -639,17 +672,173 @@ class Studio:
         if output.route_maps is not None:
             record = output.route_record
             route_maps = render.route_maps_bytes(output.route_maps[0].numpy(), _record_for_image(record, 0))
+        names = [self._library.get_character(c).name for c in plan.character_ids]
+        scores = None
+        if self.scoring and plan.character_ids and output.route_maps is not None:
+            scores = self._score(image, output.route_maps[0].numpy(), plan.character_ids, names)
         settings = {
             **panel.generation_settings(),
             "model_prompt": plan.prompt,
             "subjects": plan.character_ids,
-            "subject_names": [self._library.get_character(c).name for c in plan.character_ids],
+            "subject_names": names,
             "router_used": arguments["router"] if plan.character_ids else None,
             "notes": list(self.notes),
         }
         return self._stories.add_version(
-            panel.id, settings, self.model_id, imgs.png_bytes(image), route_maps, route_maps_suffix=".npz"
+            panel.id,
+            settings,
+            self.model_id,
+            imgs.png_bytes(image),
+            route_maps,
+            route_maps_suffix=".npz",
+            scores=scores.to_dict() if scores is not None else None,
         )
+
+    # -- consistency scores ----------------------------------------------------------------------
+
+    def scorer(self):
+        """The `consistency.Scorer` on the pipeline's own CLIP image encoder (and DINO if loaded)."""
+        from .consistency import Scorer
+
+        encoder = f"{self.pipeline.encoder_id}|clip"
+        if self._scorer is None or self._scorer.encoder != encoder:
+            self._scorer = Scorer(self.pipeline.image_embeddings, encoder=encoder, dino=self.dino)
+        return self._scorer
+
+    def _score(self, image: Image.Image, route_maps, character_ids: list[int], names: list[str]) -> PanelScores | None:
+        """Score one panel's characters (the caller holds the model turn); a scoring failure is a
+        note, never a lost generation. An absent character gets a note too."""
+        references = []
+        for character_id in character_ids:
+            character = self._library.get_character(character_id)
+
+            def crop(character=character):
+                from .consistency import reference_crop
+
+                picture = imgs.read_image(character.image_path)
+                mask, _ = imgs.read_mask(Image.open(character.mask_path), picture.size)
+                return reference_crop(picture, mask)
+
+            references.append(((character.id, character.updated), crop))
+        try:
+            scores = self.scorer().score(image, route_maps, names, references)
+        except Exception as err:  # noqa: BLE001 - the image is kept; the note says why it has no score
+            log.warning("scoring failed: %s", err)
+            self.notes.append(f"the consistency score could not be computed: {err}")
+            return None
+        for name in scores.absent():
+            self.notes.append(f"{name} got no region of the picture (the router placed it nowhere): flagged")
+        return scores
+
+    def version_scores(self, version_id: int) -> PanelScores | None:
+        """A version's consistency scores; None when it was not scored (no characters, made
+        before scoring existed, or scoring was off)."""
+        version = self._stories.get_version(version_id)
+        if version.scores is None:
+            return None
+        try:
+            return PanelScores.from_dict(version.scores)
+        except ValueError:
+            return None
+
+    def score_version(self, version_id: int) -> PanelScores:
+        """Score (again) a kept version from its image and route maps, e.g. one made before
+        scoring existed; the characters must still be in the cast."""
+        version = self._stories.get_version(version_id)
+        if version.route_map_path is None:
+            raise StudioError("this version has no characters, so nothing to score")
+        ids = list(version.settings.get("subjects", []))
+        known = {c.id for c in self._library.characters()}
+        gone = [name for i, name in zip(ids, version.settings.get("subject_names", [])) if i not in known]
+        if gone:
+            raise StudioError(f"cannot score: {', '.join(gone)} left the cast since")
+        names = [self._library.get_character(i).name for i in ids]
+        route_maps, _ = render.load_route_maps(version.route_map_path)
+        image = self.version_image(version_id)
+        self.notes = []
+        with self._gpu.turn():
+            scores = self._score(image, route_maps, ids, names)
+        if scores is None:
+            raise StudioError("; ".join(self.notes) or "the version could not be scored")
+        self._stories.set_version_scores(version_id, scores.to_dict())
+        return scores
+
+    def story_scores(self, story_id: int) -> ScoreTable:
+        """Characters x panels: the score of each character in each panel's active version."""
+        panels = self._stories.panels(story_id)
+        names: list[str] = []
+        found: list[dict[str, CharacterScore]] = []
+        current = {c.id: c.name for c in self._library.characters()}
+        for panel in panels:
+            cells: dict[str, CharacterScore] = {}
+            scores = self.version_scores(panel.active_version_id) if panel.active_version_id else None
+            if scores is not None:
+                ids = self._stories.get_version(panel.active_version_id).settings.get("subjects", [])
+                for entry in scores.characters:
+                    identity = ids[entry.index] if entry.index < len(ids) else None
+                    name = current.get(identity, entry.name)  # renamed since: the name it has now
+                    cells[name] = entry
+                    if name not in names:
+                        names.append(name)
+            found.append(cells)
+        return ScoreTable(
+            characters=names,
+            panels=[p.id for p in panels],
+            positions=[p.position for p in panels],
+            cells=[[cells.get(name) for cells in found] for name in names],
+            low_score=self.low_score,
+        )
+
+    def best_of_panel(
+        self,
+        panel_id: int,
+        n: int,
+        *,
+        progress: Callable[[float, str], None] | None = None,
+        cancel: threading.Event | None = None,
+        run_panel: Callable[..., Version] | None = None,
+    ) -> list[Version]:
+        """Draw `n` new seeds for a panel, keep every result as a version, and make the best-scoring
+        one active (characters present first, then the mean score), with the settings that made it.
+        The writer can still pick another. Each draw is its own model turn (`run_panel`, as in
+        `generate_story`). Returns the new versions, best first."""
+        if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_BEST_OF:
+            raise StudioError(f"best of N takes N from 1 to {MAX_BEST_OF}, got {n!r}")
+        panel = self._stories.get_panel(panel_id)
+        if not self.scoring:
+            raise StudioError("best of N needs the consistency scores, which are off in this Studio")
+        problems = self.panel_problems(panel)
+        if problems:
+            raise StudioError("; ".join(problems))
+        self.limits.check_count("versions", self._database.count("versions"), n)
+        run_panel = run_panel or self.generate_panel
+        made: list[Version] = []
+        notes: list[str] = []
+        for number in range(n):
+            if cancel is not None and cancel.is_set():
+                break
+
+            def draw_progress(fraction, text, number=number):
+                if progress is not None:
+                    progress((number + fraction) / n, f"draw {number + 1} of {n}: {text}")
+
+            made.append(run_panel(panel_id, new_seed=True, progress=draw_progress, cancel=cancel))
+            notes += [f"draw {number + 1}: {note}" for note in self.notes]
+        if not made:
+            raise GenerationCancelled("best of N cancelled before its first draw; the panel is as it was")
+        ranked = sorted(made, key=self._rank, reverse=True)
+        self.set_active_version(panel_id, ranked[0].id, restore_settings=True)
+        best = self.version_scores(ranked[0].id)
+        mean = best.mean() if best is not None else None
+        summary = f"kept {len(made)} versions; the best (seed {ranked[0].settings['seed']}"
+        summary += f", score {mean:.3f})" if mean is not None else ")"
+        self.notes = [*notes, summary + " is the active one"]
+        return [self._stories.get_version(v.id) for v in ranked]
+
+    def _rank(self, version: Version) -> tuple[int, float, int]:
+        scores = self.version_scores(version.id)
+        present, mean = scores.rank() if scores is not None else (0, -1.0)
+        return present, mean, -version.id  # a tie goes to the earlier draw
 
     @contextlib.contextmanager
     def _model_turn(self, progress, cancel):
@@ -840,6 +1029,16 @@ class Studio:
             [f"encoded by other weights, will be encoded again on first use: {', '.join(stale)}"] if stale else []
         )
         return story
+
+
+def load_dino(name: str | None, pipeline=None):
+    """The DINOv2 scorer `--dino NAME` asks for (on the pipeline's device), or None."""
+    if not name:
+        return None
+    from .consistency import DinoScorer
+
+    device = pipeline._execution_device if pipeline is not None else "cpu"
+    return DinoScorer(name, device=device, local_files_only=bool(os.environ.get("HF_HUB_OFFLINE")))
 
 
 def panel_defaults_for(pipeline, preview: bool) -> dict:

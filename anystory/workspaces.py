@@ -82,6 +82,7 @@ class Workspaces:
         self._example_cast_dir = example_cast_dir
         self._with_example_cast = with_example_cast
         self._template: Studio | None = None
+        self.dino = None  # a consistency.DinoScorer every workspace scores with too (app.py --dino)
         index = sqlite_utils.Database(self.root / INDEX_NAME)
         index.execute(
             "CREATE TABLE IF NOT EXISTS workspaces (id TEXT PRIMARY KEY, key_hash TEXT NOT NULL UNIQUE, "
@@ -189,6 +190,7 @@ class Workspaces:
                     preview=self.preview,
                     limits=self.limits,
                     model_slot=self.model_slot,
+                    dino=self.dino,
                 )
                 studio.panel_defaults = dict(self.panel_defaults)
                 self._open[workspace_id] = studio

@@ -179,7 +179,7 @@ def test_a_delete_that_fails_leaves_the_panels_settings(stories, monkeypatch):
 
 def test_migration_to_autoincrement_keeps_rows_indexes_and_skips_ids_panels_still_name(tmp_path):
     data = tmp_path / "data"
-    old = database_at_version(data, storage.SCHEMA_VERSION - 1)
+    old = database_at_version(data, 3)  # before migration 4 (later migrations come after it)
     insert_character(old, 1, "Mia", "mia")
     insert_character(old, 2, "Rex", "rex")
     # Character 3 was deleted; a panel kept its strength and box, a version its id.

@@ -141,6 +141,20 @@ def test_errors_come_back_as_clear_messages(app, cast, tmp_path):
         client.predict(story["id"], "pdf", False, True, api_name="/export_story")
 
 
+def test_scores_best_of_n_and_the_story_table(app, cast):
+    studio, client, _ = app
+    story = client.predict("Scores", api_name="/create_story")
+    panel = client.predict(story["id"], "[Mia] and [Rex] at the beach", '{"router": "prompt"}', api_name="/add_panel")
+    made = client.predict(panel["id"], 2, api_name="/best_of_panel")
+    assert len(made) == 2 and all([c["name"] for c in v["scores"]["characters"]] == ["Mia", "Rex"] for v in made)
+    assert studio.get_panel(panel["id"]).active_version_id == made[0]["id"]  # best first, and active
+    table = client.predict(story["id"], api_name="/story_scores")
+    assert table["characters"] == ["Mia", "Rex"] and table["panels"] == [1]
+    assert [row[0]["clip"] for row in table["cells"]] == [c["clip"] for c in made[0]["scores"]["characters"]]
+    with pytest.raises(AppError, match="best of N takes N from 1 to 8"):
+        client.predict(panel["id"], 20, api_name="/best_of_panel")
+
+
 @pytest.mark.hostile
 def test_delete_character_names_the_panels_that_use_it(app, cast, tmp_path):
     studio, client, _ = app

@@ -69,6 +69,7 @@ def version_dict(version) -> dict:
         "router_used": settings.get("router_used"),
         "notes": settings.get("notes", []),
         "created": version.created,
+        "scores": version.scores,  # per character: present, area, box, clip (and dino); None: not scored
     }
 
 
@@ -315,6 +316,27 @@ class GenerationEndpoints:
         return [version_dict(v) for v in made]
 
     @api_errors
+    def best_of_panel(self, panel_id: int, n: int = 4, request: gr.Request = None) -> list[dict]:
+        """Draw n new seeds for a panel, keep all as versions, make the best-scoring the active one;
+        returns the versions, best first. /cancel stops it between draws."""
+        studio = self.sessions.studio(request)
+        event = self.sessions.cancels.start(request)
+        try:
+            made = studio.best_of_panel(int(panel_id), int(n), cancel=event, run_panel=panel_runner(studio))
+        finally:
+            self.sessions.cancels.finish(request)
+        return [version_dict(v) for v in made]
+
+    @api_errors
+    def story_scores(self, story_id: int, request: gr.Request = None) -> dict:
+        """The story's consistency table: characters x panels (positions), each cell a score record
+        or None where the panel does not have that character; `low` lists the flagged cells."""
+        table = self.sessions.studio(request).story_scores(int(story_id))
+        cells = [[vars(cell) if cell is not None else None for cell in row] for row in table.cells]
+        low = [{"character": name, "panel": position + 1} for name, position in table.low()]
+        return {"characters": table.characters, "panels": [p + 1 for p in table.positions], "cells": cells, "low": low}
+
+    @api_errors
     def cancel(self, request: gr.Request = None) -> str:
         """Stop this client's running generation after its current step (others' jobs are not touched)."""
         if self.sessions.cancels.cancel(request):
@@ -374,6 +396,8 @@ def register_api(sessions: Sessions) -> None:
     ):
         gr.api(fn, api_name=fn.__name__)
     gr.api(generation.generate_story, api_name="generate_story", **model)
+    gr.api(generation.best_of_panel, api_name="best_of_panel", **model)
+    gr.api(generation.story_scores, api_name="story_scores")
     gr.api(generation.cancel, api_name="cancel", queue=False)  # beside the queue: it must reach a full one
     if sessions.workspaces:
         workspace = WorkspaceEndpoints(sessions)

@@ -11,7 +11,7 @@ from ..common import MODEL, error_markdown, error_message, notes_markdown, progr
 from ..gpu_jobs import panel_runner
 from ..session import Sessions
 from .form import FormValues, save_form
-from .layout import StoryboardLayout
+from .layout import BEST_OF, StoryboardLayout
 from .panels import PRIVATE
 from .view import StoryboardView
 
@@ -24,6 +24,11 @@ def generate_panel_work(studio, story_id, panel_id, report, event) -> str:
 def reroll_panel_work(studio, story_id, panel_id, report, event) -> str:
     version = panel_runner(studio)(panel_id, new_seed=True, progress=report, cancel=event)
     return f"re-rolled panel {studio.get_panel(panel_id).position + 1} with seed {version.settings['seed']}"
+
+
+def best_of_work(studio, story_id, panel_id, report, event) -> str:
+    made = studio.best_of_panel(panel_id, BEST_OF, progress=report, cancel=event, run_panel=panel_runner(studio))
+    return f"drew {len(made)} seeds for panel {studio.get_panel(panel_id).position + 1}; the best-scoring is active"
 
 
 def generate_story_work(studio, story_id, panel_id, report, event) -> str:
@@ -116,6 +121,7 @@ class Generation:
         inputs, outputs = tab.form_inputs, tab.view_outputs
         buttons.generate.click(self.handler("generate_one", generate_panel_work), inputs, outputs, **one)
         buttons.reroll.click(self.handler("reroll_one", reroll_panel_work), inputs, outputs, **one)
+        buttons.best_of.click(self.handler("best_of", best_of_work), inputs, outputs, **one)
         every = self.handler("generate_every", generate_story_work, needs_panel=False)
         buttons.generate_all.click(every, inputs, outputs, **story)
         buttons.cancel.click(self.stop, None, None, **PRIVATE)  # queued (toasts need it), not in the "model" group

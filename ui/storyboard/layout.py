@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 ALL_LAYERS = "all layers"
+BEST_OF = 4  # seeds the "Best of N" button draws
 EXPORT_CHOICES = [
     ("PNG strip", "strip"),
     ("PNG page grid", "grid"),
@@ -213,6 +214,7 @@ class GenerationButtons:
     reroll: gr.Button
     generate_all: gr.Button
     cancel: gr.Button
+    best_of: gr.Button  # draw BEST_OF seeds, keep all, activate the best-scoring
 
     @classmethod
     def create(cls) -> GenerationButtons:
@@ -221,11 +223,12 @@ class GenerationButtons:
             reroll = gr.Button("Re-roll", min_width=70, elem_id="reroll-panel")
             generate_all = gr.Button("Generate all", variant="primary", min_width=90, elem_id="generate-all")
             cancel = gr.Button("Cancel", variant="stop", min_width=70, elem_id="cancel-generation")
-        return cls(generate, reroll, generate_all, cancel)
+        best_of = gr.Button(f"Best of {BEST_OF}", size="sm", elem_id="best-of-panel")
+        return cls(generate, reroll, generate_all, cancel, best_of)
 
     @property
     def all(self) -> list:
-        return [self.generate, self.reroll, self.generate_all, self.cancel]
+        return [self.generate, self.reroll, self.generate_all, self.cancel, self.best_of]
 
 
 @dataclass
@@ -237,6 +240,8 @@ class VersionInspector:
     make_active: gr.Button
     version_ids: gr.State  # ids in gallery order
     inspected: gr.State  # the version shown in the overlay; None: the active one
+    scores: gr.HTML  # a badge per character of the inspected version
+    story_scores: gr.HTML  # the story's table: characters x panels
 
     @classmethod
     def create(cls) -> VersionInspector:
@@ -256,7 +261,13 @@ class VersionInspector:
         )
         inspected_text = gr.Markdown(elem_id="inspected-version")
         make_active = gr.Button("Make this version active", size="sm", elem_id="make-active")
-        return cls(panel_status, active_image, versions, inspected_text, make_active, gr.State([]), gr.State(None))
+        scores = gr.HTML(elem_id="version-scores")
+        with gr.Accordion("Consistency: each character in each panel", open=False, elem_id="story-scores-part"):
+            story_scores = gr.HTML(elem_id="story-scores")
+        return cls(
+            panel_status, active_image, versions, inspected_text, make_active, gr.State([]), gr.State(None),
+            scores, story_scores,
+        )  # fmt: skip
 
 
 @dataclass
@@ -411,6 +422,8 @@ class StoryboardLayout:
             inspector.inspected,
             inspector.inspected_text,
             inspector.make_active,
+            inspector.scores,
+            inspector.story_scores,
             *self.overlay.outputs,
             *self.strip.buttons,
             bar.rename_story,

@@ -82,6 +82,56 @@ def legend_html(entries: list[tuple[str, str]]) -> str:
     return f'<div id="overlay-legend-entries"><b>Legend</b>{"".join(items)}</div>'
 
 
+def score_colour(score, low: float) -> str:
+    """A cell's background: red when flagged (absent or under `low`), amber near it, green above."""
+    if score is None or not score.present or score.clip is None:
+        return "#f4b6b6"
+    if score.clip < low:
+        return "#f4b6b6"
+    return "#f7e3a1" if score.clip < low + 0.1 else "#b9e4b9"
+
+
+def score_text(score) -> str:
+    if not score.present:
+        return "absent"
+    text = f"{score.clip:.2f}"
+    return text + (f" · DINO {score.dino:.2f}" if score.dino is not None else "")
+
+
+def score_badges(scores, low: float) -> str:
+    """One badge per character of a version: its score, red when flagged."""
+    if scores is None:
+        return ""
+    badges = []
+    for entry in scores.characters:
+        flag = " ⚠" if entry.low(low) else ""
+        badges.append(
+            f'<span class="score-badge" data-low="{int(entry.low(low))}" style="background:{score_colour(entry, low)};'
+            f'border-radius:8px;padding:2px 8px;margin-right:6px;white-space:nowrap">'
+            f"{html.escape(entry.name)}: {score_text(entry)}{flag}</span>"
+        )
+    return f'<div id="version-score-badges"><b>Consistency</b> {"".join(badges)}</div>'
+
+
+def score_table(table) -> str:
+    """The story's characters x panels table, coloured; a blank cell: not in that panel."""
+    if not table.characters:
+        return "<div>No scored panel yet: generate panels with characters to see how alike they stay.</div>"
+    head = "".join(f"<th>{p + 1}</th>" for p in table.positions)
+    rows = []
+    for name, cells in zip(table.characters, table.cells):
+        tds = "".join(
+            "<td></td>" if cell is None else
+            f'<td style="background:{score_colour(cell, table.low_score)};text-align:center">{score_text(cell)}</td>'
+            for cell in cells
+        )  # fmt: skip
+        rows.append(f"<tr><th>{html.escape(name)}</th>{tds}</tr>")
+    flagged = len(table.low())
+    note = f"<p>{flagged} flagged (absent, or under {table.low_score:.2f})</p>" if flagged else ""
+    header = f"<tr><th>Character / panel</th>{head}</tr>"
+    return f'<table id="story-score-table">{header}{"".join(rows)}</table>{note}'
+
+
 class StoryboardView:
     def __init__(self, tab: StoryboardLayout):
         self.tab = tab
@@ -96,12 +146,14 @@ class StoryboardView:
         out: dict = {tab.bar.story_pick: gr.update(choices=story_labels(stories), value=story_id)}
         cast_choices = [(c.name, c.id) for c in studio.characters()]
         if story_id is None:
+            out[tab.inspector.story_scores] = ""
             return {**out, **self._strip([], None), **self._no_panel(cast_choices, EMPTY_STORYBOARD, story=False)}
         panels = studio.panels(story_id)
         ids = [p.id for p in panels]
         if panel_id not in ids:
             panel_id = ids[0] if ids else None
         out.update(self._strip_items(studio, panels, panel_id))
+        out[tab.inspector.story_scores] = score_table(studio.story_scores(story_id))
         if panel_id is None:
             return {**out, **self._no_panel(cast_choices, NO_PANELS, story=True)}
         panel = studio.get_panel(panel_id)
@@ -125,7 +177,7 @@ class StoryboardView:
         on = {strip.add_panel: story, tab.bar.rename_story: story, buttons.generate_all: story}
         for button in (strip.duplicate_panel, strip.move_up, strip.move_down, strip.delete_panel):
             on[button] = panel
-        for button in (tab.form.save_panel, buttons.generate, buttons.reroll):
+        for button in (tab.form.save_panel, buttons.generate, buttons.reroll, buttons.best_of):
             on[button] = panel
         on[buttons.cancel] = story
         return {button: gr.update(interactive=value) for button, value in on.items()}
@@ -164,6 +216,7 @@ class StoryboardView:
             inspector.inspected: None,
             inspector.inspected_text: "",
             inspector.make_active: gr.update(interactive=False),
+            inspector.scores: "",
             **self.overlay(None, None),
             **self._buttons(story=story, panel=False),
         }
@@ -211,6 +264,7 @@ class StoryboardView:
             inspector.inspected: version_id,
             inspector.inspected_text: self._inspected_caption(panel, kept, version_id),
             inspector.make_active: gr.update(interactive=version_id is not None and version_id != active),
+            inspector.scores: score_badges(studio.version_scores(version_id), studio.low_score) if version_id else "",
         }
 
     @staticmethod
