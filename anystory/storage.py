@@ -282,12 +282,30 @@ def _migration_4(db: sqlite_utils.Database) -> list[str]:
     return []
 
 
+def _migration_5(db: sqlite_utils.Database) -> list[str]:
+    """Pages (issue 16): a panel's lines (dialogue, captions, sound effects, with the writer's
+    nudges) as JSON, and a style preset and negative prompt for stories and panels ('' on a
+    panel: the story's)."""
+    _execute_all(
+        db,
+        """
+        ALTER TABLE panels ADD COLUMN lines TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE panels ADD COLUMN style TEXT NOT NULL DEFAULT '';
+        ALTER TABLE panels ADD COLUMN negative TEXT NOT NULL DEFAULT '';
+        ALTER TABLE stories ADD COLUMN style TEXT NOT NULL DEFAULT '';
+        ALTER TABLE stories ADD COLUMN negative TEXT NOT NULL DEFAULT '';
+        """,
+    )
+    return []
+
+
 # Applied in order; never edit one that has shipped, append a new one. Each returns notices for the user.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_1,
     _migration_2,
     _migration_3,
     _migration_4,
+    _migration_5,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

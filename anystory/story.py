@@ -13,7 +13,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -95,6 +95,7 @@ class Panel:
     error: str
     created: str = ""
     updated: str = ""
+    lines: list[dict] = field(default_factory=list)  # see check_lines; not a generation setting
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings a generation of this panel depends on (a good `settings` for a version)."""
@@ -219,6 +220,46 @@ def check_setting(key: str, value: Any) -> Any:
     raise TypeError(f"unknown panel setting {key!r}; settings are {', '.join(PANEL_DEFAULTS)}")
 
 
+LINE_KINDS = ("speech", "thought", "caption", "sfx")
+MAX_LINES = 20  # per panel
+
+
+def check_lines(lines: Any, check_text: Callable[[str, str], str] | None = None) -> list[dict]:
+    """A panel's lines, validated: each {"speaker": character id or None (narration), "kind":
+    speech | thought | caption | sfx, "text", "offset": [dx, dy] (the writer's nudge, fractions
+    of the image)}. `check_text(kind, text)` checks the text can be drawn (bubbles.check_line)."""
+    if not isinstance(lines, (list, tuple)):
+        raise ValueError("lines must be a list")
+    if len(lines) > MAX_LINES:
+        raise ValueError(f"a panel holds at most {MAX_LINES} lines, got {len(lines)}")
+    checked = []
+    for number, line in enumerate(lines, start=1):
+        if not isinstance(line, dict):
+            raise ValueError(f"line {number} must be an object")
+        kind = line.get("kind", "speech")
+        if kind not in LINE_KINDS:
+            raise ValueError(f"line {number}: kind must be one of {', '.join(LINE_KINDS)}, got {kind!r}")
+        speaker = line.get("speaker")
+        if speaker is not None:
+            speaker = _character_id(speaker, f"line {number}'s speaker")
+        if kind == "caption":
+            speaker = None
+        text = line.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"line {number} needs some text")
+        if check_text is not None:
+            try:
+                text = check_text(kind, text)
+            except ValueError as err:
+                raise ValueError(f"line {number}: {err}") from err
+        offset = line.get("offset", [0.0, 0.0])
+        if not isinstance(offset, (list, tuple)) or len(offset) != 2:
+            raise ValueError(f"line {number}: offset must be [dx, dy]")
+        offset = [_float(v, f"line {number}'s offset", -1.0, 1.0) for v in offset]
+        checked.append({"speaker": speaker, "kind": kind, "text": text.strip(), "offset": offset})
+    return checked
+
+
 def _to_row(settings: dict[str, Any]) -> dict[str, Any]:
     row = dict(settings)
     for key in _JSON_FIELDS:
@@ -280,6 +321,7 @@ class Stories:
             error=row["error"],
             created=row["created"],
             updated=row["updated"],
+            lines=json.loads(row.get("lines") or "[]"),
         )
 
     def _version(self, row: dict) -> Version:
@@ -400,6 +442,16 @@ class Stories:
             self._touch_story(row["story_id"])
         return self.get_panel(panel_id)
 
+    def set_lines(self, panel_id: int, lines: list[dict], check_text: Callable[[str, str], str] | None = None) -> Panel:
+        """Replace the panel's lines (see check_lines). Lines are a layer over the image: changing
+        them never outdates the panel."""
+        checked = check_lines(lines, check_text)
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            self.db["panels"].update(panel_id, {"lines": json.dumps(checked, ensure_ascii=False), "updated": now()})
+            self._touch_story(row["story_id"])
+        return self.get_panel(panel_id)
+
     def _renumber(self, story_id: int, order: list[int]) -> None:
         for position, panel_id in enumerate(order):
             self.db.execute("UPDATE panels SET position = ? WHERE id = ?", [position, panel_id])
@@ -426,6 +478,7 @@ class Stories:
             settings = self._panel(row).generation_settings()
             prompt = settings.pop("prompt")
             copy = self.add_panel(row["story_id"], prompt, position=row["position"] + 1, **settings)
+            self.db["panels"].update(copy.id, {"lines": row.get("lines") or "[]"})
         return self.get_panel(copy.id)
 
     def delete_panel(self, panel_id: int) -> None:
@@ -652,6 +705,11 @@ class Stories:
                         changes[key] = {k: v for k, v in settings.items() if k != character.id}
                 if changes:
                     self.update_panel(panel.id, **changes)
+                if any(line["speaker"] == character.id for line in panel.lines):  # no heir may speak them
+                    kept = [
+                        {**line, "speaker": None} if line["speaker"] == character.id else line for line in panel.lines
+                    ]
+                    self.db["panels"].update(panel.id, {"lines": json.dumps(kept, ensure_ascii=False)})
             self.library.delete_character(character.id)
 
     def panels_using_character(self, character_id: int) -> list[Panel]:
@@ -739,6 +797,7 @@ class Stories:
             panel_ids.add(raw["id"])
             try:
                 settings = {k: check_setting(k, raw.get(k, default)) for k, default in PANEL_DEFAULTS.items()}
+                lines = check_lines(raw.get("lines", []))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{where}: {err}") from err
             status = raw.get("status", "empty")
@@ -748,6 +807,7 @@ class Stories:
                 {
                     "id": raw["id"],
                     "settings": settings,
+                    "lines": lines,
                     "position": _int(raw.get("position", i), f"{where}: position", 0, 10**9),
                     "active_version_id": raw.get("active_version_id"),
                     "status": status,
@@ -806,9 +866,7 @@ class Stories:
             for table in ("characters", "stories", "panels", "versions")
         )
 
-    def import_project(
-        self, path: str | os.PathLike, *, check_picture: Callable[[Path, str, int], None]
-    ) -> Story:
+    def import_project(self, path: str | os.PathLike, *, check_picture: Callable[[Path, str, int], None]) -> Story:
         """Import an `export_project` zip as a new story; returns it.
 
         Everything is checked before a row is written: member names (nothing may escape the data
@@ -867,8 +925,13 @@ class Stories:
         panel_ids: dict[int, int] = {}
         for position, panel in enumerate(project["panels"]):
             settings = self._remap_settings(panel["settings"], cast, renamed)
+            lines = [
+                {**line, "speaker": cast.get(line["speaker"]) if line["speaker"] is not None else None}
+                for line in panel["lines"]
+            ]
             row = {
                 **_to_row(settings),
+                "lines": json.dumps(lines, ensure_ascii=False),
                 "story_id": story_id,
                 "position": position,
                 "active_version_id": None,

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import bubbles as bub
 from . import images as imgs
 from . import render
 from .files import DiskFull
@@ -476,6 +477,95 @@ class Studio:
                 self._stories.update_panel(panel_id, **restored)
         return self._stories.set_active_version(panel_id, version_id)
 
+    # -- lines and bubbles -----------------------------------------------------------------------
+
+    def panel_lines(self, panel_id: int) -> list[dict]:
+        """The panel's lines in order: speaker (a character id or None for narration), its name
+        ("" for narration), kind (speech | thought | caption | sfx), text and the nudge offset."""
+        names = {c.id: c.name for c in self._library.characters()}
+        return [{**line, "name": names.get(line["speaker"], "")} for line in self._stories.get_panel(panel_id).lines]
+
+    def set_panel_lines(self, panel_id: int, lines: list[dict]) -> Panel:
+        """Replace the panel's lines. A speaker is a character of the panel's cast, by id or name
+        (None or "" is narration, which becomes a caption box); text is checked to be drawable by
+        an installed font. Lines never outdate the panel's image: bubbles are a layer over it."""
+        panel = self._stories.get_panel(panel_id)
+        cast = {c.id: c for c, _ in self.panel_cast(panel)}
+        resolved = []
+        for number, line in enumerate(lines, start=1):
+            if not isinstance(line, dict):
+                raise StudioError(f"line {number} must be an object")
+            speaker = line.get("speaker")
+            if isinstance(speaker, str):
+                speaker = speaker.strip().strip("[]")
+                speaker = self._library.get_character(speaker).id if speaker else None
+            if speaker is not None and speaker not in cast:
+                known = ", ".join(c.name for c in cast.values()) or "nobody yet"
+                raise StudioError(f"line {number}: the speaker is not in this panel's cast (in it: {known})")
+            kind = line.get("kind") or ("speech" if speaker is not None else "caption")
+            resolved.append({**line, "speaker": speaker, "kind": kind})
+        return self._stories.set_lines(panel_id, resolved, check_text=bub.check_line)
+
+    def add_line(self, panel_id: int, text: str, speaker: int | str | None = None, kind: str | None = None) -> Panel:
+        """Append one line: `speaker` a cast member (id or name) or None for narration; `kind`
+        defaults to speech for a speaker and caption for narration."""
+        current = [{k: v for k, v in line.items() if k != "name"} for line in self.panel_lines(panel_id)]
+        return self.set_panel_lines(panel_id, [*current, {"speaker": speaker, "text": text, "kind": kind}])
+
+    def remove_line(self, panel_id: int, index: int) -> Panel:
+        lines = self._stories.get_panel(panel_id).lines
+        if not 0 <= index < len(lines):
+            raise StudioError(f"the panel has {len(lines)} lines; there is no line {index + 1}")
+        return self._stories.set_lines(panel_id, lines[:index] + lines[index + 1 :])
+
+    def nudge_line(self, panel_id: int, index: int, dx: float, dy: float) -> Panel:
+        """Move a line's bubble by (dx, dy), fractions of the image from where it is placed
+        automatically; the nudge is kept with the panel and applies to every re-roll."""
+        lines = self._stories.get_panel(panel_id).lines
+        if not 0 <= index < len(lines):
+            raise StudioError(f"the panel has {len(lines)} lines; there is no line {index + 1}")
+        lines[index] = {**lines[index], "offset": [float(dx), float(dy)]}
+        return self._stories.set_lines(panel_id, lines)
+
+    def panel_bubbles(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[bub.Bubble]:
+        """Where the panel's lines go on a version's image (the active one by default): each
+        speaker's bubble by the region the router gave that character in that version."""
+        panel = self._stories.get_panel(panel_id)
+        version_id = panel.active_version_id if version_id is None else version_id
+        if version_id is None:
+            return []
+        version = self._stories.get_version(version_id)
+        maps = None
+        if version.route_map_path is not None:
+            maps, _ = render.load_route_maps(version.route_map_path)
+        subjects = list(version.settings.get("subjects") or [])
+        specs = [
+            bub.LineSpec(
+                line["kind"],
+                line["text"],
+                subjects.index(line["speaker"]) if maps is not None and line["speaker"] in subjects else None,
+                tuple(line.get("offset", (0.0, 0.0))),
+            )
+            for line in panel.lines
+        ]
+        with Image.open(version.image_path) as image:
+            size = image.size
+        return bub.place_bubbles(maps, size, specs, rtl=rtl)
+
+    def panel_picture(
+        self, panel_id: int, *, bubbles: bool = True, version_id: int | None = None, rtl: bool = False
+    ) -> Image.Image | None:
+        """A version's image (the active one by default) with the lines' bubbles drawn over a copy;
+        `bubbles=False` is the clean image. None when the panel has no image yet."""
+        panel = self._stories.get_panel(panel_id)
+        version_id = panel.active_version_id if version_id is None else version_id
+        if version_id is None:
+            return None
+        image = self.version_image(version_id)
+        if not bubbles or not panel.lines:
+            return image
+        return bub.draw_bubbles(image, self.panel_bubbles(panel_id, version_id, rtl=rtl))
+
     def panel_problems(self, panel: Panel) -> list[str]:
         """What stops a panel from being generated, in words, as the cast is now: characters its
         prompt names that are not in the cast, ticked characters that were deleted, too many
@@ -776,6 +866,7 @@ class Studio:
         *,
         overlay: bool = False,
         captions: bool = True,
+        bubbles: bool = True,
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
         "project" (an archive that imports back). Returns the files written."""
@@ -794,7 +885,9 @@ class Studio:
                 continue
             version = panel.active_version_id
             pictures.append(
-                self.version_overlay(version) if overlay and self._has_routes(version) else self.version_image(version)
+                self.version_overlay(version)
+                if overlay and self._has_routes(version)
+                else self.panel_picture(panel.id, bubbles=bubbles)
             )
             texts.append(_caption(panel.prompt))
         if not pictures:

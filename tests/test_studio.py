@@ -418,3 +418,57 @@ def test_project_archive_imports_into_an_empty_folder(studio, generated, tmp_pat
     assert other.encode_count == 0 and other.stale_characters() == []
     assert np.array_equal(np.asarray(other.version_overlay(theirs[2].active_version_id)),
                           np.asarray(studio.version_overlay(ours[2].active_version_id)))  # fmt: skip
+
+
+# -- lines and bubbles (issue 16) ------------------------------------------------------------------
+
+
+def test_lines_become_bubbles_by_the_routed_speaker_on_a_generated_version(studio, tmp_path, public_pipe):
+    from anystory import render
+    from anystory.bubbles import labels_at
+
+    mia, rex = cast(studio)
+    story = studio.create_story("Talk")
+    boxes = {mia.id: [0.0, 0.45, 0.45, 1.0], rex.id: [0.55, 0.45, 1.0, 1.0]}
+    panel = studio.add_panel(story.id, "[Mia] talks to [Rex]", router="layout", layout=boxes, width=256, height=256)
+    version = studio.generate_panel(panel.id)
+    studio.add_line(panel.id, "Sit!", "Mia")
+    studio.add_line(panel.id, "Woof.", rex.id, "speech")
+    studio.add_line(panel.id, "That evening...")
+    assert studio.get_panel(panel.id).status == "ready"  # lines never outdate the picture
+    assert [(line["name"], line["kind"]) for line in studio.panel_lines(panel.id)] == [
+        ("Mia", "speech"), ("Rex", "speech"), ("", "caption")]  # fmt: skip
+
+    maps, _ = render.load_route_maps(version.route_map_path)
+    labels = labels_at(maps, (256, 256))
+    speech = studio.panel_bubbles(panel.id)
+    for bubble, slot in ((speech[0], 0), (speech[1], 1)):
+        x0, y0, x1, y1 = bubble.box
+        assert not (labels[y0:y1, x0:x1] == 1 - slot).any()  # covers nobody else
+        ys, xs = np.nonzero(labels == slot)
+        assert x0 <= xs.max() + 26 and x1 >= xs.min() - 26 and y1 >= ys.min() - 26  # by its speaker
+        assert labels[bubble.tail[1], bubble.tail[0]] == slot
+    assert speech[2].kind == "caption" and speech[2].box[:2] < (13, 13)
+
+    clean = studio.panel_picture(panel.id, bubbles=False)
+    assert np.array_equal(np.asarray(clean), np.asarray(studio.version_image(version.id)))
+    drawn = studio.panel_picture(panel.id)
+    assert not np.array_equal(np.asarray(drawn), np.asarray(clean))
+    assert version.image_path.read_bytes() == studio.get_version(version.id).image_path.read_bytes()
+
+    # a nudge is kept and survives a re-roll where the speaker is still there
+    studio.nudge_line(panel.id, 0, 0.05, 0.0)
+    studio.reroll_panel(panel.id)
+    assert studio.panel_lines(panel.id)[0]["offset"] == [0.05, 0.0]
+    assert studio.panel_bubbles(panel.id)[0].speaker_seen
+
+    with pytest.raises(StudioError, match="not in this panel's cast"):
+        studio.add_line(studio.add_panel(story.id, "[Mia] alone").id, "Woof", "Rex")
+    with pytest.raises(ValueError, match="no installed font"):
+        studio.add_line(panel.id, "party \U0001f389", "Mia")
+    assert len(studio.panel_lines(panel.id)) == 3
+
+    (archive,) = studio.export_story(story.id, "project", tmp_path / "talk.zip")
+    other = Studio(tmp_path / "other", public_pipe, preview=True)
+    imported = other.panels(other.import_project(archive).id)[0]
+    assert [line["text"] for line in other.panel_lines(imported.id)] == ["Sit!", "Woof.", "That evening..."]
