@@ -206,3 +206,30 @@ def test_the_cast_table_shows_where_each_character_is_used_uncut(app, browser):
     )
     assert cut == [], cut
     shot(page, "writer-11-cast-table")
+
+
+def test_adding_a_line_shows_its_bubble_and_the_toggle_shows_the_clean_image(app, browser):
+    """Issue 16: a writer adds a line in the browser and sees its bubble over the active image."""
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Bubbles")
+    panel = studio.add_panel(story.id, "[Mia] waves", width=256, height=256)
+    studio.generate_panel(panel.id)
+    page = open_page(browser, url)
+    storyboard(page)
+    image = page.locator("#active-image img")
+    expect(image).to_be_visible()
+    clean = image.get_attribute("src")
+    page.locator("#line-speaker input").click()
+    page.get_by_role("option", name="Mia").click()
+    fill(page, "line-text", "Hello, Rex!")
+    page.locator("#add-line").click()
+    expect(page.locator("#line-list")).to_contain_text("Mia (speech): Hello, Rex!")
+    expect(image).not_to_have_attribute("src", clean)
+    assert [line["text"] for line in studio.panel_lines(panel.id)] == ["Hello, Rex!"]
+    assert studio.get_panel(panel.id).status == "ready"  # the line outdates nothing
+    shot(page, "writer-bubbles")
+    with_bubble = image.get_attribute("src")
+    page.locator("#show-bubbles input").uncheck()
+    expect(image).not_to_have_attribute("src", with_bubble)

@@ -370,6 +370,40 @@ class StoragePart:
 
 
 @dataclass
+class PanelLines:
+    """The panel's lines (dialogue, captions, sound effects), drawn as bubbles over its image."""
+
+    show_bubbles: gr.Checkbox
+    speaker: gr.Dropdown
+    kind: gr.Dropdown
+    text: gr.Textbox
+    add: gr.Button
+    table: gr.Markdown
+    number: gr.Number
+    remove: gr.Button
+
+    @classmethod
+    def create(cls) -> PanelLines:
+        with gr.Accordion("Lines and speech bubbles", open=True, elem_id="panel-lines"):
+            show_bubbles = gr.Checkbox(label="Show bubbles over the image", value=True, elem_id="show-bubbles")
+            with gr.Row():
+                speaker = gr.Dropdown(label="Speaker", choices=[("Narration", "")], value="", elem_id="line-speaker")
+                kind = gr.Dropdown(
+                    label="Kind",
+                    choices=[("auto", ""), "speech", "thought", "caption", "sfx"],
+                    value="",
+                    elem_id="line-kind",
+                )
+            text = gr.Textbox(label="Line", placeholder="What they say", elem_id="line-text")
+            add = gr.Button("Add line", size="sm", elem_id="add-line")
+            table = gr.Markdown(elem_id="line-list")
+            with gr.Row():
+                number = gr.Number(label="Line number", value=1, precision=0, minimum=1, elem_id="line-number")
+                remove = gr.Button("Remove line", size="sm", variant="stop", elem_id="remove-line")
+        return cls(show_bubbles, speaker, kind, text, add, table, number, remove)
+
+
+@dataclass
 class StoryboardLayout:
     """Every component of the tab, by part."""
 
@@ -382,6 +416,7 @@ class StoryboardLayout:
     overlay: RouteOverlay
     files: StoryFiles
     storage: StoragePart
+    lines: PanelLines
 
     @property
     def view_outputs(self) -> list:
@@ -411,6 +446,9 @@ class StoryboardLayout:
             inspector.inspected,
             inspector.inspected_text,
             inspector.make_active,
+            self.lines.show_bubbles,
+            self.lines.speaker,
+            self.lines.table,
             *self.overlay.outputs,
             *self.strip.buttons,
             bar.rename_story,
@@ -437,10 +475,11 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
         with gr.Column(scale=4, min_width=360):
             buttons = GenerationButtons.create()
             inspector = VersionInspector.create()
+            lines = PanelLines.create()
     overlay = RouteOverlay.create()
     files = StoryFiles.create()
     storage = StoragePart.create()
-    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage)
+    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage, lines)
 
 
 __all__ = ["ALL_LAYERS", "StoryboardLayout", "aspect_sizes", "layout_storyboard"]

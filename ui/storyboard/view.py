@@ -164,6 +164,9 @@ class StoryboardView:
             inspector.inspected: None,
             inspector.inspected_text: "",
             inspector.make_active: gr.update(interactive=False),
+            self.tab.lines.show_bubbles: True,
+            self.tab.lines.speaker: gr.update(choices=[("Narration", "")], value=""),
+            self.tab.lines.table: "",
             **self.overlay(None, None),
             **self._buttons(story=story, panel=False),
         }
@@ -205,12 +208,27 @@ class StoryboardView:
             captions.append(f"✓ v{n + 1} active" if version.id == active else f"v{n + 1}")
         return {
             inspector.panel_status: self.panel_status(studio, panel),
-            inspector.active_image: for_display(studio.version_image(active)) if active else None,
+            inspector.active_image: for_display(studio.panel_picture(panel.id)) if active else None,
+            **self.lines(studio, panel),
             inspector.versions: [(studio.version_image(v.id), caption) for v, caption in zip(kept, captions)],
             inspector.version_ids: [v.id for v in kept],
             inspector.inspected: version_id,
             inspector.inspected_text: self._inspected_caption(panel, kept, version_id),
             inspector.make_active: gr.update(interactive=version_id is not None and version_id != active),
+        }
+
+    def lines(self, studio, panel) -> dict:
+        """The line list (numbered, with speaker and kind) and the speakers the panel's cast offers."""
+        part = self.tab.lines
+        speakers = [("Narration", "")] + [(c.name, c.name) for c, _ in studio.panel_cast(panel)]
+        rows = [
+            f"{n}. **{escape(line['name'] or 'Narration')}** ({line['kind']}): {escape(line['text'])}"
+            for n, line in enumerate(studio.panel_lines(panel.id), start=1)
+        ]
+        return {
+            part.show_bubbles: True,
+            part.speaker: gr.update(choices=speakers),
+            part.table: "\n".join(rows) if rows else "*No lines yet: pick a speaker, type a line, click Add line.*",
         }
 
     @staticmethod
