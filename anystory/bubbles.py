@@ -69,21 +69,21 @@ class Bubble:
 
 
 @lru_cache(maxsize=64)
-def _load(path: str, size: int) -> ImageFont.FreeTypeFont:
+def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.truetype(path, size)
 
 
 @lru_cache(maxsize=8)
 def _notdef(path: str) -> bytes:
     """The 'missing glyph' box of a font, to tell a missing glyph from a real one."""
-    mask = _load(path, 24).getmask("\U0010fffd")
+    mask = load_font(path, 24).getmask("\U0010fffd")
     return bytes(mask)
 
 
 def _has_glyph(path: str, ch: str) -> bool:
     if ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc"):
         return True
-    return bytes(_load(path, 24).getmask(ch)) != _notdef(path)
+    return bytes(load_font(path, 24).getmask(ch)) != _notdef(path)
 
 
 def available_fonts(bold: bool = False) -> list[str]:
@@ -188,11 +188,11 @@ def fit_text(text: str, kind: str, size: tuple[int, int]) -> tuple[list[str], in
     max_width = width * (0.45 if kind == "caption" else 0.40)
     font_size, lines = small, [text]
     for font_size in range(big, small - 1, -max(1, (big - small) // 8)):
-        font = _load(path, font_size)
+        font = load_font(path, font_size)
         lines = _wrap(text, font, max_width)
         if len(lines) * _line_step(font) <= height * 0.35:
             break
-    font = _load(path, font_size)
+    font = load_font(path, font_size)
     step = _line_step(font)
     most = max(1, int(height * 0.35 // step))
     if len(lines) > most:
@@ -341,7 +341,7 @@ def draw_bubbles(image: Image.Image, bubbles: list[Bubble]) -> Image.Image:
     outline = max(2, round(min(out.size) / 256))
     for bubble in bubbles:
         x0, y0, x1, y1 = bubble.box
-        font = _load(bubble.font_path, bubble.font_size)
+        font = load_font(bubble.font_path, bubble.font_size)
         if bubble.kind == "caption":
             draw.rectangle(bubble.box, fill=CAPTION_PAPER, outline=INK, width=outline)
         elif bubble.kind in ("speech", "thought"):

@@ -29,6 +29,7 @@ from PIL import Image
 
 from . import bubbles as bub
 from . import images as imgs
+from . import pages as pg
 from . import render
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
@@ -867,9 +868,28 @@ class Studio:
         overlay: bool = False,
         captions: bool = True,
         bubbles: bool = True,
+        layout: str | None = None,
+        title_page: bool = False,
+        fit: str = "crop",
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
-        "project" (an archive that imports back). Returns the files written."""
+        "project" (an archive that imports back). Returns the files written.
+
+        With a page `layout` (pages.LAYOUTS: grid, tiers, splash, book, webtoon, manga) the
+        pages of "grid" / "pdf" / "cbz" are comic pages: bubbles drawn (right to left for manga),
+        an optional title page with the cast, `fit` "crop" or "fit" for every panel."""
+        if layout is not None and fmt in ("grid", "pdf", "cbz"):
+            story = self._stories.get_story(story_id)
+            path = Path(path) if path else self.export_path(f"{story.title} - {layout}", ".png" if fmt == "grid" else f".{fmt}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pages = self.story_pages(story_id, layout, title_page=title_page, fit=fit, bubbles=bubbles)
+            if fmt == "pdf":
+                return [render.export_pdf(pages, path, resolution=150.0, title=story.title)]
+            if fmt == "cbz":
+                return [render.export_cbz(pages, path, title=story.title)]
+            return [
+                render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)
+            ]
         if fmt not in EXPORT_FORMATS:
             raise StudioError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         story = self._stories.get_story(story_id)
@@ -905,6 +925,44 @@ class Studio:
         return [
             render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)
         ]
+
+    def story_pages(
+        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "crop", bubbles: bool = True
+    ) -> list[Image.Image]:
+        """The story's pages in a layout (pages.LAYOUTS), as pictures: what every page export
+        writes and what the live page preview shows. In a picture book ("book") the narration
+        goes under the picture instead of a caption box."""
+        if fit not in ("crop", "fit"):
+            raise StudioError(f"fit must be crop or fit, got {fit!r}")
+        if layout not in pg.LAYOUTS:
+            raise StudioError(f"unknown layout {layout!r}; choose one of {', '.join(pg.LAYOUTS)}")
+        story = self._stories.get_story(story_id)
+        rtl = layout in pg.RTL_LAYOUTS
+        items, cast = [], {}
+        for panel in self._stories.panels(story_id):
+            if panel.active_version_id is None:
+                continue
+            version = self._stories.get_version(panel.active_version_id)
+            image = self.version_image(version.id)
+            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl) if bubbles else []
+            caption = ""
+            if layout == "book":
+                caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")
+                placed = [b for b in placed if b.kind != "caption"]
+            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit))
+            for character_id in version.settings.get("subjects") or []:
+                cast.setdefault(character_id, None)
+        if not items:
+            raise StudioError("no panel of this story has an image yet: generate first")
+        title = None
+        if title_page:
+            members = []
+            for character in self._library.characters():
+                if character.id in cast:
+                    with Image.open(character.thumbnail_path) as picture:
+                        members.append((character.name, picture.convert("RGB")))
+            title = pg.TitlePage(story.title, members)
+        return pg.compose_pages(items, layout, title=title)
 
     def export_path(self, name: str, suffix: str) -> Path:
         """A new file in the exports folder: `name - <date time>.suffix`, never an earlier export's."""

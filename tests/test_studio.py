@@ -472,3 +472,27 @@ def test_lines_become_bubbles_by_the_routed_speaker_on_a_generated_version(studi
     other = Studio(tmp_path / "other", public_pipe, preview=True)
     imported = other.panels(other.import_project(archive).id)[0]
     assert [line["text"] for line in other.panel_lines(imported.id)] == ["Sit!", "Woof.", "That evening..."]
+
+
+@pytest.mark.slow
+def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
+    mia, rex = cast(studio)
+    story = studio.create_story("Pages")
+    for n in range(5):
+        panel = studio.add_panel(story.id, f"[Mia] and [Rex], scene {n}", router="layout",
+                                 layout={mia.id: [0, 0.4, 0.45, 1], rex.id: [0.55, 0.4, 1, 1]})  # fmt: skip
+        studio.add_line(panel.id, f"Line {n}", "Mia")
+        studio.add_line(panel.id, f"Narration {n}")
+    studio.generate_story(story.id)
+    (pdf,) = studio.export_story(story.id, "pdf", tmp_path / "p.pdf", layout="tiers", title_page=True)
+    assert pdf.read_bytes().count(b"/Type /Page\n") + pdf.read_bytes().count(b"/Type /Page ") >= 1
+    (cbz,) = studio.export_story(story.id, "cbz", tmp_path / "p.cbz", layout="manga")
+    with zipfile.ZipFile(cbz) as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2  # 4 a page
+    pngs = studio.export_story(story.id, "grid", tmp_path / "p.png", layout="book")
+    assert len(pngs) == 5
+    clean = studio.story_pages(story.id, "book", bubbles=False)
+    drawn = [Image.open(p) for p in pngs]
+    assert all(np.asarray(a).tolist() != np.asarray(b).tolist() for a, b in zip(clean, drawn))
+    with pytest.raises(StudioError, match="unknown layout"):
+        studio.story_pages(story.id, "spiral")
