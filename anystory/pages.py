@@ -83,7 +83,9 @@ def _place(image: Image.Image, width: int, height: int, fit: str, paper) -> Imag
         cell.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
         return cell
     scale = max(width / image.width, height / image.height)
-    scaled = image.resize((max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS)
+    scaled = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS
+    )
     left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
     return scaled.crop((left, top, left + width, top + height))
 
@@ -138,11 +140,15 @@ def compose_pages(
             if layout == "book" and item.caption:
                 font = _font(max(14, width // 40), item.caption)
                 step = round(font.size * 1.3)
-                for k, line in enumerate(_wrap(draw, item.caption, font, inner_w)[: max(1, (height - y1 - 110) // step)]):
+                for k, line in enumerate(
+                    _wrap(draw, item.caption, font, inner_w)[: max(1, (height - y1 - 110) // step)]
+                ):
                     draw.text((width / 2, y1 + 30 + k * step), line, font=font, fill=INK, anchor="ma")
         if numbers:
             number = str(len(pages) + 1)
-            draw.text((width / 2, height - margin / 2 - 20), number, font=_font(max(12, width // 60)), fill=INK, anchor="ma")
+            draw.text(
+                (width / 2, height - margin / 2 - 20), number, font=_font(max(12, width // 60)), fill=INK, anchor="ma"
+            )
         pages.append(page)
     return pages
 
@@ -162,8 +168,8 @@ def _webtoon(items: list[PageItem], gutter: int, border: int, paper) -> Image.Im
     for picture in pictures:
         strip.paste(picture, (gutter, y))
         if border:
-            draw.rectangle((gutter - border, y - border, gutter + picture.width + border - 1, y + picture.height + border - 1),
-                           outline=INK, width=border)  # fmt: skip
+            frame = (gutter - border, y - border, gutter + picture.width + border - 1, y + picture.height + border - 1)
+            draw.rectangle(frame, outline=INK, width=border)
         y += picture.height + 3 * gutter  # webtoons breathe: wide gaps between panels
     return strip
 

@@ -870,17 +870,19 @@ class Studio:
         bubbles: bool = True,
         layout: str | None = None,
         title_page: bool = False,
-        fit: str = "crop",
+        fit: str = "fit",
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
         "project" (an archive that imports back). Returns the files written.
 
         With a page `layout` (pages.LAYOUTS: grid, tiers, splash, book, webtoon, manga) the
         pages of "grid" / "pdf" / "cbz" are comic pages: bubbles drawn (right to left for manga),
-        an optional title page with the cast, `fit` "crop" or "fit" for every panel."""
+        an optional title page with the cast, `fit` "fit" (whole picture, bubbles kept) or "crop"
+        (fills the cell; cuts what lies outside it) for every panel."""
         if layout is not None and fmt in ("grid", "pdf", "cbz"):
             story = self._stories.get_story(story_id)
-            path = Path(path) if path else self.export_path(f"{story.title} - {layout}", ".png" if fmt == "grid" else f".{fmt}")
+            suffix = ".png" if fmt == "grid" else f".{fmt}"
+            path = Path(path) if path else self.export_path(f"{story.title} - {layout}", suffix)
             path.parent.mkdir(parents=True, exist_ok=True)
             pages = self.story_pages(story_id, layout, title_page=title_page, fit=fit, bubbles=bubbles)
             if fmt == "pdf":
@@ -888,7 +890,8 @@ class Studio:
             if fmt == "cbz":
                 return [render.export_cbz(pages, path, title=story.title)]
             return [
-                render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)
+                render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
+                for i, page in enumerate(pages)
             ]
         if fmt not in EXPORT_FORMATS:
             raise StudioError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
@@ -927,7 +930,7 @@ class Studio:
         ]
 
     def story_pages(
-        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "crop", bubbles: bool = True
+        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "fit", bubbles: bool = True
     ) -> list[Image.Image]:
         """The story's pages in a layout (pages.LAYOUTS), as pictures: what every page export
         writes and what the live page preview shows. In a picture book ("book") the narration

@@ -40,7 +40,10 @@ def test_panels_are_in_reading_order(layout):
 
 def test_manga_reads_right_to_left():
     [page] = compose_pages(items(2), "manga")
-    right, left = page.getpixel((page.width * 3 // 4, page.height // 4)), page.getpixel((page.width // 4, page.height // 4))
+    right, left = (
+        page.getpixel((page.width * 3 // 4, page.height // 4)),
+        page.getpixel((page.width // 4, page.height // 4)),
+    )
     assert right == COLOURS[0] and left == COLOURS[1]
 
 
