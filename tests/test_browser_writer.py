@@ -233,3 +233,12 @@ def test_adding_a_line_shows_its_bubble_and_the_toggle_shows_the_clean_image(app
     with_bubble = image.get_attribute("src")
     page.locator("#show-bubbles input").uncheck()
     expect(image).not_to_have_attribute("src", with_bubble)
+    # the live page preview: a manga page, bubbles and all
+    page.locator("#files-part").get_by_text("Export and import").click()
+    page.locator("#page-layout input").click()
+    page.get_by_role("option", name="manga: right to left").click()
+    page.locator("#title-page input").check()
+    page.locator("#preview-pages").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("2 page(s)")
+    expect(page.locator("#page-preview img")).to_have_count(2)
+    shot(page, "writer-page-preview")

@@ -15,11 +15,14 @@ def wire_files(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
     status, files = tab.status, tab.files
 
     @shows_errors(status)
-    def export(story_id, fmt, with_overlay, with_captions, request: gr.Request) -> dict:
+    def export(story_id, fmt, with_overlay, with_captions, layout, title_page, request: gr.Request) -> dict:
         if story_id is None:
             raise ValueError("pick a story first")
         studio = sessions.studio(request)
-        written = studio.export_story(story_id, fmt, overlay=bool(with_overlay), captions=bool(with_captions))
+        options = {"layout": layout, "title_page": bool(title_page)} if layout and fmt in ("grid", "pdf", "cbz") else {}
+        written = studio.export_story(
+            story_id, fmt, overlay=bool(with_overlay), captions=bool(with_captions), **options
+        )
         notes = studio.notes if fmt == "project" else []
         done = f"exported {', '.join(f.name for f in written)}"
         return {status: notes_markdown(notes, done), files.exported: [sessions.hand_out(f) for f in written]}
@@ -33,7 +36,18 @@ def wire_files(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
         done = notes_markdown(studio.notes, f"imported “{story.title}”")
         return {**view.render(studio, story.id), status: done, files.project_archive: None}
 
+    @shows_errors(status)
+    def preview(story_id, layout, title_page, request: gr.Request) -> dict:
+        if story_id is None:
+            raise ValueError("pick a story first")
+        pages = sessions.studio(request).story_pages(story_id, layout or "grid", title_page=bool(title_page))
+        return {status: f"{len(pages)} page(s)", files.pages: [(page, f"page {n}") for n, page in enumerate(pages, 1)]}
+
+    files.preview.click(
+        preview, [tab.bar.story_pick, files.page_layout, files.title_page], [status, files.pages], **PRIVATE
+    )
     inputs = [tab.bar.story_pick, files.export_format, files.with_overlay, files.with_captions]
+    inputs += [files.page_layout, files.title_page]
     files.export.click(export, inputs, [status, files.exported], **PRIVATE)
     outputs = [files.project_archive, *tab.view_outputs]
     files.import_project.click(import_project, [files.project_archive], outputs, **PRIVATE)

@@ -15,6 +15,16 @@ EXPORT_CHOICES = [
     ("CBZ (comic readers)", "cbz"),
     ("Project archive (imports back)", "project"),
 ]
+# The page layouts of the Studio (anystory/pages.py), as the writer reads them
+PAGE_LAYOUTS = [
+    ("loose panels (strip, simple page grid)", ""),
+    ("2x2 grid", "grid"),
+    ("three tiers", "tiers"),
+    ("splash + strip", "splash"),
+    ("picture book: one panel a page, caption below", "book"),
+    ("webtoon: one vertical strip", "webtoon"),
+    ("manga: right to left", "manga"),
+]
 TABLE_HEADERS = ["Character", "Strength", "x0", "y0", "x1", "y1"]
 # aspect -> (width, height) at SDXL's 1024 base; scaled to the Studio's default size.
 ASPECTS = {
@@ -314,6 +324,10 @@ class StoryFiles:
     exported: gr.File
     project_archive: gr.File
     import_project: gr.Button
+    page_layout: gr.Dropdown
+    title_page: gr.Checkbox
+    preview: gr.Button
+    pages: gr.Gallery
 
     @classmethod
     def create(cls) -> StoryFiles:
@@ -325,7 +339,17 @@ class StoryFiles:
                 with gr.Row():
                     with_overlay = gr.Checkbox(label="with route overlays", value=False)
                     with_captions = gr.Checkbox(label="with captions", value=True)
-                export = gr.Button("Export", elem_id="export-story")
+                with gr.Row():
+                    page_layout = gr.Dropdown(
+                        PAGE_LAYOUTS, value="", label="Page layout (pages, PDF, CBZ)", elem_id="page-layout"
+                    )
+                    title_page = gr.Checkbox(label="title page with the cast", value=False, elem_id="title-page")
+                with gr.Row():
+                    preview = gr.Button("Preview pages", elem_id="preview-pages")
+                    export = gr.Button("Export", elem_id="export-story")
+                pages = gr.Gallery(
+                    label="Pages", columns=3, height=420, format="png", object_fit="contain", elem_id="page-preview"
+                )
                 exported = gr.File(
                     label="Exported files", file_count="multiple", interactive=False, elem_id="exported-files"
                 )
@@ -337,7 +361,10 @@ class StoryFiles:
                     elem_id="project-archive",
                 )
                 import_project = gr.Button("Import project", elem_id="import-project")
-        return cls(export_format, with_overlay, with_captions, export, exported, project_archive, import_project)
+        return cls(
+            export_format, with_overlay, with_captions, export, exported, project_archive, import_project,
+            page_layout, title_page, preview, pages,
+        )  # fmt: skip
 
 
 @dataclass
