@@ -60,7 +60,10 @@ PANEL_DEFAULTS: dict[str, Any] = {
     "strengths": {},
     "router": "learned",
     "layout": {},
+    "style": "",  # a style preset id (styles.py); "": the story's
+    "negative": "",  # the panel's own negative prompt, added to the style's and the story's
 }
+MAX_NEGATIVE_CHARS = 2000
 _JSON_FIELDS = ("characters", "strengths", "layout")
 
 
@@ -73,6 +76,8 @@ class Story:
     title: str
     created: str
     updated: str
+    style: str = ""  # a style preset id (styles.py); "": none
+    negative: str = ""  # the story's negative prompt
 
 
 @dataclass
@@ -90,6 +95,8 @@ class Panel:
     strengths: dict[int, float]
     router: str  # "learned" | "prompt" | "layout" | "none"
     layout: dict[int, list[float]]  # character id -> [x0, y0, x1, y1] as fractions of the image
+    style: str  # a style preset id, "" for the story's
+    negative: str  # the panel's own negative prompt
     active_version_id: int | None
     status: str  # "empty" | "ready" | "outdated" | "failed"
     error: str
@@ -204,6 +211,12 @@ def check_setting(key: str, value: Any) -> Any:
         if value not in ROUTERS:
             raise ValueError(f"router must be one of {', '.join(ROUTERS)}, got {value!r}")
         return value
+    if key in ("style", "negative"):
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be text, got {type(value).__name__}")
+        if len(value) > MAX_NEGATIVE_CHARS:
+            raise ValueError(f"{key} has at most {MAX_NEGATIVE_CHARS} characters")
+        return value.strip()
     if key == "layout":
         if not isinstance(value, dict):
             raise ValueError("layout must map character ids to boxes [x0, y0, x1, y1]")
@@ -296,7 +309,14 @@ class Stories:
 
     @staticmethod
     def _story(row: dict) -> Story:
-        return Story(id=row["id"], title=row["title"], created=row["created"], updated=row["updated"])
+        return Story(
+            id=row["id"],
+            title=row["title"],
+            created=row["created"],
+            updated=row["updated"],
+            style=row.get("style") or "",
+            negative=row.get("negative") or "",
+        )
 
     @staticmethod
     def _panel(row: dict) -> Panel:
@@ -316,6 +336,8 @@ class Stories:
             strengths={int(k): v for k, v in strengths.items()},
             router=row["router"],
             layout={int(k): v for k, v in layout.items()},
+            style=row.get("style") or "",
+            negative=row.get("negative") or "",
             active_version_id=row["active_version_id"],
             status=row["status"],
             error=row["error"],
@@ -373,6 +395,21 @@ class Stories:
         with self.database.transaction():
             self._row("stories", story_id, "story")
             self.db["stories"].update(story_id, {"title": title, "updated": now()})
+        return self.get_story(story_id)
+
+    def set_story_style(self, story_id: int, style: str, negative: str) -> Story:
+        """The story's style preset and negative prompt (the caller checks the preset exists).
+        A change outdates every ready panel: the negative prompt reaches all of them."""
+        style, negative = check_setting("style", style), check_setting("negative", negative)
+        with self.database.transaction():
+            row = self._row("stories", story_id, "story")
+            if (row.get("style") or "", row.get("negative") or "") != (style, negative):
+                self.db["stories"].update(story_id, {"style": style, "negative": negative, "updated": now()})
+                self.db.execute(
+                    "UPDATE panels SET status = 'outdated' WHERE story_id = ? AND status = 'ready'"
+                    " AND active_version_id IS NOT NULL",
+                    [story_id],
+                )
         return self.get_story(story_id)
 
     def delete_story(self, story_id: int) -> None:
@@ -783,6 +820,8 @@ class Stories:
         checked_story = {
             "id": story["id"],
             "title": self._title(story.get("title")),
+            "style": check_setting("style", story.get("style") or ""),
+            "negative": check_setting("negative", story.get("negative") or ""),
             "created": str(story.get("created") or now()),
             "updated": str(story.get("updated") or now()),
         }
@@ -918,7 +957,7 @@ class Stories:
                 if new_name != before[old_id]:
                     renamed[before[old_id]] = new_name
         story = project["story"]
-        row = {k: story[k] for k in ("title", "created", "updated")}
+        row = {k: story[k] for k in ("title", "created", "updated", "style", "negative")}
         if keep:
             row["id"] = story["id"]
         story_id = int(self.db["stories"].insert(row).last_pk)

@@ -38,6 +38,7 @@ from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .storage import StudioDatabase
+from .styles import Style, load_styles, negative_prompt
 from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Story, Version, check_setting
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class PanelPlan:
     character_ids: list[int]
     phrases: list[str]  # each character's words in `prompt` (for the prompt router)
     warnings: list[str] = field(default_factory=list)
+    negative: str = ""  # the style's, the story's and the panel's negative prompts
+    style: str = ""  # the preset used
 
 
 class LimitsGuard:
@@ -133,6 +136,7 @@ class Studio:
         self._busy: set[int] = set()  # characters used by the running generation
         self.exports_dir = self.data_dir / "exports"
         self.routers = ROUTERS  # the router choices a panel can make
+        self.styles: dict[str, Style] = load_styles()  # presets are data: assets/styles.json
 
     @property
     def notes(self) -> list[str]:
@@ -414,13 +418,29 @@ class Studio:
                 cast.setdefault(character_id, (by_id[character_id], False))
         return list(cast.values())
 
+    def style_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of every style preset, for a story or a panel to pick."""
+        return [(style.label, style.id) for style in self.styles.values()]
+
+    def set_story_style(self, story_id: int, style: str = "", negative: str = "") -> Story:
+        """The story's style preset (an id of `style_choices`, "" for none) and negative prompt;
+        every panel follows it unless it picks its own."""
+        self._check_style(style)
+        return self._stories.set_story_style(story_id, style, negative)
+
+    def _check_style(self, style) -> None:
+        if style not in ("", None) and style not in self.styles:
+            raise StudioError(f"unknown style {style!r}; the presets are {', '.join(self.styles)}")
+
     def add_panel(self, story_id: int, prompt: str = "", **settings) -> Panel:
         """A new panel with this Studio's defaults (size, steps, router) unless given."""
         self._check_cast_ids(settings)
+        self._check_style(settings.get("style"))
         return self._stories.add_panel(story_id, prompt, **{**self.panel_defaults, **settings})
 
     def update_panel(self, panel_id: int, **fields) -> Panel:
         self._check_cast_ids(fields)
+        self._check_style(fields.get("style"))
         return self._stories.update_panel(panel_id, **fields)
 
     def _check_cast_ids(self, settings: dict) -> None:
@@ -609,7 +629,15 @@ class Studio:
             prompt = f"{prompt.rstrip().rstrip(',')}, {words}" if prompt.strip() else words
             ids.append(character_id)
             phrases.append(words)
+        story = self._stories.get_story(panel.story_id)
+        style = self.styles.get(panel.style or story.style)
+        if (panel.style or story.style) and style is None:
+            raise StudioError(f"unknown style {panel.style or story.style!r}; the presets are {', '.join(self.styles)}")
         plan = PanelPlan(prompt=prompt, character_ids=ids, phrases=phrases)
+        if style is not None:
+            plan.prompt, plan.style = style.apply(prompt), style.id
+        plan.negative = negative_prompt(style.negative if style else "", story.negative, panel.negative)
+        prompt = plan.prompt
         limit = self.pipeline.anystory_config.max_subjects
         if len(ids) > limit:
             raise StudioError(f"this panel has {len(ids)} characters; at most {limit} can share a picture")
@@ -723,6 +751,7 @@ class Studio:
             height=panel.height,
             generator=torch.Generator().manual_seed(panel.seed),
             callback_on_step_end=on_step,
+            **({"negative_prompt": plan.negative} if plan.negative else {}),
             **arguments,
         )
         image = output.images[0]
@@ -733,6 +762,8 @@ class Studio:
         settings = {
             **panel.generation_settings(),
             "model_prompt": plan.prompt,
+            "model_negative": plan.negative,
+            "style_used": plan.style,
             "subjects": plan.character_ids,
             "subject_names": [self._library.get_character(c).name for c in plan.character_ids],
             "router_used": arguments["router"] if plan.character_ids else None,

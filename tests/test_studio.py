@@ -496,3 +496,36 @@ def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
     assert all(np.asarray(a).tolist() != np.asarray(b).tolist() for a, b in zip(clean, drawn))
     with pytest.raises(StudioError, match="unknown layout"):
         studio.story_pages(story.id, "spiral")
+
+
+# -- styles (issue 16) ------------------------------------------------------------------------------
+
+
+def test_styles_are_data_shown_in_what_the_model_saw_and_a_panel_can_override(studio, tmp_path):
+    import json
+
+    from anystory.styles import load_styles
+
+    assert len(studio.style_choices()) >= 8 and ("Manga", "manga") in studio.style_choices()
+    mia, _ = cast(studio)
+    story = studio.create_story("Styled")
+    studio.set_story_style(story.id, "comic", "rain")
+    panel = studio.add_panel(story.id, "[Mia] reads", negative="hands")
+    version = studio.generate_panel(panel.id)
+    template = studio.styles["comic"].prompt
+    assert version.settings["model_prompt"] == template.replace("{prompt}", "a young woman with a red scarf reads")
+    assert version.settings["model_negative"].endswith("watermark, rain, hands")
+    studio.update_panel(panel.id, style="pixel_art")
+    assert studio.get_panel(panel.id).status == "outdated"
+    assert studio.generate_panel(panel.id).settings["model_prompt"].startswith("pixel art, a young woman")
+    studio.set_story_style(story.id, "manga", "")
+    assert studio.get_panel(panel.id).status == "outdated"  # the story's negative prompt changed
+    with pytest.raises(StudioError, match="unknown style"):
+        studio.update_panel(panel.id, style="oil")
+    with pytest.raises(StudioError, match="unknown style"):
+        studio.set_story_style(story.id, "oil")
+    bad = tmp_path / "styles.json"
+    bad.write_text(json.dumps({"format": "anystory.styles", "styles": [{"id": "x", "label": "X", "prompt": "no slot",
+                                                                         "negative": ""}]}))  # fmt: skip
+    with pytest.raises(ValueError, match="no {prompt}"):
+        load_styles(bad)

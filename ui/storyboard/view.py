@@ -243,6 +243,8 @@ class StoryboardView:
         if panel.active_version_id is not None:
             settings = studio.get_version(panel.active_version_id).settings
             text += f"\n\nThe model saw: *{escape(settings.get('model_prompt', ''))}*"
+            if settings.get("model_negative"):
+                text += f"\n\nNegative prompt: *{escape(settings['model_negative'])}*"
             for note in settings.get("notes", []):
                 text += f"\n\nNote: {escape(note)}"
         return text
