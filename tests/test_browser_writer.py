@@ -242,3 +242,23 @@ def test_adding_a_line_shows_its_bubble_and_the_toggle_shows_the_clean_image(app
     expect(page.locator("#storyboard-status")).to_contain_text("2 page(s)")
     expect(page.locator("#page-preview img")).to_have_count(2)
     shot(page, "writer-page-preview")
+
+
+def test_a_style_picked_in_the_browser_is_what_the_model_saw(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Styled")
+    panel = studio.add_panel(story.id, "[Mia] waves")
+    page = open_page(browser, url)
+    storyboard(page)
+    page.locator("#style-part").get_by_text("Style and negative prompt").click()
+    page.locator("#story-style input").click()
+    page.get_by_role("option", name="Watercolour picture book").click()
+    fill(page, "panel-negative", "blurry hands")
+    page.locator("#save-style").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("saved the style")
+    assert studio.get_story(story.id).style == "watercolour" and studio.get_panel(panel.id).negative == "blurry hands"
+    page.locator("#generate-panel").click()
+    expect(page.locator("#panel-status")).to_contain_text("children's picture book illustration", timeout=120_000)
+    expect(page.locator("#panel-status")).to_contain_text("blurry hands")

@@ -397,6 +397,32 @@ class StoragePart:
 
 
 @dataclass
+class StylePart:
+    """The story's style preset and negative prompt; the panel's own ones (blank: the story's)."""
+
+    story_style: gr.Dropdown
+    story_negative: gr.Textbox
+    panel_style: gr.Dropdown
+    panel_negative: gr.Textbox
+    save: gr.Button
+
+    @classmethod
+    def create(cls) -> StylePart:
+        with gr.Accordion("Style and negative prompt", open=False, elem_id="style-part"):
+            with gr.Row():
+                story_style = gr.Dropdown(label="Story style", choices=[], elem_id="story-style")
+                panel_style = gr.Dropdown(label="This panel's style", choices=[], elem_id="panel-style")
+            story_negative = gr.Textbox(label="Story negative prompt", lines=1, elem_id="story-negative")
+            panel_negative = gr.Textbox(label="This panel's negative prompt", lines=1, elem_id="panel-negative")
+            save = gr.Button("Save style", size="sm", elem_id="save-style")
+        return cls(story_style, story_negative, panel_style, panel_negative, save)
+
+    @property
+    def outputs(self) -> list:
+        return [self.story_style, self.story_negative, self.panel_style, self.panel_negative]
+
+
+@dataclass
 class PanelLines:
     """The panel's lines (dialogue, captions, sound effects), drawn as bubbles over its image."""
 
@@ -444,6 +470,7 @@ class StoryboardLayout:
     files: StoryFiles
     storage: StoragePart
     lines: PanelLines
+    style: StylePart
 
     @property
     def view_outputs(self) -> list:
@@ -476,6 +503,7 @@ class StoryboardLayout:
             self.lines.show_bubbles,
             self.lines.speaker,
             self.lines.table,
+            *self.style.outputs,
             *self.overlay.outputs,
             *self.strip.buttons,
             bar.rename_story,
@@ -499,6 +527,7 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
             strip = PanelStrip.create()
         with gr.Column(scale=4, min_width=360):
             form = PanelForm.create(defaults, routers)
+            style = StylePart.create()
         with gr.Column(scale=4, min_width=360):
             buttons = GenerationButtons.create()
             inspector = VersionInspector.create()
@@ -506,7 +535,7 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
     overlay = RouteOverlay.create()
     files = StoryFiles.create()
     storage = StoragePart.create()
-    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage, lines)
+    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage, lines, style)
 
 
 __all__ = ["ALL_LAYERS", "StoryboardLayout", "aspect_sizes", "layout_storyboard"]

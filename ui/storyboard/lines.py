@@ -1,4 +1,5 @@
-"""A panel's lines: add one, remove one, show or hide the bubbles over the active image."""
+"""A panel's lines: add one, remove one, show or hide the bubbles over the active image; the
+story's and the panel's style presets and negative prompts."""
 
 from __future__ import annotations
 
@@ -37,6 +38,19 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
         picture = sessions.studio(request).panel_picture(panel_id, bubbles=bool(show)) if panel_id else None
         return {tab.inspector.active_image: for_display(picture) if picture else None, status: ""}
 
+    @shows_errors(status)
+    def save_style(story_id, panel_id, story_style, story_negative, panel_style, panel_negative, request: gr.Request):
+        if panel_id is None:
+            raise ValueError("pick a panel first")
+        studio = sessions.studio(request)
+        studio.set_story_style(story_id, story_style or "", story_negative or "")
+        studio.update_panel(panel_id, style=panel_style or "", negative=panel_negative or "")
+        done = notes_markdown([], "saved the style; panels whose style changed are outdated")
+        return {**view.render(studio, story_id, panel_id), status: done}
+
+    style = tab.style
+    style_inputs = [story_pick, panel_pick, style.story_style, style.story_negative, style.panel_style]
+    style.save.click(save_style, [*style_inputs, style.panel_negative], tab.view_outputs, **PRIVATE)
     outputs = [*tab.view_outputs, lines.text]
     lines.add.click(add_line, [story_pick, panel_pick, lines.speaker, lines.kind, lines.text], outputs, **PRIVATE)
     lines.text.submit(add_line, [story_pick, panel_pick, lines.speaker, lines.kind, lines.text], outputs, **PRIVATE)

@@ -111,6 +111,7 @@ class StoryboardView:
         return {
             **out,
             **self._form(studio, panel, cast_choices),
+            **self.style(studio, panel),
             **self._inspector(studio, panel, kept, version_id),
             **self.overlay(studio, version_id),
             **self._buttons(story=True, panel=True),
@@ -167,6 +168,7 @@ class StoryboardView:
             self.tab.lines.show_bubbles: True,
             self.tab.lines.speaker: gr.update(choices=[("Narration", "")], value=""),
             self.tab.lines.table: "",
+            **self.style(None, None),
             **self.overlay(None, None),
             **self._buttons(story=story, panel=False),
         }
@@ -215,6 +217,23 @@ class StoryboardView:
             inspector.inspected: version_id,
             inspector.inspected_text: self._inspected_caption(panel, kept, version_id),
             inspector.make_active: gr.update(interactive=version_id is not None and version_id != active),
+        }
+
+    def style(self, studio, panel) -> dict:
+        """The style presets to pick from, with the story's and the panel's choices."""
+        part = self.tab.style
+        if studio is None or panel is None:
+            nothing = gr.update(choices=[], value=None)
+            return {part.story_style: nothing, part.panel_style: nothing} | dict.fromkeys(
+                (part.story_negative, part.panel_negative), ""
+            )
+        story = studio.get_story(panel.story_id)
+        presets = studio.style_choices()
+        return {
+            part.story_style: gr.update(choices=[("No style", ""), *presets], value=story.style),
+            part.story_negative: story.negative,
+            part.panel_style: gr.update(choices=[("The story's style", ""), *presets], value=panel.style),
+            part.panel_negative: panel.negative,
         }
 
     def lines(self, studio, panel) -> dict:
