@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +32,7 @@ from . import bubbles as bub
 from . import images as imgs
 from . import pages as pg
 from . import render
+from . import scripts as scr
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
@@ -38,8 +40,8 @@ from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .storage import StudioDatabase
-from .styles import Style, load_styles, negative_prompt
 from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Story, Version, check_setting
+from .styles import Style, load_styles, negative_prompt
 
 log = logging.getLogger(__name__)
 
@@ -997,6 +999,98 @@ class Studio:
                         members.append((character.name, picture.convert("RGB")))
             title = pg.TitlePage(story.title, members)
         return pg.compose_pages(items, layout, title=title)
+
+    # -- script import -----------------------------------------------------------------------------
+
+    def import_script(
+        self,
+        text: str,
+        fmt: str = "auto",
+        *,
+        story_id: int | None = None,
+        title: str = "",
+        aliases: dict[str, str] | None = None,
+    ) -> Story:
+        """Panels, casts and dialogue from a script (scripts.py: plain text, JSON or Fountain),
+        as a new story (or appended to `story_id`). Names and aliases ("the girl" -> Mia)
+        resolve to characters of the library; in a prompt they become [Name]. Everything is
+        checked first: unknown names are listed and nothing is written; then all panels and
+        lines go in one transaction (all or nothing)."""
+        try:
+            script = scr.parse_script(text, fmt, title)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        if script.style:
+            self._check_style(script.style)
+        by_key = {name_key(c.name): c for c in self._library.characters()}
+        terms: dict[str, Character | None] = {key: c for key, c in by_key.items()}
+        unknown: dict[str, list[int]] = {}
+        for alias, name in {**script.aliases, **(aliases or {})}.items():
+            terms[name_key(alias)] = by_key.get(name_key(name))
+            if terms[name_key(alias)] is None:
+                unknown[f"{name} (for the alias {alias!r})"] = []
+
+        def resolve(name: str, number: int) -> Character | None:
+            character = terms.get(name_key(name.strip().strip("[]")))
+            if character is None:
+                unknown.setdefault(name.strip(), []).append(number)
+            return character
+
+        planned = []
+        for number, panel in enumerate(script.panels, start=1):
+            prompt = self._name_mentions(panel.prompt, terms)
+            named = []
+            for name in mentioned_names(prompt):
+                if (character := resolve(name, number)) is not None:
+                    named.append(character.id)
+            ticked = [c.id for name in panel.cast if (c := resolve(name, number)) is not None]
+            lines = []
+            for k, line in enumerate(panel.lines, start=1):
+                speaker = resolve(line.speaker, number) if line.speaker else None
+                if speaker is not None and speaker.id not in named and speaker.id not in ticked:
+                    ticked.append(speaker.id)
+                try:
+                    text_ = bub.check_line(line.kind, line.text)
+                except ValueError as err:
+                    raise StudioError(f"panel {number}, line {k}: {err}") from err
+                lines.append({"speaker": speaker.id if speaker else None, "kind": line.kind, "text": text_})
+            planned.append((prompt, [c for c in dict.fromkeys(ticked) if c not in named], lines))
+        if unknown:
+            listed = "; ".join(
+                f"{name} (panel {', '.join(map(str, numbers[:5]))})" if numbers else name
+                for name, numbers in unknown.items()
+            )
+            raise StudioError(
+                f"the script names characters that are not in the cast: {listed}. Add them in the Characters tab, "
+                "or map each to a cast member as an alias; nothing was imported"
+            )
+        with self._database.transaction():
+            if story_id is None:
+                story = self._stories.create_story(script.title or "Imported script")
+            else:
+                story = self._stories.get_story(story_id)
+            if script.style:
+                self._stories.set_story_style(story.id, script.style, story.negative)
+            for prompt, ticked, lines in planned:
+                panel = self.add_panel(story.id, prompt, characters=ticked)
+                if lines:
+                    self._stories.set_lines(panel.id, lines)
+        return self._stories.get_story(story.id)
+
+    @staticmethod
+    def _name_mentions(prompt: str, terms: dict) -> str:
+        """Cast names and aliases written plainly in a prompt become [Name] (longest first, whole
+        words, any case); [Name] already written stays, an alias in brackets becomes the name."""
+        def bracketed(match) -> str:
+            character = terms.get(name_key(match.group(1)))
+            return f"[{character.name}]" if character is not None else match.group(0)
+
+        prompt = re.sub(r"\[([^\[\]]+)\]", bracketed, prompt)
+        known = sorted((k for k, c in terms.items() if c is not None), key=len, reverse=True)
+        if not known:
+            return prompt
+        pattern = re.compile(r"(?<![\w\[])(" + "|".join(re.escape(k) for k in known) + r")(?![\w\]])", re.IGNORECASE)
+        return pattern.sub(lambda m: f"[{terms[name_key(m.group(1))].name}]", prompt)
 
     def export_path(self, name: str, suffix: str) -> Path:
         """A new file in the exports folder: `name - <date time>.suffix`, never an earlier export's."""
