@@ -262,3 +262,24 @@ def test_a_style_picked_in_the_browser_is_what_the_model_saw(app, browser):
     page.locator("#generate-panel").click()
     expect(page.locator("#panel-status")).to_contain_text("children's picture book illustration", timeout=120_000)
     expect(page.locator("#panel-status")).to_contain_text("blurry hands")
+
+
+def test_a_pasted_script_becomes_panels_and_an_unknown_name_changes_nothing(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    page = open_page(browser, url)
+    storyboard(page)
+    page.locator("#files-part").get_by_text("Export and import").click()
+    status = page.locator("#storyboard-status")
+    fill(page, "script-text", "Mia meets Bob.\nBob: Hi!")
+    page.locator("#import-script").click()
+    expect(status).to_contain_text("not in the cast: Bob (panel 1)")
+    assert studio.stories() == []
+    fill(page, "script-text", "The girl walks Rex.\nMia: Come on!\n\nRex sleeps.\nNarrator: Later.")
+    fill(page, "script-aliases", "the girl = Mia")
+    page.locator("#import-script").click()
+    expect(status).to_contain_text("2 panel(s)")
+    [story] = studio.stories()
+    assert [p.prompt for p in studio.panels(story.id)] == ["[Mia] walks [Rex].", "[Rex] sleeps."]
+    expect(page.locator("#line-list")).to_contain_text("Mia (speech): Come on!")

@@ -328,6 +328,11 @@ class StoryFiles:
     title_page: gr.Checkbox
     preview: gr.Button
     pages: gr.Gallery
+    script: gr.Textbox
+    script_file: gr.File
+    script_format: gr.Radio
+    aliases: gr.Textbox
+    import_script: gr.Button
 
     @classmethod
     def create(cls) -> StoryFiles:
@@ -361,9 +366,26 @@ class StoryFiles:
                     elem_id="project-archive",
                 )
                 import_project = gr.Button("Import project", elem_id="import-project")
+                script = gr.Textbox(
+                    label="Script (paste): plain text, JSON or Fountain",
+                    lines=6,
+                    placeholder="Mia walks Rex in the park.\nMia: Come on, Rex!\n\nNext paragraph: next panel.",
+                    elem_id="script-text",
+                )
+                script_file = gr.File(
+                    label="or a script file", file_types=[".txt", ".json", ".fountain"], type="filepath",
+                    elem_id="script-file",
+                )  # fmt: skip
+                script_format = gr.Radio(
+                    ["auto", "text", "json", "fountain"], value="auto", label="Format", elem_id="script-format"
+                )
+                aliases = gr.Textbox(
+                    label="Aliases, one a line: the girl = Mia", lines=2, elem_id="script-aliases"
+                )
+                import_script = gr.Button("Import script as a new story", elem_id="import-script")
         return cls(
             export_format, with_overlay, with_captions, export, exported, project_archive, import_project,
-            page_layout, title_page, preview, pages,
+            page_layout, title_page, preview, pages, script, script_file, script_format, aliases, import_script,
         )  # fmt: skip
 
 
