@@ -331,8 +331,13 @@ class StoryEndpoints:
 
     @api_errors
     def export_pages(
-        self, story_id: int, fmt: str = "pdf", layout: str = "grid", title_page: bool = False, request: gr.Request = None
-    ) -> list[str]:  # fmt: skip
+        self,
+        story_id: int,
+        fmt: str = "pdf",
+        layout: str = "grid",
+        title_page: bool = False,
+        request: gr.Request = None,
+    ) -> list[str]:
         """Export a story as comic pages with speech bubbles: fmt pdf, cbz or grid (PNG pages); layout grid,
         tiers, splash, book (one panel a page, caption below), webtoon or manga (right to left)."""
         files = self.sessions.studio(request).export_story(
