@@ -23,6 +23,7 @@ def served(gradio_temp, preview_pipe, tmp_path):
     from ui import build_app, launch_options
 
     studio = preview_studio(tmp_path / "data", preview_pipe)
+    studio.add_example_cast()
     demo = build_app(studio)
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_name="127.0.0.1", server_port=port, quiet=True, mcp_server=True,
@@ -39,14 +40,18 @@ def test_the_mcp_endpoint_lists_its_tools_over_http(served):
 
     studio, url = served
 
-    async def tools() -> dict:
+    async def tools() -> tuple[dict, str]:
         async with streamablehttp_client(f"{url}/gradio_api/mcp/") as (read, write, _):
             async with ClientSession(read, write) as session:
                 await session.initialize()
                 listed = await session.list_tools()
-                return {tool.name: tool for tool in listed.tools}
+                script = "Mia throws a ball.\nMia: Fetch!\n\nNarrator: Later."
+                called = await session.call_tool("import_script", {"script": script, "fmt": "text", "aliases": "{}"})
+                return {tool.name: tool for tool in listed.tools}, json.dumps([c.model_dump() for c in called.content])
 
-    found = asyncio.run(tools())
+    found, called = asyncio.run(tools())
+    [story] = studio.stories()  # the agent's call imported the script
+    assert [p.prompt for p in studio.panels(story.id)] == ["[Mia] throws a ball.", ""] and "Imported script" in called
     assert WANTED <= set(found), sorted(found)
     script = found["import_script"]
     assert script.description.startswith("Import a script as a new story")

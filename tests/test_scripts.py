@@ -146,3 +146,15 @@ def test_parse_errors_name_the_place():
     with pytest.raises(ValueError, match="unknown script format"):
         parse_script("x", "docx")
     assert Image  # the fixture's pictures
+
+
+def test_the_readme_json_example_imports(studio):
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text(encoding="utf-8")
+    section = readme[readme.index("**Script import**") :]
+    example = re.search(r"```json\n(.*?)```", section, re.DOTALL).group(1)
+    story = studio.import_script(example)
+    assert story.title == "The ball" and story.style == "comic"
+    assert shape(studio, story)[0] == ("[Mia] throws a ball", ["Rex"], [("Mia", "speech", "Fetch!")])
