@@ -230,6 +230,12 @@ def test_adding_a_line_shows_its_bubble_and_the_toggle_shows_the_clean_image(app
     assert [line["text"] for line in studio.panel_lines(panel.id)] == ["Hello, Rex!"]
     assert studio.get_panel(panel.id).status == "ready"  # the line outdates nothing
     shot(page, "writer-bubbles")
+    before = studio.panel_bubbles(panel.id)[0].box
+    page.locator("#line-dx input[type=number]").fill("0.1")
+    page.locator("#nudge-line").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("moved the bubble")
+    assert studio.panel_lines(panel.id)[0]["offset"] == [0.1, 0.0]
+    assert studio.panel_bubbles(panel.id)[0].box[0] in (before[0] + 26, 256 - (before[2] - before[0]))
     with_bubble = image.get_attribute("src")
     page.locator("#show-bubbles input").uncheck()
     expect(image).not_to_have_attribute("src", with_bubble)

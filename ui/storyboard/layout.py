@@ -456,6 +456,9 @@ class PanelLines:
     table: gr.Markdown
     number: gr.Number
     remove: gr.Button
+    dx: gr.Slider
+    dy: gr.Slider
+    nudge: gr.Button
 
     @classmethod
     def create(cls) -> PanelLines:
@@ -475,7 +478,11 @@ class PanelLines:
             with gr.Row():
                 number = gr.Number(label="Line number", value=1, precision=0, minimum=1, elem_id="line-number")
                 remove = gr.Button("Remove line", size="sm", variant="stop", elem_id="remove-line")
-        return cls(show_bubbles, speaker, kind, text, add, table, number, remove)
+            with gr.Row():  # a nudge from the automatic place, kept for every re-roll
+                dx = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move right (of width)", elem_id="line-dx")
+                dy = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move down (of height)", elem_id="line-dy")
+            nudge = gr.Button("Move this line's bubble", size="sm", elem_id="nudge-line")
+        return cls(show_bubbles, speaker, kind, text, add, table, number, remove, dx, dy, nudge)
 
 
 @dataclass

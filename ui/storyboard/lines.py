@@ -34,6 +34,15 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
         return {**view.render(studio, story_id, panel_id), status: notes_markdown([], "removed the line")}
 
     @shows_errors(status)
+    def nudge_line(story_id, panel_id, number, dx, dy, request: gr.Request) -> dict:
+        if panel_id is None:
+            raise ValueError("pick a panel first")
+        studio = sessions.studio(request)
+        studio.nudge_line(panel_id, int(number or 0) - 1, float(dx or 0), float(dy or 0))
+        done = notes_markdown([], "moved the bubble; the move is kept for every re-roll")
+        return {**view.render(studio, story_id, panel_id), status: done}
+
+    @shows_errors(status)
     def toggle(panel_id, show, request: gr.Request) -> dict:
         picture = sessions.studio(request).panel_picture(panel_id, bubbles=bool(show)) if panel_id else None
         return {tab.inspector.active_image: for_display(picture) if picture else None, status: ""}
@@ -55,4 +64,6 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
     lines.add.click(add_line, [story_pick, panel_pick, lines.speaker, lines.kind, lines.text], outputs, **PRIVATE)
     lines.text.submit(add_line, [story_pick, panel_pick, lines.speaker, lines.kind, lines.text], outputs, **PRIVATE)
     lines.remove.click(remove_line, [story_pick, panel_pick, lines.number], tab.view_outputs, **PRIVATE)
+    nudge_inputs = [story_pick, panel_pick, lines.number, lines.dx, lines.dy]
+    lines.nudge.click(nudge_line, nudge_inputs, tab.view_outputs, **PRIVATE)
     lines.show_bubbles.input(toggle, [panel_pick, lines.show_bubbles], [tab.inspector.active_image, status], **PRIVATE)
