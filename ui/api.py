@@ -25,7 +25,10 @@ from .common import MODEL, api_errors, gpu
 from .gpu_jobs import panel_runner
 from .session import Sessions
 
-SETTING_KEYS = ("prompt", "characters", "seed", "steps", "guidance", "width", "height", "router", "strengths", "layout")
+SETTING_KEYS = (
+    *("prompt", "characters", "seed", "steps", "guidance", "width", "height", "router", "strengths", "layout"),
+    *("style", "negative"),
+)
 
 
 # -- records as JSON ---------------------------------------------------------------------------------
@@ -89,6 +92,9 @@ def panel_dict(studio, panel) -> dict:
         "router": panel.router,
         "strengths": {name(c): v for c, v in panel.strengths.items()},
         "layout": {name(c): box for c, box in panel.layout.items()},
+        "style": panel.style,
+        "negative": panel.negative,
+        "lines": [{**line, "speaker": name(line["speaker"]) if line["speaker"] else ""} for line in panel.lines],
         "status": panel.status,
         "error": panel.error,
         "active_version_id": panel.active_version_id,
