@@ -71,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--share", action="store_true", help="also create a public gradio.live link (off unless asked)")
     parser.add_argument(
+        "--mcp",
+        action="store_true",
+        help="also serve the app as an MCP server for LLM agents, at /gradio_api/mcp/ (needs: pip install mcp)",
+    )
+    parser.add_argument(
         "--workspaces",
         action="store_true",
         default=bool(os.environ.get("SPACE_ID")),  # on a Hugging Face Space: strangers share the app
@@ -91,6 +96,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     except ValueError as err:
         parser.error(str(err))
     return args
+
+
+def mcp_available() -> bool:
+    """Whether the MCP SDK that Gradio's MCP server needs is installed."""
+    import importlib.util
+
+    return importlib.util.find_spec("mcp") is not None
 
 
 def parse_limits(items: list[str], *, hosted: bool):
@@ -174,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         added = studio.add_example_cast()
         print(f"preview mode: added the example cast ({', '.join(added)})")
 
+    if args.mcp and not mcp_available():
+        print("error: --mcp needs the MCP SDK: pip install 'mcp>=1.21,<2'", file=sys.stderr)
+        return 2
     demo = build_app(studio)
     demo.launch(
         server_name=args.host,
@@ -181,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
         share=bool(args.share),
         quiet=True,
         prevent_thread_lock=True,
+        mcp_server=bool(args.mcp),
         **launch_options(studio),
     )
     print(f"AnyStory Studio is running at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else ""))

@@ -11,10 +11,12 @@ python3 -m venv "$VENV"
 "$VENV/bin/pip" install --quiet --upgrade pip
 "$VENV/bin/pip" install --quiet -r requirements-dev.txt
 
-if [ ! -x /usr/bin/chromium ]; then
+# chromium for the browser tests; fonts for speech bubbles (licences: docs/FONTS.md)
+if [ ! -x /usr/bin/chromium ] || [ ! -f /usr/share/fonts/truetype/dejavu/DejaVuSans.ttf ] \
+   || [ ! -f /usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc ]; then
   SUDO=""
   if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
   $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq chromium chromium-driver
+  $SUDO apt-get install -y -qq chromium chromium-driver fonts-dejavu-core fonts-noto-cjk
 fi
 echo "installed: $VENV (python $("$VENV/bin/python" -c 'import sys; print(sys.version.split()[0])')), chromium $(/usr/bin/chromium --version 2>/dev/null | awk '{print $2}')"

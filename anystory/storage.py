@@ -282,10 +282,27 @@ def _migration_4(db: sqlite_utils.Database) -> list[str]:
     return []
 
 
-def _migration_version_scores(db: sqlite_utils.Database) -> list[str]:
+def _migration_5(db: sqlite_utils.Database) -> list[str]:
     """Consistency scores per version (consistency.PanelScores as JSON; NULL: not scored, as every
     version made before this migration)."""
     db.execute("ALTER TABLE versions ADD COLUMN scores TEXT")
+    return []
+
+
+def _migration_6(db: sqlite_utils.Database) -> list[str]:
+    """Pages (issue 16): a panel's lines (dialogue, captions, sound effects, with the writer's
+    nudges) as JSON, and a style preset and negative prompt for stories and panels ('' on a
+    panel: the story's)."""
+    _execute_all(
+        db,
+        """
+        ALTER TABLE panels ADD COLUMN lines TEXT NOT NULL DEFAULT '[]';
+        ALTER TABLE panels ADD COLUMN style TEXT NOT NULL DEFAULT '';
+        ALTER TABLE panels ADD COLUMN negative TEXT NOT NULL DEFAULT '';
+        ALTER TABLE stories ADD COLUMN style TEXT NOT NULL DEFAULT '';
+        ALTER TABLE stories ADD COLUMN negative TEXT NOT NULL DEFAULT '';
+        """,
+    )
     return []
 
 
@@ -295,7 +312,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_2,
     _migration_3,
     _migration_4,
-    _migration_version_scores,  # 5
+    _migration_5,
+    _migration_6,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -13,7 +13,7 @@ import os
 import shutil
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -61,7 +61,10 @@ PANEL_DEFAULTS: dict[str, Any] = {
     "strengths": {},
     "router": "learned",
     "layout": {},
+    "style": "",  # a style preset id (styles.py); "": the story's
+    "negative": "",  # the panel's own negative prompt, added to the style's and the story's
 }
+MAX_NEGATIVE_CHARS = 2000
 _JSON_FIELDS = ("characters", "strengths", "layout")
 
 
@@ -74,6 +77,8 @@ class Story:
     title: str
     created: str
     updated: str
+    style: str = ""  # a style preset id (styles.py); "": none
+    negative: str = ""  # the story's negative prompt
 
 
 @dataclass
@@ -91,11 +96,14 @@ class Panel:
     strengths: dict[int, float]
     router: str  # "learned" | "prompt" | "layout" | "none"
     layout: dict[int, list[float]]  # character id -> [x0, y0, x1, y1] as fractions of the image
+    style: str  # a style preset id, "" for the story's
+    negative: str  # the panel's own negative prompt
     active_version_id: int | None
     status: str  # "empty" | "ready" | "outdated" | "failed"
     error: str
     created: str = ""
     updated: str = ""
+    lines: list[dict] = field(default_factory=list)  # see check_lines; not a generation setting
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings a generation of this panel depends on (a good `settings` for a version)."""
@@ -205,6 +213,12 @@ def check_setting(key: str, value: Any) -> Any:
         if value not in ROUTERS:
             raise ValueError(f"router must be one of {', '.join(ROUTERS)}, got {value!r}")
         return value
+    if key in ("style", "negative"):
+        if not isinstance(value, str):
+            raise ValueError(f"{key} must be text, got {type(value).__name__}")
+        if len(value) > MAX_NEGATIVE_CHARS:
+            raise ValueError(f"{key} has at most {MAX_NEGATIVE_CHARS} characters")
+        return value.strip()
     if key == "layout":
         if not isinstance(value, dict):
             raise ValueError("layout must map character ids to boxes [x0, y0, x1, y1]")
@@ -219,6 +233,46 @@ def check_setting(key: str, value: Any) -> Any:
             boxes[cid] = [x0, y0, x1, y1]
         return boxes
     raise TypeError(f"unknown panel setting {key!r}; settings are {', '.join(PANEL_DEFAULTS)}")
+
+
+LINE_KINDS = ("speech", "thought", "caption", "sfx")
+MAX_LINES = 20  # per panel
+
+
+def check_lines(lines: Any, check_text: Callable[[str, str], str] | None = None) -> list[dict]:
+    """A panel's lines, validated: each {"speaker": character id or None (narration), "kind":
+    speech | thought | caption | sfx, "text", "offset": [dx, dy] (the writer's nudge, fractions
+    of the image)}. `check_text(kind, text)` checks the text can be drawn (bubbles.check_line)."""
+    if not isinstance(lines, (list, tuple)):
+        raise ValueError("lines must be a list")
+    if len(lines) > MAX_LINES:
+        raise ValueError(f"a panel holds at most {MAX_LINES} lines, got {len(lines)}")
+    checked = []
+    for number, line in enumerate(lines, start=1):
+        if not isinstance(line, dict):
+            raise ValueError(f"line {number} must be an object")
+        kind = line.get("kind", "speech")
+        if kind not in LINE_KINDS:
+            raise ValueError(f"line {number}: kind must be one of {', '.join(LINE_KINDS)}, got {kind!r}")
+        speaker = line.get("speaker")
+        if speaker is not None:
+            speaker = _character_id(speaker, f"line {number}'s speaker")
+        if kind == "caption":
+            speaker = None
+        text = line.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f"line {number} needs some text")
+        if check_text is not None:
+            try:
+                text = check_text(kind, text)
+            except ValueError as err:
+                raise ValueError(f"line {number}: {err}") from err
+        offset = line.get("offset", [0.0, 0.0])
+        if not isinstance(offset, (list, tuple)) or len(offset) != 2:
+            raise ValueError(f"line {number}: offset must be [dx, dy]")
+        offset = [_float(v, f"line {number}'s offset", -1.0, 1.0) for v in offset]
+        checked.append({"speaker": speaker, "kind": kind, "text": text.strip(), "offset": offset})
+    return checked
 
 
 def _to_row(settings: dict[str, Any]) -> dict[str, Any]:
@@ -257,7 +311,14 @@ class Stories:
 
     @staticmethod
     def _story(row: dict) -> Story:
-        return Story(id=row["id"], title=row["title"], created=row["created"], updated=row["updated"])
+        return Story(
+            id=row["id"],
+            title=row["title"],
+            created=row["created"],
+            updated=row["updated"],
+            style=row.get("style") or "",
+            negative=row.get("negative") or "",
+        )
 
     @staticmethod
     def _panel(row: dict) -> Panel:
@@ -277,11 +338,14 @@ class Stories:
             strengths={int(k): v for k, v in strengths.items()},
             router=row["router"],
             layout={int(k): v for k, v in layout.items()},
+            style=row.get("style") or "",
+            negative=row.get("negative") or "",
             active_version_id=row["active_version_id"],
             status=row["status"],
             error=row["error"],
             created=row["created"],
             updated=row["updated"],
+            lines=json.loads(row.get("lines") or "[]"),
         )
 
     def _version(self, row: dict) -> Version:
@@ -334,6 +398,21 @@ class Stories:
         with self.database.transaction():
             self._row("stories", story_id, "story")
             self.db["stories"].update(story_id, {"title": title, "updated": now()})
+        return self.get_story(story_id)
+
+    def set_story_style(self, story_id: int, style: str, negative: str) -> Story:
+        """The story's style preset and negative prompt (the caller checks the preset exists).
+        A change outdates every ready panel: the negative prompt reaches all of them."""
+        style, negative = check_setting("style", style), check_setting("negative", negative)
+        with self.database.transaction():
+            row = self._row("stories", story_id, "story")
+            if (row.get("style") or "", row.get("negative") or "") != (style, negative):
+                self.db["stories"].update(story_id, {"style": style, "negative": negative, "updated": now()})
+                self.db.execute(
+                    "UPDATE panels SET status = 'outdated' WHERE story_id = ? AND status = 'ready'"
+                    " AND active_version_id IS NOT NULL",
+                    [story_id],
+                )
         return self.get_story(story_id)
 
     def delete_story(self, story_id: int) -> None:
@@ -403,6 +482,16 @@ class Stories:
             self._touch_story(row["story_id"])
         return self.get_panel(panel_id)
 
+    def set_lines(self, panel_id: int, lines: list[dict], check_text: Callable[[str, str], str] | None = None) -> Panel:
+        """Replace the panel's lines (see check_lines). Lines are a layer over the image: changing
+        them never outdates the panel."""
+        checked = check_lines(lines, check_text)
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            self.db["panels"].update(panel_id, {"lines": json.dumps(checked, ensure_ascii=False), "updated": now()})
+            self._touch_story(row["story_id"])
+        return self.get_panel(panel_id)
+
     def _renumber(self, story_id: int, order: list[int]) -> None:
         for position, panel_id in enumerate(order):
             self.db.execute("UPDATE panels SET position = ? WHERE id = ?", [position, panel_id])
@@ -429,6 +518,7 @@ class Stories:
             settings = self._panel(row).generation_settings()
             prompt = settings.pop("prompt")
             copy = self.add_panel(row["story_id"], prompt, position=row["position"] + 1, **settings)
+            self.db["panels"].update(copy.id, {"lines": row.get("lines") or "[]"})
         return self.get_panel(copy.id)
 
     def delete_panel(self, panel_id: int) -> None:
@@ -666,6 +756,11 @@ class Stories:
                         changes[key] = {k: v for k, v in settings.items() if k != character.id}
                 if changes:
                     self.update_panel(panel.id, **changes)
+                if any(line["speaker"] == character.id for line in panel.lines):  # no heir may speak them
+                    kept = [
+                        {**line, "speaker": None} if line["speaker"] == character.id else line for line in panel.lines
+                    ]
+                    self.db["panels"].update(panel.id, {"lines": json.dumps(kept, ensure_ascii=False)})
             self.library.delete_character(character.id)
 
     def panels_using_character(self, character_id: int) -> list[Panel]:
@@ -740,6 +835,8 @@ class Stories:
         checked_story = {
             "id": story["id"],
             "title": self._title(story.get("title")),
+            "style": check_setting("style", story.get("style") or ""),
+            "negative": check_setting("negative", story.get("negative") or ""),
             "created": str(story.get("created") or now()),
             "updated": str(story.get("updated") or now()),
         }
@@ -754,6 +851,7 @@ class Stories:
             panel_ids.add(raw["id"])
             try:
                 settings = {k: check_setting(k, raw.get(k, default)) for k, default in PANEL_DEFAULTS.items()}
+                lines = check_lines(raw.get("lines", []))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{where}: {err}") from err
             status = raw.get("status", "empty")
@@ -763,6 +861,7 @@ class Stories:
                 {
                     "id": raw["id"],
                     "settings": settings,
+                    "lines": lines,
                     "position": _int(raw.get("position", i), f"{where}: position", 0, 10**9),
                     "active_version_id": raw.get("active_version_id"),
                     "status": status,
@@ -825,9 +924,7 @@ class Stories:
             for table in ("characters", "stories", "panels", "versions")
         )
 
-    def import_project(
-        self, path: str | os.PathLike, *, check_picture: Callable[[Path, str, int], None]
-    ) -> Story:
+    def import_project(self, path: str | os.PathLike, *, check_picture: Callable[[Path, str, int], None]) -> Story:
         """Import an `export_project` zip as a new story; returns it.
 
         Everything is checked before a row is written: member names (nothing may escape the data
@@ -879,15 +976,20 @@ class Stories:
                 if new_name != before[old_id]:
                     renamed[before[old_id]] = new_name
         story = project["story"]
-        row = {k: story[k] for k in ("title", "created", "updated")}
+        row = {k: story[k] for k in ("title", "created", "updated", "style", "negative")}
         if keep:
             row["id"] = story["id"]
         story_id = int(self.db["stories"].insert(row).last_pk)
         panel_ids: dict[int, int] = {}
         for position, panel in enumerate(project["panels"]):
             settings = self._remap_settings(panel["settings"], cast, renamed)
+            lines = [
+                {**line, "speaker": cast.get(line["speaker"]) if line["speaker"] is not None else None}
+                for line in panel["lines"]
+            ]
             row = {
                 **_to_row(settings),
+                "lines": json.dumps(lines, ensure_ascii=False),
                 "story_id": story_id,
                 "position": position,
                 "active_version_id": None,

@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -27,8 +28,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from . import bubbles as bub
 from . import images as imgs
+from . import pages as pg
 from . import render
+from . import scripts as scr
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
@@ -38,6 +42,7 @@ from .names import name_key
 from .storage import StudioDatabase
 from .scores import LOW_SCORE, CharacterScore, PanelScores
 from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Story, Version, check_setting
+from .styles import Style, load_styles, negative_prompt
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +74,8 @@ class PanelPlan:
     character_ids: list[int]
     phrases: list[str]  # each character's words in `prompt` (for the prompt router)
     warnings: list[str] = field(default_factory=list)
+    negative: str = ""  # the style's, the story's and the panel's negative prompts
+    style: str = ""  # the preset used
 
 
 @dataclass
@@ -162,6 +169,7 @@ class Studio:
         self.routers = ROUTERS  # the router choices a panel can make
         self.scoring, self.dino, self.low_score = scoring, dino, low_score
         self._scorer = None  # consistency.Scorer, made on first use (it caches reference embeddings)
+        self.styles: dict[str, Style] = load_styles()  # presets are data: assets/styles.json
 
     @property
     def notes(self) -> list[str]:
@@ -445,13 +453,29 @@ class Studio:
                 cast.setdefault(character_id, (by_id[character_id], False))
         return list(cast.values())
 
+    def style_choices(self) -> list[tuple[str, str]]:
+        """(label, id) of every style preset, for a story or a panel to pick."""
+        return [(style.label, style.id) for style in self.styles.values()]
+
+    def set_story_style(self, story_id: int, style: str = "", negative: str = "") -> Story:
+        """The story's style preset (an id of `style_choices`, "" for none) and negative prompt;
+        every panel follows it unless it picks its own."""
+        self._check_style(style)
+        return self._stories.set_story_style(story_id, style, negative)
+
+    def _check_style(self, style) -> None:
+        if style not in ("", None) and style not in self.styles:
+            raise StudioError(f"unknown style {style!r}; the presets are {', '.join(self.styles)}")
+
     def add_panel(self, story_id: int, prompt: str = "", **settings) -> Panel:
         """A new panel with this Studio's defaults (size, steps, router) unless given."""
         self._check_cast_ids(settings)
+        self._check_style(settings.get("style"))
         return self._stories.add_panel(story_id, prompt, **{**self.panel_defaults, **settings})
 
     def update_panel(self, panel_id: int, **fields) -> Panel:
         self._check_cast_ids(fields)
+        self._check_style(fields.get("style"))
         return self._stories.update_panel(panel_id, **fields)
 
     def _check_cast_ids(self, settings: dict) -> None:
@@ -509,6 +533,95 @@ class Studio:
                 self._stories.update_panel(panel_id, **restored)
         return self._stories.set_active_version(panel_id, version_id)
 
+    # -- lines and bubbles -----------------------------------------------------------------------
+
+    def panel_lines(self, panel_id: int) -> list[dict]:
+        """The panel's lines in order: speaker (a character id or None for narration), its name
+        ("" for narration), kind (speech | thought | caption | sfx), text and the nudge offset."""
+        names = {c.id: c.name for c in self._library.characters()}
+        return [{**line, "name": names.get(line["speaker"], "")} for line in self._stories.get_panel(panel_id).lines]
+
+    def set_panel_lines(self, panel_id: int, lines: list[dict]) -> Panel:
+        """Replace the panel's lines. A speaker is a character of the panel's cast, by id or name
+        (None or "" is narration, which becomes a caption box); text is checked to be drawable by
+        an installed font. Lines never outdate the panel's image: bubbles are a layer over it."""
+        panel = self._stories.get_panel(panel_id)
+        cast = {c.id: c for c, _ in self.panel_cast(panel)}
+        resolved = []
+        for number, line in enumerate(lines, start=1):
+            if not isinstance(line, dict):
+                raise StudioError(f"line {number} must be an object")
+            speaker = line.get("speaker")
+            if isinstance(speaker, str):
+                speaker = speaker.strip().strip("[]")
+                speaker = self._library.get_character(speaker).id if speaker else None
+            if speaker is not None and speaker not in cast:
+                known = ", ".join(c.name for c in cast.values()) or "nobody yet"
+                raise StudioError(f"line {number}: the speaker is not in this panel's cast (in it: {known})")
+            kind = line.get("kind") or ("speech" if speaker is not None else "caption")
+            resolved.append({**line, "speaker": speaker, "kind": kind})
+        return self._stories.set_lines(panel_id, resolved, check_text=bub.check_line)
+
+    def add_line(self, panel_id: int, text: str, speaker: int | str | None = None, kind: str | None = None) -> Panel:
+        """Append one line: `speaker` a cast member (id or name) or None for narration; `kind`
+        defaults to speech for a speaker and caption for narration."""
+        current = [{k: v for k, v in line.items() if k != "name"} for line in self.panel_lines(panel_id)]
+        return self.set_panel_lines(panel_id, [*current, {"speaker": speaker, "text": text, "kind": kind}])
+
+    def remove_line(self, panel_id: int, index: int) -> Panel:
+        lines = self._stories.get_panel(panel_id).lines
+        if not 0 <= index < len(lines):
+            raise StudioError(f"the panel has {len(lines)} lines; there is no line {index + 1}")
+        return self._stories.set_lines(panel_id, lines[:index] + lines[index + 1 :])
+
+    def nudge_line(self, panel_id: int, index: int, dx: float, dy: float) -> Panel:
+        """Move a line's bubble by (dx, dy), fractions of the image from where it is placed
+        automatically; the nudge is kept with the panel and applies to every re-roll."""
+        lines = self._stories.get_panel(panel_id).lines
+        if not 0 <= index < len(lines):
+            raise StudioError(f"the panel has {len(lines)} lines; there is no line {index + 1}")
+        lines[index] = {**lines[index], "offset": [float(dx), float(dy)]}
+        return self._stories.set_lines(panel_id, lines)
+
+    def panel_bubbles(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[bub.Bubble]:
+        """Where the panel's lines go on a version's image (the active one by default): each
+        speaker's bubble by the region the router gave that character in that version."""
+        panel = self._stories.get_panel(panel_id)
+        version_id = panel.active_version_id if version_id is None else version_id
+        if version_id is None:
+            return []
+        version = self._stories.get_version(version_id)
+        maps = None
+        if version.route_map_path is not None:
+            maps, _ = render.load_route_maps(version.route_map_path)
+        subjects = list(version.settings.get("subjects") or [])
+        specs = [
+            bub.LineSpec(
+                line["kind"],
+                line["text"],
+                subjects.index(line["speaker"]) if maps is not None and line["speaker"] in subjects else None,
+                tuple(line.get("offset", (0.0, 0.0))),
+            )
+            for line in panel.lines
+        ]
+        with Image.open(version.image_path) as image:
+            size = image.size
+        return bub.place_bubbles(maps, size, specs, rtl=rtl)
+
+    def panel_picture(
+        self, panel_id: int, *, bubbles: bool = True, version_id: int | None = None, rtl: bool = False
+    ) -> Image.Image | None:
+        """A version's image (the active one by default) with the lines' bubbles drawn over a copy;
+        `bubbles=False` is the clean image. None when the panel has no image yet."""
+        panel = self._stories.get_panel(panel_id)
+        version_id = panel.active_version_id if version_id is None else version_id
+        if version_id is None:
+            return None
+        image = self.version_image(version_id)
+        if not bubbles or not panel.lines:
+            return image
+        return bub.draw_bubbles(image, self.panel_bubbles(panel_id, version_id, rtl=rtl))
+
     def panel_problems(self, panel: Panel) -> list[str]:
         """What stops a panel from being generated, in words, as the cast is now: characters its
         prompt names that are not in the cast, ticked characters that were deleted, too many
@@ -551,7 +664,15 @@ class Studio:
             prompt = f"{prompt.rstrip().rstrip(',')}, {words}" if prompt.strip() else words
             ids.append(character_id)
             phrases.append(words)
+        story = self._stories.get_story(panel.story_id)
+        style = self.styles.get(panel.style or story.style)
+        if (panel.style or story.style) and style is None:
+            raise StudioError(f"unknown style {panel.style or story.style!r}; the presets are {', '.join(self.styles)}")
         plan = PanelPlan(prompt=prompt, character_ids=ids, phrases=phrases)
+        if style is not None:
+            plan.prompt, plan.style = style.apply(prompt), style.id
+        plan.negative = negative_prompt(style.negative if style else "", story.negative, panel.negative)
+        prompt = plan.prompt
         limit = self.pipeline.anystory_config.max_subjects
         if len(ids) > limit:
             raise StudioError(f"this panel has {len(ids)} characters; at most {limit} can share a picture")
@@ -665,6 +786,7 @@ class Studio:
             height=panel.height,
             generator=torch.Generator().manual_seed(panel.seed),
             callback_on_step_end=on_step,
+            **({"negative_prompt": plan.negative} if plan.negative else {}),
             **arguments,
         )
         image = output.images[0]
@@ -679,6 +801,8 @@ class Studio:
         settings = {
             **panel.generation_settings(),
             "model_prompt": plan.prompt,
+            "model_negative": plan.negative,
+            "style_used": plan.style,
             "subjects": plan.character_ids,
             "subject_names": names,
             "router_used": arguments["router"] if plan.character_ids else None,
@@ -965,9 +1089,32 @@ class Studio:
         *,
         overlay: bool = False,
         captions: bool = True,
+        bubbles: bool = True,
+        layout: str | None = None,
+        title_page: bool = False,
+        fit: str = "fit",
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
-        "project" (an archive that imports back). Returns the files written."""
+        "project" (an archive that imports back). Returns the files written.
+
+        With a page `layout` (pages.LAYOUTS: grid, tiers, splash, book, webtoon, manga) the
+        pages of "grid" / "pdf" / "cbz" are comic pages: bubbles drawn (right to left for manga),
+        an optional title page with the cast, `fit` "fit" (whole picture, bubbles kept) or "crop"
+        (fills the cell; cuts what lies outside it) for every panel."""
+        if layout is not None and fmt in ("grid", "pdf", "cbz"):
+            story = self._stories.get_story(story_id)
+            suffix = ".png" if fmt == "grid" else f".{fmt}"
+            path = Path(path) if path else self.export_path(f"{story.title} - {layout}", suffix)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pages = self.story_pages(story_id, layout, title_page=title_page, fit=fit, bubbles=bubbles)
+            if fmt == "pdf":
+                return [render.export_pdf(pages, path, resolution=150.0, title=story.title)]
+            if fmt == "cbz":
+                return [render.export_cbz(pages, path, title=story.title)]
+            return [
+                render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
+                for i, page in enumerate(pages)
+            ]
         if fmt not in EXPORT_FORMATS:
             raise StudioError(f"unknown export format {fmt!r}; choose one of {', '.join(EXPORT_FORMATS)}")
         story = self._stories.get_story(story_id)
@@ -983,7 +1130,9 @@ class Studio:
                 continue
             version = panel.active_version_id
             pictures.append(
-                self.version_overlay(version) if overlay and self._has_routes(version) else self.version_image(version)
+                self.version_overlay(version)
+                if overlay and self._has_routes(version)
+                else self.panel_picture(panel.id, bubbles=bubbles)
             )
             texts.append(_caption(panel.prompt))
         if not pictures:
@@ -1001,6 +1150,136 @@ class Studio:
         return [
             render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}")) for i, page in enumerate(pages)
         ]
+
+    def story_pages(
+        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "fit", bubbles: bool = True
+    ) -> list[Image.Image]:
+        """The story's pages in a layout (pages.LAYOUTS), as pictures: what every page export
+        writes and what the live page preview shows. In a picture book ("book") the narration
+        goes under the picture instead of a caption box."""
+        if fit not in ("crop", "fit"):
+            raise StudioError(f"fit must be crop or fit, got {fit!r}")
+        if layout not in pg.LAYOUTS:
+            raise StudioError(f"unknown layout {layout!r}; choose one of {', '.join(pg.LAYOUTS)}")
+        story = self._stories.get_story(story_id)
+        rtl = layout in pg.RTL_LAYOUTS
+        items, cast = [], {}
+        for panel in self._stories.panels(story_id):
+            if panel.active_version_id is None:
+                continue
+            version = self._stories.get_version(panel.active_version_id)
+            image = self.version_image(version.id)
+            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl) if bubbles else []
+            caption = ""
+            if layout == "book":
+                caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")
+                placed = [b for b in placed if b.kind != "caption"]
+            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit))
+            for character_id in version.settings.get("subjects") or []:
+                cast.setdefault(character_id, None)
+        if not items:
+            raise StudioError("no panel of this story has an image yet: generate first")
+        title = None
+        if title_page:
+            members = []
+            for character in self._library.characters():
+                if character.id in cast:
+                    with Image.open(character.thumbnail_path) as picture:
+                        members.append((character.name, picture.convert("RGB")))
+            title = pg.TitlePage(story.title, members)
+        return pg.compose_pages(items, layout, title=title)
+
+    # -- script import -----------------------------------------------------------------------------
+
+    def import_script(
+        self,
+        text: str,
+        fmt: str = "auto",
+        *,
+        story_id: int | None = None,
+        title: str = "",
+        aliases: dict[str, str] | None = None,
+    ) -> Story:
+        """Panels, casts and dialogue from a script (scripts.py: plain text, JSON or Fountain),
+        as a new story (or appended to `story_id`). Names and aliases ("the girl" -> Mia)
+        resolve to characters of the library; in a prompt they become [Name]. Everything is
+        checked first: unknown names are listed and nothing is written; then all panels and
+        lines go in one transaction (all or nothing)."""
+        try:
+            script = scr.parse_script(text, fmt, title)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        if script.style:
+            self._check_style(script.style)
+        by_key = {name_key(c.name): c for c in self._library.characters()}
+        terms: dict[str, Character | None] = {key: c for key, c in by_key.items()}
+        unknown: dict[str, list[int]] = {}
+        for alias, name in {**script.aliases, **(aliases or {})}.items():
+            terms[name_key(alias)] = by_key.get(name_key(name))
+            if terms[name_key(alias)] is None:
+                unknown[f"{name} (for the alias {alias!r})"] = []
+
+        def resolve(name: str, number: int) -> Character | None:
+            character = terms.get(name_key(name.strip().strip("[]")))
+            if character is None:
+                unknown.setdefault(name.strip(), []).append(number)
+            return character
+
+        planned = []
+        for number, panel in enumerate(script.panels, start=1):
+            prompt = self._name_mentions(panel.prompt, terms)
+            named = []
+            for name in mentioned_names(prompt):
+                if (character := resolve(name, number)) is not None:
+                    named.append(character.id)
+            ticked = [c.id for name in panel.cast if (c := resolve(name, number)) is not None]
+            lines = []
+            for k, line in enumerate(panel.lines, start=1):
+                speaker = resolve(line.speaker, number) if line.speaker else None
+                if speaker is not None and speaker.id not in named and speaker.id not in ticked:
+                    ticked.append(speaker.id)
+                try:
+                    text_ = bub.check_line(line.kind, line.text)
+                except ValueError as err:
+                    raise StudioError(f"panel {number}, line {k}: {err}") from err
+                lines.append({"speaker": speaker.id if speaker else None, "kind": line.kind, "text": text_})
+            planned.append((prompt, [c for c in dict.fromkeys(ticked) if c not in named], lines))
+        if unknown:
+            listed = "; ".join(
+                f"{name} (panel {', '.join(map(str, numbers[:5]))})" if numbers else name
+                for name, numbers in unknown.items()
+            )
+            raise StudioError(
+                f"the script names characters that are not in the cast: {listed}. Add them in the Characters tab, "
+                "or map each to a cast member as an alias; nothing was imported"
+            )
+        with self._database.transaction():
+            if story_id is None:
+                story = self._stories.create_story(script.title or "Imported script")
+            else:
+                story = self._stories.get_story(story_id)
+            if script.style:
+                self._stories.set_story_style(story.id, script.style, story.negative)
+            for prompt, ticked, lines in planned:
+                panel = self.add_panel(story.id, prompt, characters=ticked)
+                if lines:
+                    self._stories.set_lines(panel.id, lines)
+        return self._stories.get_story(story.id)
+
+    @staticmethod
+    def _name_mentions(prompt: str, terms: dict) -> str:
+        """Cast names and aliases written plainly in a prompt become [Name] (longest first, whole
+        words, any case); [Name] already written stays, an alias in brackets becomes the name."""
+        def bracketed(match) -> str:
+            character = terms.get(name_key(match.group(1)))
+            return f"[{character.name}]" if character is not None else match.group(0)
+
+        prompt = re.sub(r"\[([^\[\]]+)\]", bracketed, prompt)
+        known = sorted((k for k, c in terms.items() if c is not None), key=len, reverse=True)
+        if not known:
+            return prompt
+        pattern = re.compile(r"(?<![\w\[])(" + "|".join(re.escape(k) for k in known) + r")(?![\w\]])", re.IGNORECASE)
+        return pattern.sub(lambda m: f"[{terms[name_key(m.group(1))].name}]", prompt)
 
     def export_path(self, name: str, suffix: str) -> Path:
         """A new file in the exports folder: `name - <date time>.suffix`, never an earlier export's."""

@@ -206,3 +206,86 @@ def test_the_cast_table_shows_where_each_character_is_used_uncut(app, browser):
     )
     assert cut == [], cut
     shot(page, "writer-11-cast-table")
+
+
+def test_adding_a_line_shows_its_bubble_and_the_toggle_shows_the_clean_image(app, browser):
+    """Issue 16: a writer adds a line in the browser and sees its bubble over the active image."""
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Bubbles")
+    panel = studio.add_panel(story.id, "[Mia] waves", width=256, height=256)
+    studio.generate_panel(panel.id)
+    page = open_page(browser, url)
+    storyboard(page)
+    image = page.locator("#active-image img")
+    expect(image).to_be_visible()
+    clean = image.get_attribute("src")
+    page.locator("#line-speaker input").click()
+    page.get_by_role("option", name="Mia").click()
+    fill(page, "line-text", "Hello, Rex!")
+    page.locator("#add-line").click()
+    expect(page.locator("#line-list")).to_contain_text("Mia (speech): Hello, Rex!")
+    expect(image).not_to_have_attribute("src", clean)
+    assert [line["text"] for line in studio.panel_lines(panel.id)] == ["Hello, Rex!"]
+    assert studio.get_panel(panel.id).status == "ready"  # the line outdates nothing
+    shot(page, "writer-bubbles")
+    before = studio.panel_bubbles(panel.id)[0].box
+    page.locator("#line-dx input[type=number]").fill("0.1")
+    page.locator("#nudge-line").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("moved the bubble")
+    assert studio.panel_lines(panel.id)[0]["offset"] == [0.1, 0.0]
+    assert studio.panel_bubbles(panel.id)[0].box[0] in (before[0] + 26, 256 - (before[2] - before[0]))
+    with_bubble = image.get_attribute("src")
+    page.locator("#show-bubbles input").uncheck()
+    expect(image).not_to_have_attribute("src", with_bubble)
+    # the live page preview: a manga page, bubbles and all
+    page.locator("#files-part").get_by_text("Export and import").click()
+    page.locator("#page-layout input").click()
+    page.get_by_role("option", name="manga: right to left").click()
+    page.locator("#title-page input").check()
+    page.locator("#preview-pages").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("2 page(s)")
+    expect(page.locator("#page-preview img")).to_have_count(2)
+    shot(page, "writer-page-preview")
+
+
+def test_a_style_picked_in_the_browser_is_what_the_model_saw(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Styled")
+    panel = studio.add_panel(story.id, "[Mia] waves")
+    page = open_page(browser, url)
+    storyboard(page)
+    page.locator("#style-part").get_by_text("Style and negative prompt").click()
+    page.locator("#story-style input").click()
+    page.get_by_role("option", name="Watercolour picture book").click()
+    fill(page, "panel-negative", "blurry hands")
+    page.locator("#save-style").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("saved the style")
+    assert studio.get_story(story.id).style == "watercolour" and studio.get_panel(panel.id).negative == "blurry hands"
+    page.locator("#generate-panel").click()
+    expect(page.locator("#panel-status")).to_contain_text("children's picture book illustration", timeout=120_000)
+    expect(page.locator("#panel-status")).to_contain_text("blurry hands")
+
+
+def test_a_pasted_script_becomes_panels_and_an_unknown_name_changes_nothing(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    page = open_page(browser, url)
+    storyboard(page)
+    page.locator("#files-part").get_by_text("Export and import").click()
+    status = page.locator("#storyboard-status")
+    fill(page, "script-text", "Mia meets Bob.\nBob: Hi!")
+    page.locator("#import-script").click()
+    expect(status).to_contain_text("not in the cast: Bob (panel 1)")
+    assert studio.stories() == []
+    fill(page, "script-text", "The girl walks Rex.\nMia: Come on!\n\nRex sleeps.\nNarrator: Later.")
+    fill(page, "script-aliases", "the girl = Mia")
+    page.locator("#import-script").click()
+    expect(status).to_contain_text("2 panel(s)")
+    [story] = studio.stories()
+    assert [p.prompt for p in studio.panels(story.id)] == ["[Mia] walks [Rex].", "[Rex] sleeps."]
+    expect(page.locator("#line-list")).to_contain_text("Mia (speech): Come on!")

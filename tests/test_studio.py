@@ -418,3 +418,114 @@ def test_project_archive_imports_into_an_empty_folder(studio, generated, tmp_pat
     assert other.encode_count == 0 and other.stale_characters() == []
     assert np.array_equal(np.asarray(other.version_overlay(theirs[2].active_version_id)),
                           np.asarray(studio.version_overlay(ours[2].active_version_id)))  # fmt: skip
+
+
+# -- lines and bubbles (issue 16) ------------------------------------------------------------------
+
+
+def test_lines_become_bubbles_by_the_routed_speaker_on_a_generated_version(studio, tmp_path, public_pipe):
+    from anystory import render
+    from anystory.bubbles import labels_at
+
+    mia, rex = cast(studio)
+    story = studio.create_story("Talk")
+    boxes = {mia.id: [0.0, 0.45, 0.45, 1.0], rex.id: [0.55, 0.45, 1.0, 1.0]}
+    panel = studio.add_panel(story.id, "[Mia] talks to [Rex]", router="layout", layout=boxes, width=256, height=256)
+    version = studio.generate_panel(panel.id)
+    studio.add_line(panel.id, "Sit!", "Mia")
+    studio.add_line(panel.id, "Woof.", rex.id, "speech")
+    studio.add_line(panel.id, "That evening...")
+    assert studio.get_panel(panel.id).status == "ready"  # lines never outdate the picture
+    assert [(line["name"], line["kind"]) for line in studio.panel_lines(panel.id)] == [
+        ("Mia", "speech"), ("Rex", "speech"), ("", "caption")]  # fmt: skip
+
+    maps, _ = render.load_route_maps(version.route_map_path)
+    labels = labels_at(maps, (256, 256))
+    speech = studio.panel_bubbles(panel.id)
+    for bubble, slot in ((speech[0], 0), (speech[1], 1)):
+        x0, y0, x1, y1 = bubble.box
+        assert not (labels[y0:y1, x0:x1] == 1 - slot).any()  # covers nobody else
+        ys, xs = np.nonzero(labels == slot)
+        assert x0 <= xs.max() + 26 and x1 >= xs.min() - 26 and y1 >= ys.min() - 26  # by its speaker
+        assert labels[bubble.tail[1], bubble.tail[0]] == slot
+    assert speech[2].kind == "caption" and speech[2].box[:2] < (13, 13)
+
+    clean = studio.panel_picture(panel.id, bubbles=False)
+    assert np.array_equal(np.asarray(clean), np.asarray(studio.version_image(version.id)))
+    drawn = studio.panel_picture(panel.id)
+    assert not np.array_equal(np.asarray(drawn), np.asarray(clean))
+    assert version.image_path.read_bytes() == studio.get_version(version.id).image_path.read_bytes()
+
+    # a nudge is kept and survives a re-roll where the speaker is still there
+    studio.nudge_line(panel.id, 0, 0.05, 0.0)
+    studio.reroll_panel(panel.id)
+    assert studio.panel_lines(panel.id)[0]["offset"] == [0.05, 0.0]
+    assert studio.panel_bubbles(panel.id)[0].speaker_seen
+
+    with pytest.raises(StudioError, match="not in this panel's cast"):
+        studio.add_line(studio.add_panel(story.id, "[Mia] alone").id, "Woof", "Rex")
+    with pytest.raises(ValueError, match="no installed font"):
+        studio.add_line(panel.id, "party \U0001f389", "Mia")
+    assert len(studio.panel_lines(panel.id)) == 3
+
+    (archive,) = studio.export_story(story.id, "project", tmp_path / "talk.zip")
+    other = Studio(tmp_path / "other", public_pipe, preview=True)
+    imported = other.panels(other.import_project(archive).id)[0]
+    assert [line["text"] for line in other.panel_lines(imported.id)] == ["Sit!", "Woof.", "That evening..."]
+
+
+@pytest.mark.slow
+def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
+    mia, rex = cast(studio)
+    story = studio.create_story("Pages")
+    for n in range(5):
+        panel = studio.add_panel(story.id, f"[Mia] and [Rex], scene {n}", router="layout",
+                                 layout={mia.id: [0, 0.4, 0.45, 1], rex.id: [0.55, 0.4, 1, 1]})  # fmt: skip
+        studio.add_line(panel.id, f"Line {n}", "Mia")
+        studio.add_line(panel.id, f"Narration {n}")
+    studio.generate_story(story.id)
+    (pdf,) = studio.export_story(story.id, "pdf", tmp_path / "p.pdf", layout="tiers", title_page=True)
+    assert pdf.read_bytes().count(b"/Type /Page\n") + pdf.read_bytes().count(b"/Type /Page ") >= 1
+    (cbz,) = studio.export_story(story.id, "cbz", tmp_path / "p.cbz", layout="manga")
+    with zipfile.ZipFile(cbz) as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2  # 4 a page
+    pngs = studio.export_story(story.id, "grid", tmp_path / "p.png", layout="book")
+    assert len(pngs) == 5
+    clean = studio.story_pages(story.id, "book", bubbles=False)
+    drawn = [Image.open(p) for p in pngs]
+    assert all(np.asarray(a).tolist() != np.asarray(b).tolist() for a, b in zip(clean, drawn))
+    with pytest.raises(StudioError, match="unknown layout"):
+        studio.story_pages(story.id, "spiral")
+
+
+# -- styles (issue 16) ------------------------------------------------------------------------------
+
+
+def test_styles_are_data_shown_in_what_the_model_saw_and_a_panel_can_override(studio, tmp_path):
+    import json
+
+    from anystory.styles import load_styles
+
+    assert len(studio.style_choices()) >= 8 and ("Manga", "manga") in studio.style_choices()
+    mia, _ = cast(studio)
+    story = studio.create_story("Styled")
+    studio.set_story_style(story.id, "comic", "rain")
+    panel = studio.add_panel(story.id, "[Mia] reads", negative="hands")
+    version = studio.generate_panel(panel.id)
+    template = studio.styles["comic"].prompt
+    assert version.settings["model_prompt"] == template.replace("{prompt}", "a young woman with a red scarf reads")
+    assert version.settings["model_negative"].endswith("watermark, rain, hands")
+    studio.update_panel(panel.id, style="pixel_art")
+    assert studio.get_panel(panel.id).status == "outdated"
+    assert studio.generate_panel(panel.id).settings["model_prompt"].startswith("pixel art, a young woman")
+    studio.set_story_style(story.id, "manga", "")
+    assert studio.get_panel(panel.id).status == "outdated"  # the story's negative prompt changed
+    with pytest.raises(StudioError, match="unknown style"):
+        studio.update_panel(panel.id, style="oil")
+    with pytest.raises(StudioError, match="unknown style"):
+        studio.set_story_style(story.id, "oil")
+    bad = tmp_path / "styles.json"
+    bad.write_text(json.dumps({"format": "anystory.styles", "styles": [{"id": "x", "label": "X", "prompt": "no slot",
+                                                                         "negative": ""}]}))  # fmt: skip
+    with pytest.raises(ValueError, match="no {prompt}"):
+        load_styles(bad)

@@ -25,7 +25,10 @@ from .common import MODEL, api_errors, gpu
 from .gpu_jobs import panel_runner
 from .session import Sessions
 
-SETTING_KEYS = ("prompt", "characters", "seed", "steps", "guidance", "width", "height", "router", "strengths", "layout")
+SETTING_KEYS = (
+    *("prompt", "characters", "seed", "steps", "guidance", "width", "height", "router", "strengths", "layout"),
+    *("style", "negative"),
+)
 
 
 # -- records as JSON ---------------------------------------------------------------------------------
@@ -90,6 +93,9 @@ def panel_dict(studio, panel) -> dict:
         "router": panel.router,
         "strengths": {name(c): v for c, v in panel.strengths.items()},
         "layout": {name(c): box for c, box in panel.layout.items()},
+        "style": panel.style,
+        "negative": panel.negative,
+        "lines": [{**line, "speaker": name(line["speaker"]) if line["speaker"] else ""} for line in panel.lines],
         "status": panel.status,
         "error": panel.error,
         "active_version_id": panel.active_version_id,
@@ -276,6 +282,77 @@ class StoryEndpoints:
         return [self.sessions.hand_out(f) for f in files]
 
     @api_errors
+    def import_script(self, script: str, fmt: str = "auto", aliases: str = "{}", request: gr.Request = None) -> dict:
+        """Import a script as a new story of panels with casts and dialogue; returns the story. Formats: plain
+        text (one panel per paragraph; a line "Name: words" is that character's dialogue, "Narrator: words" a
+        caption, "SFX: words" a sound effect), JSON ({"format": "anystory.script", "title", "style",
+        "characters": [{"name", "aliases"}], "panels": [{"prompt", "cast", "dialogue": [{"speaker", "text",
+        "kind"}]}]}) or a Fountain screenplay. Names not in the cast are listed in the error; nothing is written.
+
+        Args:
+            script: the script's text (plain text, JSON or Fountain).
+            fmt: auto, text, json or fountain.
+            aliases: a JSON object mapping words of the script to cast names, e.g. {"the girl": "Mia"}.
+        """
+        try:
+            mapping = json.loads(aliases or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"aliases must be a JSON object: {err}") from err
+        if not isinstance(mapping, dict) or not all(isinstance(v, str) for v in mapping.values()):
+            raise ValueError('aliases must be a JSON object of names, e.g. {"the girl": "Mia"}')
+        studio = self.sessions.studio(request)
+        return story_dict(studio, studio.import_script(script, fmt or "auto", aliases=mapping))
+
+    @api_errors
+    def add_line(self, panel_id: int, text: str, speaker: str = "", kind: str = "", request: gr.Request = None) -> list:
+        """Add a line to a panel, drawn as a speech bubble by the speaker in the image; returns the panel's lines.
+
+        Args:
+            panel_id: the panel's id.
+            text: what is said (or the caption / sound effect).
+            speaker: a character of the panel's cast by name; empty for narration (a caption box).
+            kind: speech, thought, caption or sfx; empty: speech for a speaker, caption for narration.
+        """
+        studio = self.sessions.studio(request)
+        studio.add_line(int(panel_id), text, speaker or None, kind or None)
+        return studio.panel_lines(int(panel_id))
+
+    @api_errors
+    def list_lines(self, panel_id: int, request: gr.Request = None) -> list:
+        """A panel's lines in order: speaker id and name ("" for narration), kind, text and nudge offset."""
+        return self.sessions.studio(request).panel_lines(int(panel_id))
+
+    @api_errors
+    def list_styles(self, request: gr.Request = None) -> list:
+        """The style presets: [label, id] pairs, for set_story_style."""
+        return [list(choice) for choice in self.sessions.studio(request).style_choices()]
+
+    @api_errors
+    def set_story_style(
+        self, story_id: int, style: str = "", negative: str = "", request: gr.Request = None
+    ) -> dict:
+        """Set a story's style preset (an id from list_styles, "" for none) and negative prompt; returns the story."""
+        studio = self.sessions.studio(request)
+        story = studio.set_story_style(int(story_id), style or "", negative or "")
+        return {**story_dict(studio, story), "style": story.style, "negative": story.negative}
+
+    @api_errors
+    def export_pages(
+        self,
+        story_id: int,
+        fmt: str = "pdf",
+        layout: str = "grid",
+        title_page: bool = False,
+        request: gr.Request = None,
+    ) -> list[str]:
+        """Export a story as comic pages with speech bubbles: fmt pdf, cbz or grid (PNG pages); layout grid,
+        tiers, splash, book (one panel a page, caption below), webtoon or manga (right to left)."""
+        files = self.sessions.studio(request).export_story(
+            int(story_id), fmt, layout=layout or "grid", title_page=bool(title_page)
+        )
+        return [self.sessions.hand_out(f) for f in files]
+
+    @api_errors
     def import_project(self, archive: str | None, request: gr.Request = None) -> dict:
         """Import a project archive (from export_story with fmt="project") as a new story."""
         if archive is None:
@@ -393,6 +470,11 @@ def register_api(sessions: Sessions) -> None:
         stories.move_panel,
         stories.delete_panel,
         stories.set_active_version,
+        stories.import_script,
+        stories.add_line,
+        stories.list_lines,
+        stories.list_styles,
+        stories.set_story_style,
     ):
         gr.api(fn, api_name=fn.__name__)
     gr.api(generation.generate_story, api_name="generate_story", **model)
@@ -438,3 +520,6 @@ def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoi
     gr.on([], stories.version_overlay, [version_id, opacity], [picture, legend], api_name="version_overlay")
     gr.on([], stories.export_story, [story_id, fmt, overlay, captions], files, api_name="export_story")
     gr.on([], stories.import_project, [archive], result, api_name="import_project")
+    with gr.Column(visible=False):
+        layout, title_page = gr.Textbox(label="layout", value="grid"), gr.Checkbox(label="title_page", value=False)
+    gr.on([], stories.export_pages, [story_id, fmt, layout, title_page], files, api_name="export_pages")

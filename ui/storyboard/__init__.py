@@ -8,6 +8,7 @@ Cancel, versions, the router's overlay, exports and imports.
     generation.py  generate, re-roll, generate all, cancel
     versions.py    inspect a version, make it active, redraw the overlay
     files.py       export and import
+    lines.py       a panel's lines (speech bubbles): add, remove, show / hide
     storage.py     the data folder's size and free space; delete old versions
 """
 
@@ -19,6 +20,7 @@ from ..session import Sessions
 from .files import wire_files
 from .generation import Generation
 from .layout import StoryboardLayout, layout_storyboard
+from .lines import wire_lines
 from .panels import wire_panels, wire_stories
 from .storage import wire_storage
 from .versions import wire_versions
@@ -44,6 +46,7 @@ def build_storyboard_tab(sessions: Sessions) -> StoryboardTab:
     wire_versions(tab, view, sessions)
     wire_files(tab, view, sessions)
     wire_storage(tab, view, sessions)
+    wire_lines(tab, view, sessions)
     return StoryboardTab(refresh=refresh, inputs=[tab.bar.story_pick, tab.strip.panel_pick], outputs=tab.view_outputs)
 
 

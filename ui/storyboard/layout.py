@@ -16,6 +16,16 @@ EXPORT_CHOICES = [
     ("CBZ (comic readers)", "cbz"),
     ("Project archive (imports back)", "project"),
 ]
+# The page layouts of the Studio (anystory/pages.py), as the writer reads them
+PAGE_LAYOUTS = [
+    ("loose panels (strip, simple page grid)", ""),
+    ("2x2 grid", "grid"),
+    ("three tiers", "tiers"),
+    ("splash + strip", "splash"),
+    ("picture book: one panel a page, caption below", "book"),
+    ("webtoon: one vertical strip", "webtoon"),
+    ("manga: right to left", "manga"),
+]
 TABLE_HEADERS = ["Character", "Strength", "x0", "y0", "x1", "y1"]
 # aspect -> (width, height) at SDXL's 1024 base; scaled to the Studio's default size.
 ASPECTS = {
@@ -325,6 +335,15 @@ class StoryFiles:
     exported: gr.File
     project_archive: gr.File
     import_project: gr.Button
+    page_layout: gr.Dropdown
+    title_page: gr.Checkbox
+    preview: gr.Button
+    pages: gr.Gallery
+    script: gr.Textbox
+    script_file: gr.File
+    script_format: gr.Radio
+    aliases: gr.Textbox
+    import_script: gr.Button
 
     @classmethod
     def create(cls) -> StoryFiles:
@@ -336,7 +355,17 @@ class StoryFiles:
                 with gr.Row():
                     with_overlay = gr.Checkbox(label="with route overlays", value=False)
                     with_captions = gr.Checkbox(label="with captions", value=True)
-                export = gr.Button("Export", elem_id="export-story")
+                with gr.Row():
+                    page_layout = gr.Dropdown(
+                        PAGE_LAYOUTS, value="", label="Page layout (pages, PDF, CBZ)", elem_id="page-layout"
+                    )
+                    title_page = gr.Checkbox(label="title page with the cast", value=False, elem_id="title-page")
+                with gr.Row():
+                    preview = gr.Button("Preview pages", elem_id="preview-pages")
+                    export = gr.Button("Export", elem_id="export-story")
+                pages = gr.Gallery(
+                    label="Pages", columns=3, height=420, format="png", object_fit="contain", elem_id="page-preview"
+                )
                 exported = gr.File(
                     label="Exported files", file_count="multiple", interactive=False, elem_id="exported-files"
                 )
@@ -348,7 +377,27 @@ class StoryFiles:
                     elem_id="project-archive",
                 )
                 import_project = gr.Button("Import project", elem_id="import-project")
-        return cls(export_format, with_overlay, with_captions, export, exported, project_archive, import_project)
+                script = gr.Textbox(
+                    label="Script (paste): plain text, JSON or Fountain",
+                    lines=6,
+                    placeholder="Mia walks Rex in the park.\nMia: Come on, Rex!\n\nNext paragraph: next panel.",
+                    elem_id="script-text",
+                )
+                script_file = gr.File(
+                    label="or a script file", file_types=[".txt", ".json", ".fountain"], type="filepath",
+                    elem_id="script-file",
+                )  # fmt: skip
+                script_format = gr.Radio(
+                    ["auto", "text", "json", "fountain"], value="auto", label="Format", elem_id="script-format"
+                )
+                aliases = gr.Textbox(
+                    label="Aliases, one a line: the girl = Mia", lines=2, elem_id="script-aliases"
+                )
+                import_script = gr.Button("Import script as a new story", elem_id="import-script")
+        return cls(
+            export_format, with_overlay, with_captions, export, exported, project_archive, import_project,
+            page_layout, title_page, preview, pages, script, script_file, script_format, aliases, import_script,
+        )  # fmt: skip
 
 
 @dataclass
@@ -381,6 +430,73 @@ class StoragePart:
 
 
 @dataclass
+class StylePart:
+    """The story's style preset and negative prompt; the panel's own ones (blank: the story's)."""
+
+    story_style: gr.Dropdown
+    story_negative: gr.Textbox
+    panel_style: gr.Dropdown
+    panel_negative: gr.Textbox
+    save: gr.Button
+
+    @classmethod
+    def create(cls) -> StylePart:
+        with gr.Accordion("Style and negative prompt", open=False, elem_id="style-part"):
+            with gr.Row():
+                story_style = gr.Dropdown(label="Story style", choices=[], elem_id="story-style")
+                panel_style = gr.Dropdown(label="This panel's style", choices=[], elem_id="panel-style")
+            story_negative = gr.Textbox(label="Story negative prompt", lines=1, elem_id="story-negative")
+            panel_negative = gr.Textbox(label="This panel's negative prompt", lines=1, elem_id="panel-negative")
+            save = gr.Button("Save style", size="sm", elem_id="save-style")
+        return cls(story_style, story_negative, panel_style, panel_negative, save)
+
+    @property
+    def outputs(self) -> list:
+        return [self.story_style, self.story_negative, self.panel_style, self.panel_negative]
+
+
+@dataclass
+class PanelLines:
+    """The panel's lines (dialogue, captions, sound effects), drawn as bubbles over its image."""
+
+    show_bubbles: gr.Checkbox
+    speaker: gr.Dropdown
+    kind: gr.Dropdown
+    text: gr.Textbox
+    add: gr.Button
+    table: gr.Markdown
+    number: gr.Number
+    remove: gr.Button
+    dx: gr.Slider
+    dy: gr.Slider
+    nudge: gr.Button
+
+    @classmethod
+    def create(cls) -> PanelLines:
+        with gr.Accordion("Lines and speech bubbles", open=True, elem_id="panel-lines"):
+            show_bubbles = gr.Checkbox(label="Show bubbles over the image", value=True, elem_id="show-bubbles")
+            with gr.Row():
+                speaker = gr.Dropdown(label="Speaker", choices=[("Narration", "")], value="", elem_id="line-speaker")
+                kind = gr.Dropdown(
+                    label="Kind",
+                    choices=[("auto", ""), "speech", "thought", "caption", "sfx"],
+                    value="",
+                    elem_id="line-kind",
+                )
+            text = gr.Textbox(label="Line", placeholder="What they say", elem_id="line-text")
+            add = gr.Button("Add line", size="sm", elem_id="add-line")
+            table = gr.Markdown(elem_id="line-list")
+            with gr.Row():
+                number = gr.Number(label="Line number", value=1, precision=0, minimum=1, elem_id="line-number")
+                remove = gr.Button("Remove line", size="sm", variant="stop", elem_id="remove-line")
+            with gr.Row():  # a nudge from the automatic place, kept for every re-roll
+                dx = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move right (of width)", elem_id="line-dx")
+                dy = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move down (of height)", elem_id="line-dy")
+            nudge = gr.Button("Move this line's bubble", size="sm", elem_id="nudge-line")
+        return cls(show_bubbles, speaker, kind, text, add, table, number, remove, dx, dy, nudge)
+
+
+@dataclass
 class StoryboardLayout:
     """Every component of the tab, by part."""
 
@@ -393,6 +509,8 @@ class StoryboardLayout:
     overlay: RouteOverlay
     files: StoryFiles
     storage: StoragePart
+    lines: PanelLines
+    style: StylePart
 
     @property
     def view_outputs(self) -> list:
@@ -424,6 +542,10 @@ class StoryboardLayout:
             inspector.make_active,
             inspector.scores,
             inspector.story_scores,
+            self.lines.show_bubbles,
+            self.lines.speaker,
+            self.lines.table,
+            *self.style.outputs,
             *self.overlay.outputs,
             *self.strip.buttons,
             bar.rename_story,
@@ -447,13 +569,15 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
             strip = PanelStrip.create()
         with gr.Column(scale=4, min_width=360):
             form = PanelForm.create(defaults, routers)
+            style = StylePart.create()
         with gr.Column(scale=4, min_width=360):
             buttons = GenerationButtons.create()
             inspector = VersionInspector.create()
+            lines = PanelLines.create()
     overlay = RouteOverlay.create()
     files = StoryFiles.create()
     storage = StoragePart.create()
-    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage)
+    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage, lines, style)
 
 
 __all__ = ["ALL_LAYERS", "StoryboardLayout", "aspect_sizes", "layout_storyboard"]

@@ -163,6 +163,7 @@ class StoryboardView:
         return {
             **out,
             **self._form(studio, panel, cast_choices),
+            **self.style(studio, panel),
             **self._inspector(studio, panel, kept, version_id),
             **self.overlay(studio, version_id),
             **self._buttons(story=True, panel=True),
@@ -217,6 +218,10 @@ class StoryboardView:
             inspector.inspected_text: "",
             inspector.make_active: gr.update(interactive=False),
             inspector.scores: "",
+            self.tab.lines.show_bubbles: True,
+            self.tab.lines.speaker: gr.update(choices=[("Narration", "")], value=""),
+            self.tab.lines.table: "",
+            **self.style(None, None),
             **self.overlay(None, None),
             **self._buttons(story=story, panel=False),
         }
@@ -258,13 +263,45 @@ class StoryboardView:
             captions.append(f"✓ v{n + 1} active" if version.id == active else f"v{n + 1}")
         return {
             inspector.panel_status: self.panel_status(studio, panel),
-            inspector.active_image: for_display(studio.version_image(active)) if active else None,
+            inspector.active_image: for_display(studio.panel_picture(panel.id)) if active else None,
+            **self.lines(studio, panel),
             inspector.versions: [(studio.version_image(v.id), caption) for v, caption in zip(kept, captions)],
             inspector.version_ids: [v.id for v in kept],
             inspector.inspected: version_id,
             inspector.inspected_text: self._inspected_caption(panel, kept, version_id),
             inspector.make_active: gr.update(interactive=version_id is not None and version_id != active),
             inspector.scores: score_badges(studio.version_scores(version_id), studio.low_score) if version_id else "",
+        }
+
+    def style(self, studio, panel) -> dict:
+        """The style presets to pick from, with the story's and the panel's choices."""
+        part = self.tab.style
+        if studio is None or panel is None:
+            nothing = gr.update(choices=[], value=None)
+            return {part.story_style: nothing, part.panel_style: nothing} | dict.fromkeys(
+                (part.story_negative, part.panel_negative), ""
+            )
+        story = studio.get_story(panel.story_id)
+        presets = studio.style_choices()
+        return {
+            part.story_style: gr.update(choices=[("No style", ""), *presets], value=story.style),
+            part.story_negative: story.negative,
+            part.panel_style: gr.update(choices=[("The story's style", ""), *presets], value=panel.style),
+            part.panel_negative: panel.negative,
+        }
+
+    def lines(self, studio, panel) -> dict:
+        """The line list (numbered, with speaker and kind) and the speakers the panel's cast offers."""
+        part = self.tab.lines
+        speakers = [("Narration", "")] + [(c.name, c.name) for c, _ in studio.panel_cast(panel)]
+        rows = [
+            f"{n}. **{escape(line['name'] or 'Narration')}** ({line['kind']}): {escape(line['text'])}"
+            for n, line in enumerate(studio.panel_lines(panel.id), start=1)
+        ]
+        return {
+            part.show_bubbles: True,
+            part.speaker: gr.update(choices=speakers),
+            part.table: "\n".join(rows) if rows else "*No lines yet: pick a speaker, type a line, click Add line.*",
         }
 
     @staticmethod
@@ -279,6 +316,8 @@ class StoryboardView:
         if panel.active_version_id is not None:
             settings = studio.get_version(panel.active_version_id).settings
             text += f"\n\nThe model saw: *{escape(settings.get('model_prompt', ''))}*"
+            if settings.get("model_negative"):
+                text += f"\n\nNegative prompt: *{escape(settings['model_negative'])}*"
             for note in settings.get("notes", []):
                 text += f"\n\nNote: {escape(note)}"
         return text

@@ -1,0 +1,202 @@
+"""Comic and picture-book pages: panels laid out in cells, with gutters, borders, page numbers and
+an optional title page with the cast (issue 16). Every export of pages (PDF, CBZ, PNG pages) is
+made from these pictures. Pillow only; files are written by render.py's atomic exports.
+
+A layout is a page template (cells as fractions of the area inside the margins, in reading
+order) repeated as often as the panels need; "webtoon" is one tall strip instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from PIL import Image, ImageDraw, ImageFont
+
+from .bubbles import font_for, load_font
+
+Box = tuple[float, float, float, float]
+
+# Cells of one page as (x0, y0, x1, y1) fractions, in reading order.
+TEMPLATES: dict[str, list[Box]] = {
+    "grid": [(0, 0, 0.5, 0.5), (0.5, 0, 1, 0.5), (0, 0.5, 0.5, 1), (0.5, 0.5, 1, 1)],
+    "tiers": [(0, 0, 0.5, 1 / 3), (0.5, 0, 1, 1 / 3), (0, 1 / 3, 1, 2 / 3), (0, 2 / 3, 0.5, 1), (0.5, 2 / 3, 1, 1)],
+    "splash": [(0, 0, 1, 0.62), (0, 0.62, 1 / 3, 1), (1 / 3, 0.62, 2 / 3, 1), (2 / 3, 0.62, 1, 1)],
+    "book": [(0, 0, 1, 0.82)],  # the caption goes below, in the rest of the page
+    # manga: read right to left, top to bottom
+    "manga": [(0.5, 0, 1, 0.5), (0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1), (0, 0.5, 0.5, 1)],
+}
+LAYOUTS = ("grid", "tiers", "splash", "book", "webtoon", "manga")
+LAYOUT_NAMES = {
+    "grid": "2x2 grid",
+    "tiers": "three tiers",
+    "splash": "splash + strip",
+    "book": "picture book (one panel a page, caption below)",
+    "webtoon": "vertical scroll strip (webtoon)",
+    "manga": "manga (right to left)",
+}
+RTL_LAYOUTS = ("manga",)
+PAGE_SIZE = (1240, 1754)  # A4 at 150 dpi
+WEBTOON_WIDTH = 800
+INK = (20, 20, 20)
+
+
+@dataclass
+class PageItem:
+    """One panel on a page: its picture (bubbles already drawn) and the text under it in a
+    picture book; `fit` "crop" fills the cell, "fit" shows the whole picture."""
+
+    image: Image.Image
+    caption: str = ""
+    fit: str = "crop"
+
+
+@dataclass
+class TitlePage:
+    title: str
+    cast: list[tuple[str, Image.Image]] = field(default_factory=list)  # name, picture
+
+
+def page_slots(count: int, layout: str) -> list[list[int]]:
+    """Which panels go on each page, in the order of the page's cells (the reading order)."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LAYOUTS)}")
+    if count < 1:
+        raise ValueError("pages need at least one panel with an image")
+    if layout == "webtoon":
+        return [list(range(count))]
+    per_page = len(TEMPLATES[layout])
+    return [list(range(first, min(first + per_page, count))) for first in range(0, count, per_page)]
+
+
+def _font(size: int, text: str = "A") -> ImageFont.FreeTypeFont:
+    return load_font(font_for(text or "A"), size)
+
+
+def _place(image: Image.Image, width: int, height: int, fit: str, paper) -> Image.Image:
+    """The picture in a width x height cell: scaled to cover it and centre-cropped, or scaled to
+    fit inside it on the paper colour."""
+    image = image.convert("RGB")
+    if fit == "fit":
+        scale = min(width / image.width, height / image.height)
+        scaled = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+        cell = Image.new("RGB", (width, height), paper)
+        cell.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
+        return cell
+    scale = max(width / image.width, height / image.height)
+    scaled = image.resize(
+        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS
+    )
+    left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
+    return scaled.crop((left, top, left + width, top + height))
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        candidate = f"{line} {word}" if line else word
+        if draw.textlength(candidate, font=font) <= width or not line:
+            line = candidate
+        else:
+            lines.append(line)
+            line = word
+    return lines + ([line] if line else [])
+
+
+def compose_pages(
+    items: list[PageItem],
+    layout: str = "grid",
+    *,
+    title: TitlePage | None = None,
+    page_size: tuple[int, int] = PAGE_SIZE,
+    margin: int = 60,
+    gutter: int = 24,
+    border: int = 4,
+    numbers: bool = True,
+    paper=(255, 255, 255),
+) -> list[Image.Image]:
+    """The pages of a story in a layout (see LAYOUTS): an optional title page with the cast,
+    then the panels in reading order, each in a bordered cell, page numbers at the foot."""
+    slots = page_slots(len(items), layout)
+    pages: list[Image.Image] = []
+    if title is not None:
+        pages.append(_title_page(title, page_size if layout != "webtoon" else (WEBTOON_WIDTH, WEBTOON_WIDTH), paper))
+    if layout == "webtoon":
+        pages.append(_webtoon(items, gutter, border, paper))
+        return pages
+    width, height = page_size
+    inner_w, inner_h = width - 2 * margin, height - 2 * margin - (40 if numbers else 0)
+    for page_index, indices in enumerate(slots):
+        page = Image.new("RGB", page_size, paper)
+        draw = ImageDraw.Draw(page)
+        for cell, index in zip(TEMPLATES[layout], indices):
+            x0 = margin + round(cell[0] * inner_w) + (gutter // 2 if cell[0] > 0 else 0)
+            y0 = margin + round(cell[1] * inner_h) + (gutter // 2 if cell[1] > 0 else 0)
+            x1 = margin + round(cell[2] * inner_w) - (gutter // 2 if cell[2] < 1 else 0)
+            y1 = margin + round(cell[3] * inner_h) - (gutter // 2 if cell[3] < 1 else 0)
+            item = items[index]
+            page.paste(_place(item.image, x1 - x0, y1 - y0, item.fit, paper), (x0, y0))
+            if border:
+                draw.rectangle((x0 - border, y0 - border, x1 + border - 1, y1 + border - 1), outline=INK, width=border)
+            if layout == "book" and item.caption:
+                font = _font(max(14, width // 40), item.caption)
+                step = round(font.size * 1.3)
+                for k, line in enumerate(
+                    _wrap(draw, item.caption, font, inner_w)[: max(1, (height - y1 - 110) // step)]
+                ):
+                    draw.text((width / 2, y1 + 30 + k * step), line, font=font, fill=INK, anchor="ma")
+        if numbers:
+            number = str(len(pages) + 1)
+            draw.text(
+                (width / 2, height - margin / 2 - 20), number, font=_font(max(12, width // 60)), fill=INK, anchor="ma"
+            )
+        pages.append(page)
+    return pages
+
+
+def _webtoon(items: list[PageItem], gutter: int, border: int, paper) -> Image.Image:
+    """One tall strip: every panel at the strip's width, one under the other."""
+    width = WEBTOON_WIDTH
+    pictures = []
+    for item in items:
+        image = item.image.convert("RGB")
+        inner = width - 2 * gutter
+        pictures.append(image.resize((inner, max(1, round(image.height * inner / image.width))), Image.LANCZOS))
+    height = sum(p.height for p in pictures) + gutter * (len(pictures) * 3 + 1)
+    strip = Image.new("RGB", (width, height), paper)
+    draw = ImageDraw.Draw(strip)
+    y = gutter
+    for picture in pictures:
+        strip.paste(picture, (gutter, y))
+        if border:
+            frame = (gutter - border, y - border, gutter + picture.width + border - 1, y + picture.height + border - 1)
+            draw.rectangle(frame, outline=INK, width=border)
+        y += picture.height + 3 * gutter  # webtoons breathe: wide gaps between panels
+    return strip
+
+
+def _title_page(title: TitlePage, size: tuple[int, int], paper) -> Image.Image:
+    """The story's title, large, and its cast: each character's picture with the name under it."""
+    width, height = size
+    page = Image.new("RGB", size, paper)
+    draw = ImageDraw.Draw(page)
+    font = _font(max(24, width // 14), title.title)
+    lines = _wrap(draw, title.title, font, int(width * 0.85))
+    y = height // 6
+    for line in lines:
+        draw.text((width / 2, y), line, font=font, fill=INK, anchor="ma")
+        y += round(font.size * 1.25)
+    if title.cast:
+        names = _font(max(12, width // 45), "".join(n for n, _ in title.cast))
+        draw.text((width / 2, y + 30), "Cast", font=names, fill=INK, anchor="ma")
+        per_row = min(4, len(title.cast))
+        side = min((width - 120) // per_row - 30, height // 5)
+        top = y + 30 + round(names.size * 2)
+        for k, (name, picture) in enumerate(title.cast):
+            row, column = divmod(k, per_row)
+            count = min(per_row, len(title.cast) - row * per_row)
+            left = (width - count * (side + 30) + 30) // 2 + column * (side + 30)
+            y0 = top + row * (side + names.size * 3)
+            page.paste(_place(picture, side, side, "fit", paper), (left, y0))
+            draw.rectangle((left, y0, left + side - 1, y0 + side - 1), outline=INK, width=2)
+            draw.text((left + side / 2, y0 + side + 8), name, font=names, fill=INK, anchor="ma")
+    return page
