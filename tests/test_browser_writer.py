@@ -124,6 +124,7 @@ def test_panels_that_name_unknown_characters_need_attention(app, browser):
     # delete Rex in the Characters tab: panel 1 needs attention too
     page.locator("button[role=tab]:has-text('Characters')").first.click()
     page.locator("#cast-gallery").get_by_text("Rex · ready").click()
+    expect(page.locator("#character-form-title")).to_contain_text("Editing Rex")  # a busy server answers late
     page.locator("#delete-character").click()
     page.locator("#confirm-delete").click()
     expect(page.locator("#characters-status")).to_contain_text("deleted Rex")
