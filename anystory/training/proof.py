@@ -136,10 +136,10 @@ def _train_config(out: Path, base: Path, data: Path, stage: int, **extra):
     return load_config(None, stage, values)
 
 
-def run(config: ProofConfig, out: Path, cache: Path | None = None) -> dict:
-    """The whole proof in `out`. `cache`: the folder of cached scenes and fitted bases (None: fit
-    afresh and keep nothing)."""
-    clock = Clock()
+def prepare_base(config: ProofConfig, out: Path, cache: Path | None, clock: Clock) -> tuple[dict, dict]:
+    """The scenes (`out/data`) and the fitted base (`out/tiny-sdxl`) of `config`: copied from the
+    cache where its key is there, else made and fitted (and stored in the cache when one is given).
+    Returns (the fit's figures, where the base came from)."""
     data, base = out / "data", out / "tiny-sdxl"
     key = base_key(config)
     cached = cache / key if cache is not None else None
@@ -160,16 +160,25 @@ def run(config: ProofConfig, out: Path, cache: Path | None = None) -> dict:
         earlier = json.loads((cached / CACHE_FILE).read_text())
         out.mkdir(parents=True, exist_ok=True)
         clock.run("data + base from cache", lambda: (shutil.copytree(cached / "data", data), shutil.copytree(cached / "tiny-sdxl", base)))
-        fitted, base_source = earlier["base"], {"from_cache": str(cached), "fit_phases": earlier["phases"]}
-    else:
-        clock.run("data + tiny SDXL", make_data)
-        images, captions = load_images([data / "stage1", data / "stage2"])
-        vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
-        unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed,
-                         crop=config.unet_crop, batch=config.unet_batch, max_noise_weight=config.unet_max_noise_weight)  # fmt: skip
-        fitted, base_source = {**vae, **unet}, {"from_cache": None, "fit_phases": dict(clock.phases)}
-        if cached is not None:
-            _store(cached, data, base, {"key": key, "base": fitted, "phases": dict(clock.phases)})
+        return earlier["base"], {"from_cache": str(cached), "fit_phases": earlier["phases"]}
+    clock.run("data + tiny SDXL", make_data)
+    images, captions = load_images([data / "stage1", data / "stage2"])
+    vae = clock.run("base: VAE fit", fit_vae, base, images, config.vae_steps, seed=config.seed)
+    unet = clock.run("base: UNet fit", fit_unet, base, images, captions, config.unet_steps, seed=config.seed,
+                     crop=config.unet_crop, batch=config.unet_batch, max_noise_weight=config.unet_max_noise_weight)  # fmt: skip
+    fitted = {**vae, **unet}
+    if cached is not None:
+        _store(cached, data, base, {"key": key, "base": fitted, "phases": dict(clock.phases)})
+    return fitted, {"from_cache": None, "fit_phases": dict(clock.phases)}
+
+
+def run(config: ProofConfig, out: Path, cache: Path | None = None) -> dict:
+    """The whole proof in `out`. `cache`: the folder of cached scenes and fitted bases (None: fit
+    afresh and keep nothing)."""
+    clock = Clock()
+    data, base = out / "data", out / "tiny-sdxl"
+    key = base_key(config)
+    fitted, base_source = prepare_base(config, out, cache, clock)
 
     stage1 = Trainer(_train_config(out / "stage1", base, data / "stage1", 1, resolution=config.size,
                                    max_steps=config.stage1_steps, learning_rate=config.stage1_lr, seed=config.seed))  # fmt: skip
