@@ -1,6 +1,6 @@
 """AnyStory Studio: command line -> one Studio -> the Gradio UI -> launch.
 
-    python app.py --preview            # tiny offline model, for trying the app and its tests
+    python app.py --preview            # the small preview model trained on a toy world, offline, no GPU
     python app.py                      # SDXL base in public-weights mode (downloads on first run)
     python app.py --model path/to/RealVisXL_V4.0.safetensors --adapter models/my-anystory --offload
 
@@ -40,7 +40,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--preview",
         action="store_true",
-        help="use the tiny offline random model (no download, no GPU; images are not meaningful)",
+        help="use the shipped preview model, a small AnyStory trained on a toy world of shapes (no download, no GPU)",
     )
     parser.add_argument(
         "--data-dir",
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ModelLoadError, CheckpointError, OSError, ValueError) as err:  # diffusers raises ValueError for bad paths
         print(f"error: the model could not be loaded: {err}", file=sys.stderr)
         if "--preview" not in str(err):
-            print("hint: run `python app.py --preview` to try the app with the tiny offline model.", file=sys.stderr)
+            print("hint: run `python app.py --preview` to try the app with the offline preview model.", file=sys.stderr)
         return 2
 
     from ui import build_app, launch_options

@@ -48,8 +48,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_DATA_DIR = "./data"
 EXAMPLE_CAST_DIR = Path(__file__).resolve().parent.parent / "assets" / "cast"
+PREVIEW_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "preview-model"
 EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
-PREVIEW_PANEL = {"width": 128, "height": 128, "steps": 8, "guidance": 5.0}
+# The preview model is trained at 256 px; its base never learned an unconditional prediction (no
+# caption dropout in its fit), so classifier-free guidance has nothing to push from: guidance 1.
+PREVIEW_PANEL = {"width": 256, "height": 256, "steps": 8, "guidance": 1.0}
 REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
 MAX_BEST_OF = 8  # seeds one "best of N" may draw
 
@@ -196,7 +199,7 @@ class Studio:
         dino: str | None = None,
         **pipeline_kwargs,
     ) -> Studio:
-        """Load the model (the tiny offline one in preview mode) and open the data folder; `dino`
+        """Load the model (the shipped preview model in preview mode) and open the data folder; `dino`
         names a DINOv2 model (hub id or folder) to score with too."""
         pipeline = load_pipeline(
             data_dir, model=model, adapter=adapter, preview=preview, offload=offload, **pipeline_kwargs
@@ -1325,6 +1328,19 @@ def panel_defaults_for(pipeline, preview: bool) -> dict:
     return dict(PREVIEW_PANEL if preview else REAL_PANEL, router=pipeline.default_router)
 
 
+def preview_model_folder(folder: str | os.PathLike | None = None) -> Path:
+    """The shipped preview model (assets/preview-model: `base/`, a diffusers SDXL folder, and
+    `adapter/`, an AnyStory checkpoint; trained by `python -m anystory.training.preview_model`)."""
+    folder = Path(folder or PREVIEW_MODEL_DIR)
+    missing = [p for p in ("base/model_index.json", "adapter/config.json") if not (folder / p).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"the preview model is incomplete: {folder} lacks {', '.join(missing)} (make it with "
+            "`python -m anystory.training.preview_model --export assets/preview-model`)"
+        )
+    return folder
+
+
 def load_pipeline(
     data_dir: str | os.PathLike,
     *,
@@ -1334,22 +1350,15 @@ def load_pipeline(
     offload: bool = False,
     **pipeline_kwargs,
 ):
-    """The AnyStory pipeline a Studio runs on: the tiny offline one (kept under data_dir/models) in
-    preview mode, else `model` (hub id, folder or single file) with `adapter` (or public weights)."""
+    """The AnyStory pipeline a Studio runs on: the shipped preview model (`preview_model_folder`;
+    nothing is built or trained at launch) in preview mode, else `model` (hub id, folder or single
+    file) with `adapter` (or public weights)."""
     from .pipeline import DEFAULT_BASE, AnyStoryPipeline
 
     if preview:
-        from .tiny import write_tiny_ip_adapter, write_tiny_sdxl
-
-        models = Path(data_dir) / "models"
-        folder = models / "tiny-sdxl"
-        if not (folder / "model_index.json").exists():
-            write_tiny_sdxl(folder)
-        ip_adapter = models / "tiny-ip-adapter-plus.safetensors"
-        if not ip_adapter.exists():
-            write_tiny_ip_adapter(folder, ip_adapter)
+        folder = preview_model_folder()
         pipeline = AnyStoryPipeline.from_pretrained(
-            str(folder), adapter=adapter, ip_adapter=str(ip_adapter), local_files_only=True, **pipeline_kwargs
+            str(folder / "base"), adapter=adapter or str(folder / "adapter"), local_files_only=True, **pipeline_kwargs
         )
     else:
         pipeline = AnyStoryPipeline.from_pretrained(model or DEFAULT_BASE, adapter=adapter, **pipeline_kwargs)

@@ -59,8 +59,15 @@ def write_example_cast(folder: Path = CAST_DIR) -> Path:
     entries = []
     for stem, (name, index, angle) in CAST.items():
         draw_character(index, angle, seed=index).save(folder / f"{stem}.png", optimize=True)
-        entries.append({"file": f"{stem}.png", "name": name, "description": description(index),
-                        "identity": index, "trained_on": index in TRAINED_IDENTITIES})  # fmt: skip
+        entries.append(
+            {
+                "file": f"{stem}.png",
+                "name": name,
+                "description": description(index),
+                "identity": index,
+                "trained_on": index in TRAINED_IDENTITIES,
+            }
+        )
     (folder / "cast.json").write_text(json.dumps({"characters": entries}, indent=2) + "\n", encoding="utf-8")
     return folder
 

@@ -17,7 +17,7 @@ from .session import Sessions
 from .storyboard import build_storyboard_tab
 from .workspace import WorkspaceBar, wire_workspace
 
-PREVIEW_BANNER = "Preview mode: tiny random model, images are not meaningful"
+PREVIEW_BANNER = "Preview mode: a small model trained on a toy world of shapes, not a real SDXL"
 MAX_FILE_SIZE = "20mb"
 
 

@@ -86,8 +86,14 @@ def reference_pixels(member: CastMember) -> np.ndarray:
 
 def background_colour(image: np.ndarray, border: int = 8) -> np.ndarray:
     """The median colour of the picture's border ring: the background where the characters leave it."""
-    ring = np.concatenate([image[:border].reshape(-1, 3), image[-border:].reshape(-1, 3),
-                           image[:, :border].reshape(-1, 3), image[:, -border:].reshape(-1, 3)])  # fmt: skip
+    ring = np.concatenate(
+        [
+            image[:border].reshape(-1, 3),
+            image[-border:].reshape(-1, 3),
+            image[:, :border].reshape(-1, 3),
+            image[:, -border:].reshape(-1, 3),
+        ]
+    )
     return np.median(ring, axis=0)
 
 
@@ -114,7 +120,9 @@ def load_model(folder: str | Path = DEFAULT_MODEL):
     from ..pipeline import AnyStoryPipeline
 
     folder = Path(folder)
-    pipe = AnyStoryPipeline.from_pretrained(str(folder / "base"), adapter=str(folder / "adapter"), local_files_only=True)
+    pipe = AnyStoryPipeline.from_pretrained(
+        str(folder / "base"), adapter=str(folder / "adapter"), local_files_only=True
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -123,13 +131,28 @@ def prompt_for(members: list[CastMember]) -> str:
     return " and ".join(m.description for m in members)
 
 
-def draw(pipe, encodings: dict, members: list[CastMember], seed: int, settings: DrawSettings, router: str = "learned",
-         layout=None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def draw(
+    pipe,
+    encodings: dict,
+    members: list[CastMember],
+    seed: int,
+    settings: DrawSettings,
+    router: str = "learned",
+    layout=None,
+) -> tuple[np.ndarray, np.ndarray]:
     """(picture [H, W, 3] uint8, route maps [N+1, h, w]) of one panel."""
     extra = {"layout": list(layout)} if layout is not None else {}
-    out = pipe(prompt_for(members), subjects=[encodings[m.name] for m in members], router=router,
-               num_inference_steps=settings.steps, guidance_scale=settings.guidance, height=settings.size,
-               width=settings.size, generator=torch.Generator().manual_seed(seed), **extra)  # fmt: skip
+    out = pipe(
+        prompt_for(members),
+        subjects=[encodings[m.name] for m in members],
+        router=router,
+        num_inference_steps=settings.steps,
+        guidance_scale=settings.guidance,
+        height=settings.size,
+        width=settings.size,
+        generator=torch.Generator().manual_seed(seed),
+        **extra,
+    )
     return np.asarray(out.images[0].convert("RGB")), out.route_maps[0].float().cpu().numpy()
 
 
@@ -168,17 +191,20 @@ class PreviewChecks:
     region_distance_none: float = 0.0
 
     def table(self) -> str:
-        return "\n".join([
-            f"placement: IoU of the pixels that differ from the background vs the route maps, per panel: "
-            f"{', '.join(f'{v:.3f}' for v in self.placement_iou)} (mean {np.mean(self.placement_iou):.3f})",
-            "layout: share of each character's pixels inside its box: "
-            + ", ".join(f"{k} {v:.3f}" for k, v in self.layout_inside.items()),
-            f"identity: own reference nearest (colour) in {self.identity_share:.0%} of {len(self.identity)} character-panels"
-            + (f"; by the CLIP consistency score in {self.clip_share:.0%}" if self.clip_share is not None else ""),
-            f"blending: identity margin routed {self.margin_routed:.3f} vs router='none' {self.margin_none:.3f}; "
-            f"distance between the two characters' regions routed {self.region_distance_routed:.3f} vs none "
-            f"{self.region_distance_none:.3f}",
-        ])  # fmt: skip
+        return "\n".join(
+            [
+                f"placement: IoU of the pixels that differ from the background vs the route maps, per panel: "
+                f"{', '.join(f'{v:.3f}' for v in self.placement_iou)} (mean {np.mean(self.placement_iou):.3f})",
+                "layout: share of each character's pixels inside its box: "
+                + ", ".join(f"{k} {v:.3f}" for k, v in self.layout_inside.items()),
+                f"identity: own reference nearest (colour) in {self.identity_share:.0%} of {len(self.identity)} "
+                "character-panels"
+                + (f"; by the CLIP consistency score in {self.clip_share:.0%}" if self.clip_share is not None else ""),
+                f"blending: identity margin routed {self.margin_routed:.3f} vs router='none' {self.margin_none:.3f}; "
+                f"distance between the two characters' regions routed {self.region_distance_routed:.3f} vs none "
+                f"{self.region_distance_none:.3f}",
+            ]
+        )
 
 
 def placement(image: np.ndarray, route_maps: np.ndarray) -> float:
@@ -221,8 +247,9 @@ def region_stats(image: np.ndarray, route_maps: np.ndarray) -> list[np.ndarray |
     return out
 
 
-def character_checks(panel: int, image: np.ndarray, route_maps: np.ndarray, members: list[CastMember],
-                     cast: list[CastMember]) -> list[CharacterCheck]:  # fmt: skip
+def character_checks(
+    panel: int, image: np.ndarray, route_maps: np.ndarray, members: list[CastMember], cast: list[CastMember]
+) -> list[CharacterCheck]:
     references = {m.name: colour_histogram(reference_pixels(m)) for m in cast}
     checks = []
     for member, stats in zip(members, region_stats(image, route_maps)):
@@ -234,13 +261,21 @@ def character_checks(panel: int, image: np.ndarray, route_maps: np.ndarray, memb
     return checks
 
 
-def clip_scores(pipe, image: np.ndarray, route_maps: np.ndarray, members: list[CastMember], cast: list[CastMember],
-                checks: list[CharacterCheck]) -> None:  # fmt: skip
+def clip_scores(
+    pipe,
+    image: np.ndarray,
+    route_maps: np.ndarray,
+    members: list[CastMember],
+    cast: list[CastMember],
+    checks: list[CharacterCheck],
+) -> None:
     """Fill each check's CLIP consistency score: its region against its own reference and against the
     best of the other cast members' (Scorer, as the app scores a version)."""
     scorer = Scorer(pipe.image_embeddings)
     picture = Image.fromarray(image)
-    refs = {m.name: (m.name, lambda m=m: reference_crop(m.picture.convert("RGB"), m.picture.getchannel("A"))) for m in cast}
+    refs = {
+        m.name: (m.name, lambda m=m: reference_crop(m.picture.convert("RGB"), m.picture.getchannel("A"))) for m in cast
+    }
     for check, member in zip(checks, members):
         scores = {}
         for other in cast:
@@ -300,7 +335,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", help="also write the figures as JSON here")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = run_checks(load_model(args.model), load_cast(args.cast), DrawSettings(args.size, args.steps, args.guidance))
+    report = run_checks(
+        load_model(args.model), load_cast(args.cast), DrawSettings(args.size, args.steps, args.guidance)
+    )
     print(report.table())
     if args.out:
         Path(args.out).write_text(json.dumps(asdict(report), indent=1))

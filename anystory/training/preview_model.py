@@ -71,7 +71,7 @@ class PreviewModelConfig:
 
 
 def shape_caption(caption: str) -> str:
-    """"a red stripes disc and a blue solid square" -> "a disc and a square" (the synthetic captions'
+    """ "a red stripes disc and a blue solid square" -> "a disc and a square" (the synthetic captions'
     last word of each part is the shape)."""
     return " and ".join(f"a {part.split()[-1]}" for part in caption.split(" and ") if part.split())
 
@@ -97,7 +97,10 @@ def with_other_references(dataset: ManifestDataset) -> ManifestDataset:
     other.rows = []
     for i, row in enumerate(rows):
         donor = rows[(i + 1) % len(rows)]
-        instances = [type(inst)(inst.mask, donor.instances[j % len(donor.instances)].references) for j, inst in enumerate(row.instances)]
+        instances = [
+            type(inst)(inst.mask, donor.instances[j % len(donor.instances)].references)
+            for j, inst in enumerate(row.instances)
+        ]
         other.rows.append(type(row)(row.line, row.id, row.image, row.caption, instances))
     return other
 
@@ -119,26 +122,60 @@ def train(config: PreviewModelConfig, out: Path, cache: Path | None) -> dict:
     write_manifest(data / "heldout", SHAPES_MANIFEST, both=False)
     stage1_manifest = STAGE1_MANIFEST if config.stage1_shape_captions else MANIFEST
 
-    stage1 = Trainer(_train_config(out / "stage1", base, data / "stage1", 1, resolution=proof.size, manifest=stage1_manifest,
-                                   max_steps=config.stage1_steps, learning_rate=config.stage1_lr, seed=config.seed,
-                                   progress_bar=False))  # fmt: skip
+    stage1 = Trainer(
+        _train_config(
+            out / "stage1",
+            base,
+            data / "stage1",
+            1,
+            resolution=proof.size,
+            manifest=stage1_manifest,
+            max_steps=config.stage1_steps,
+            learning_rate=config.stage1_lr,
+            seed=config.seed,
+            progress_bar=False,
+        )
+    )
     size, reference_size = proof.size, stage1.pipe.anystory_config.reference_size
-    heldout = ManifestDataset(data / "heldout", stage1.pipe.feature_extractor, size, reference_size, manifest=SHAPES_MANIFEST)
+    heldout = ManifestDataset(
+        data / "heldout", stage1.pipe.feature_extractor, size, reference_size, manifest=SHAPES_MANIFEST
+    )
     before = clock.run("stage 1 losses before", reference_losses, stage1.pipe, heldout, config.seed, config.eval_scenes)
     stage1_checkpoint = clock.run("stage 1", stage1.run)
     after = clock.run("stage 1 losses after", reference_losses, stage1.pipe, heldout, config.seed, config.eval_scenes)
 
-    stage2 = Trainer(_train_config(out / "stage2", base, data / "stage2", 2, init=str(stage1_checkpoint), resolution=size,
-                                   max_steps=config.stage2_steps, learning_rate=config.stage2_lr, lr_scheduler="cosine",
-                                   seed=config.seed, augment={"enabled": False}, cache_subjects=True,
-                                   routing_weight=config.routing_weight, timesteps=list(config.stage2_timesteps),
-                                   progress_bar=False))  # fmt: skip
+    stage2 = Trainer(
+        _train_config(
+            out / "stage2",
+            base,
+            data / "stage2",
+            2,
+            init=str(stage1_checkpoint),
+            resolution=size,
+            max_steps=config.stage2_steps,
+            learning_rate=config.stage2_lr,
+            lr_scheduler="cosine",
+            seed=config.seed,
+            augment={"enabled": False},
+            cache_subjects=True,
+            routing_weight=config.routing_weight,
+            timesteps=list(config.stage2_timesteps),
+            progress_bar=False,
+        )
+    )
     stage2_checkpoint = clock.run("stage 2", stage2.run)
     routing = {}
     for name in ("heldout", "unseen"):
         dataset = ManifestDataset(data / name, stage2.pipe.feature_extractor, size, reference_size)
-        routing[name] = clock.run(f"routing IoU ({name})", routing_iou, stage2.pipe, dataset, DEFAULT_TIMESTEPS, config.seed,
-                                  config.eval_scenes)  # fmt: skip
+        routing[name] = clock.run(
+            f"routing IoU ({name})",
+            routing_iou,
+            stage2.pipe,
+            dataset,
+            DEFAULT_TIMESTEPS,
+            config.seed,
+            config.eval_scenes,
+        )
         print(routing[name].table(), flush=True)
 
     report = {
@@ -150,12 +187,20 @@ def train(config: PreviewModelConfig, out: Path, cache: Path | None) -> dict:
         "threads": torch.get_num_threads(),
         "phases": clock.phases,
         "cpu_s": round(sum(p["cpu_s"] for p in clock.phases.values()), 1),
-        "stage1": {"steps": stage1.step, "cpu_s_per_step": round(clock.phases["stage 1"]["cpu_s"] / max(stage1.step, 1), 4),
-                   "heldout_losses_before": before, "heldout_losses_after": after, "checkpoint": str(stage1_checkpoint)},
-        "stage2": {"steps": stage2.step, "cpu_s_per_step": round(clock.phases["stage 2"]["cpu_s"] / max(stage2.step, 1), 4),
-                   "checkpoint": str(stage2_checkpoint)},
+        "stage1": {
+            "steps": stage1.step,
+            "cpu_s_per_step": round(clock.phases["stage 1"]["cpu_s"] / max(stage1.step, 1), 4),
+            "heldout_losses_before": before,
+            "heldout_losses_after": after,
+            "checkpoint": str(stage1_checkpoint),
+        },
+        "stage2": {
+            "steps": stage2.step,
+            "cpu_s_per_step": round(clock.phases["stage 2"]["cpu_s"] / max(stage2.step, 1), 4),
+            "checkpoint": str(stage2_checkpoint),
+        },
         "routing_iou": {name: asdict(r) for name, r in routing.items()},
-    }  # fmt: skip
+    }
     write_atomic(out / REPORT_FILE, json.dumps(report, indent=1).encode())
     return report
 
@@ -183,8 +228,16 @@ def _generate(base: Path, adapter: Path) -> np.ndarray:
     for index in (0, 9):
         picture, mask = reference(identity(index, COMPACT_SHAPES), 96, rng)
         subjects.append(pipe.encode_subject(Image.fromarray(picture), Image.fromarray(mask.astype(np.uint8) * 255)))
-    out = pipe("a red stripes disc and a cyan dots hexagon", subjects=subjects, num_inference_steps=8, guidance_scale=1.0,
-               height=256, width=256, generator=torch.Generator().manual_seed(0), output_type="np")  # fmt: skip
+    out = pipe(
+        "a red stripes disc and a cyan dots hexagon",
+        subjects=subjects,
+        num_inference_steps=8,
+        guidance_scale=1.0,
+        height=256,
+        width=256,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+    )
     return out.images[0]
 
 
@@ -209,8 +262,11 @@ def export(out: Path, dest: Path, config: PreviewModelConfig, tolerance: float =
         (tmp / "adapter").mkdir(parents=True)
         shutil.copy(checkpoint / "config.json", tmp / "adapter" / "config.json")
         state = load_file(str(checkpoint / "anystory.safetensors"))
-        save_file({k: v.to(dtype).contiguous() for k, v in state.items()}, str(tmp / "adapter" / "anystory.safetensors"),
-                  metadata={"format": "anystory"})  # fmt: skip
+        save_file(
+            {k: v.to(dtype).contiguous() for k, v in state.items()},
+            str(tmp / "adapter" / "anystory.safetensors"),
+            metadata={"format": "anystory"},
+        )
 
     write(torch.float16)
     difference = float(np.abs(_generate(tmp / "base", tmp / "adapter") - reference_image).mean())
@@ -222,7 +278,7 @@ def export(out: Path, dest: Path, config: PreviewModelConfig, tolerance: float =
     adapter_config["base_model"] = "../base"  # the shipped base, not the training folder
     write_atomic(tmp / "adapter" / "config.json", json.dumps(adapter_config, indent=2).encode())
     record = {
-        "what": "AnyStory trained by this project's code on a toy world of textured shapes (anystory/training/synthetic.py)",
+        "what": "AnyStory trained by this project's code on a toy world of textured shapes (training/synthetic.py)",
         "command": COMMAND,
         "config": config.to_dict(),
         "base_key": report["base_key"],
@@ -245,17 +301,22 @@ def export(out: Path, dest: Path, config: PreviewModelConfig, tolerance: float =
 
 def summary(report: dict) -> str:
     s1, s2 = report["stage1"], report["stage2"]
+    source = report["base_source"]["from_cache"]
+    before, after = s1["heldout_losses_before"], s1["heldout_losses_after"]
     lines = [
-        f"base: {'from the cache ' + report['base_source']['from_cache'] if report['base_source']['from_cache'] else 'fitted in this run'}",
-        f"stage 1 ({s1['steps']} steps, {s1['cpu_s_per_step']} CPU-s/step): held-out loss (shape-only captions), own reference / "
-        f"another subject's: before {s1['heldout_losses_before']['own_reference']:.4f} / {s1['heldout_losses_before']['other_reference']:.4f}, "
-        f"after {s1['heldout_losses_after']['own_reference']:.4f} / {s1['heldout_losses_after']['other_reference']:.4f}",
+        f"base: {'from the cache ' + source if source else 'fitted in this run'}",
+        f"stage 1 ({s1['steps']} steps, {s1['cpu_s_per_step']} CPU-s/step): held-out loss (shape-only captions), "
+        f"own reference / another subject's: before {before['own_reference']:.4f} / {before['other_reference']:.4f}, "
+        f"after {after['own_reference']:.4f} / {after['other_reference']:.4f}",
         f"stage 2 ({s2['steps']} steps, {s2['cpu_s_per_step']} CPU-s/step)",
         f"CPU time: {report['cpu_s'] / 60:.1f} min ({report['threads']} thread(s)); "
         + ", ".join(f"{k} {v['cpu_s']}" for k, v in report["phases"].items()),
-    ]  # fmt: skip
+    ]
     for name, r in report["routing_iou"].items():
-        lines.append(f"routing IoU ({name}, {r['scenes']} scenes): " + ", ".join(f"t={t}: {r['map_iou'][t]:.3f}" for t in r["timesteps"]))
+        lines.append(
+            f"routing IoU ({name}, {r['scenes']} scenes): "
+            + ", ".join(f"t={t}: {r['map_iou'][t]:.3f}" for t in r["timesteps"])
+        )
     return "\n".join(lines)
 
 
@@ -277,9 +338,11 @@ def main(argv: list[str] | None = None) -> int:
         print(summary(report))
         if args.export:
             record = export(out, Path(args.export), config)
-            print(f"exported to {args.export}: {record['bytes'] / 1e6:.1f} MB, {record['dtype']} "
-                  f"(mean abs difference from float32 {record['mean_abs_difference_from_float32']:.5f}); "
-                  f"{(cpu_seconds() - started) / 60:.1f} CPU-min in all")  # fmt: skip
+            print(
+                f"exported to {args.export}: {record['bytes'] / 1e6:.1f} MB, {record['dtype']} "
+                f"(mean abs difference from float32 {record['mean_abs_difference_from_float32']:.5f}); "
+                f"{(cpu_seconds() - started) / 60:.1f} CPU-min in all"
+            )
     finally:
         if not args.out:
             shutil.rmtree(out, ignore_errors=True)
