@@ -1,0 +1,135 @@
+"""The shipped preview model (assets/preview-model): its files, its loading, and what it draws.
+
+The four properties of issue 17 are measured by `anystory.training.preview_checks` (the same
+functions give docs/TRAINING.md its figures) on the shipped weights with fixed seeds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from anystory.pipeline import AnyStoryPipeline
+from anystory.studio import PREVIEW_MODEL_DIR, PREVIEW_PANEL, Studio, load_pipeline, preview_model_folder
+from anystory.training import preview_checks
+from anystory.training.preview_model import REPORT_FILE, PreviewModelConfig, file_hashes, shape_caption
+from anystory.training.proof import ProofConfig
+from anystory.training.synthetic import COMPACT_SHAPES, identity
+
+
+@pytest.fixture(scope="module")
+def record():
+    return json.loads((PREVIEW_MODEL_DIR / REPORT_FILE).read_text())
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return preview_checks.load_model(PREVIEW_MODEL_DIR)
+
+
+@pytest.fixture(scope="module")
+def checks(shipped):
+    settings = preview_checks.DrawSettings(PREVIEW_PANEL["width"], PREVIEW_PANEL["steps"], PREVIEW_PANEL["guidance"])
+    report = preview_checks.run_checks(shipped, preview_checks.load_cast(), settings)
+    print(report.table())
+    return report
+
+
+def test_shipped_files_are_the_ones_the_command_made(record):
+    """The files are those the record names (SHA-256), within the size budget, in the recorded
+    dtype; the record's config is what the command runs today."""
+    assert record["files"] == file_hashes(PREVIEW_MODEL_DIR)
+    assert set(record["files"]) >= {"adapter/anystory.safetensors", "base/unet/diffusion_pytorch_model.safetensors"}
+    total = sum(p.stat().st_size for p in PREVIEW_MODEL_DIR.rglob("*") if p.is_file())
+    assert total <= 25 * 1024 * 1024, total
+    assert record["config"] == PreviewModelConfig().to_dict()
+    assert record["config"]["proof"] == json.loads(json.dumps(dataclasses.asdict(ProofConfig())))
+    with safe_open(str(PREVIEW_MODEL_DIR / "adapter" / "anystory.safetensors"), "pt") as f:
+        dtypes = {str(f.get_slice(k).get_dtype()) for k in f.keys()}
+    assert dtypes == {"F16" if record["dtype"] == "float16" else "F32"}
+    steps = record["training"]
+    assert steps["stage1"]["steps"] == record["config"]["stage1_steps"]
+    assert steps["stage2"]["steps"] == record["config"]["stage2_steps"]
+
+
+def test_shipped_model_loads_through_from_pretrained(shipped):
+    folder = PREVIEW_MODEL_DIR
+    adapter = json.loads((folder / "adapter" / "config.json").read_text())
+    assert shipped.mode == "checkpoint" and shipped.default_router == "learned"
+    assert dataclasses.asdict(shipped.anystory_config) == adapter["anystory"]
+    assert shipped.vae.config.block_out_channels == list(ProofConfig().vae_channels)
+    again = AnyStoryPipeline.from_pretrained(
+        str(folder / "base"), adapter=str(folder / "adapter"), local_files_only=True
+    )
+    assert again.encoder_id == shipped.encoder_id  # the same weights, the same encoder identity
+
+
+def test_preview_mode_runs_the_shipped_model(shipped, tmp_path):
+    pipe = load_pipeline(tmp_path, preview=True)
+    assert preview_model_folder() == PREVIEW_MODEL_DIR
+    assert pipe.encoder_id == shipped.encoder_id
+    assert not (tmp_path / "models").exists()  # nothing is built at launch
+    studio = Studio(tmp_path / "data", pipe, preview=True)
+    assert studio.panel_defaults["width"] == 256 and studio.panel_defaults["router"] == "learned"
+
+
+@pytest.mark.hostile
+def test_an_incomplete_preview_model_is_named(tmp_path):
+    (tmp_path / "base").mkdir()
+    with pytest.raises(FileNotFoundError, match="adapter/config.json"):
+        preview_model_folder(tmp_path)
+
+
+def test_example_cast_is_of_the_toy_world():
+    """Descriptions in the words of the training captions; one character is an identity outside the
+    training pool; the pictures are what make_example_cast.py draws."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "make_example_cast", PREVIEW_MODEL_DIR.parent / "make_example_cast.py"
+    )
+    maker = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(maker)
+    entries = json.loads((PREVIEW_MODEL_DIR.parent / "cast" / "cast.json").read_text())["characters"]
+    start, stop = ProofConfig().identities
+    for entry in entries:
+        assert entry["description"] == f"a {identity(entry['identity'], COMPACT_SHAPES).name}"
+        assert entry["trained_on"] == (start <= entry["identity"] < stop)
+        stem = entry["file"].removesuffix(".png")
+        _, index, angle = maker.CAST[stem]
+        drawn = np.asarray(maker.draw_character(index, angle, seed=index))
+        assert np.array_equal(drawn, np.asarray(Image.open(PREVIEW_MODEL_DIR.parent / "cast" / entry["file"])))
+    assert any(not e["trained_on"] for e in entries) and any(e["trained_on"] for e in entries)
+
+
+def test_shape_captions():
+    assert shape_caption("a red stripes disc and a blue solid square") == "a disc and a square"
+    assert shape_caption("a lime dots hexagon") == "a hexagon"
+
+
+# -- what it draws ------------------------------------------------------------------------------
+
+
+def test_placement_agrees_with_the_route_maps(checks):
+    """Two characters, learned router: the pixels that differ from the background are where the
+    route maps put the characters (IoU at the latent grid, mean of four panels)."""
+    assert np.mean(checks.placement_iou) >= 0.6, checks.placement_iou
+
+
+def test_layout_router_keeps_each_character_in_its_box(checks):
+    assert all(share >= 0.6 for share in checks.layout_inside.values()), checks.layout_inside
+
+
+def test_identity_holds_across_panels(checks):
+    """A character's region, in four panels with other prompts and partners, is nearer its own
+    reference than any other character's in at least 80% of the character-panels."""
+    assert checks.identity_share >= 0.8, [(c["name"], c["nearest"]) for c in checks.identity]
+
+
+def test_routing_off_blends_more(checks):
+    assert checks.margin_none < checks.margin_routed, (checks.margin_none, checks.margin_routed)
