@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     if not args.workspaces and studio.preview and not studio.character_names() and not studio.stories():
         added = studio.add_example_cast()
         print(f"preview mode: added the example cast ({', '.join(added)})")
+        story = studio.add_example_story()
+        if story is not None:
+            print(f"preview mode: added the example story “{story.title}”")
 
     if args.mcp and not mcp_available():
         print("error: --mcp needs the MCP SDK: pip install 'mcp>=1.21,<2'", file=sys.stderr)

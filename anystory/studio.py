@@ -326,6 +326,21 @@ class Studio:
                 added.append(entry["name"])
         return added
 
+    def add_example_story(self, folder: str | os.PathLike | None = None) -> Story | None:
+        """Add the built-in example story (assets/cast/cast.json: the cast alone and together) when
+        its characters are all in the cast; None when the file has none or one is missing."""
+        folder = Path(folder or EXAMPLE_CAST_DIR)
+        example = json.loads((folder / "cast.json").read_text(encoding="utf-8")).get("story")
+        if not example:
+            return None
+        known = {name_key(name) for name in self._library.names()}
+        if any(name_key(name) not in known for panel in example["panels"] for name in mentioned_names(panel["prompt"])):
+            return None
+        story = self.create_story(example["title"])
+        for panel in example["panels"]:
+            self.add_panel(story.id, panel["prompt"], seed=int(panel["seed"]))
+        return story
+
     def panels_using(self, id_or_name) -> list[tuple[Story, Panel]]:
         character = self._library.get_character(id_or_name)
         return [(self._stories.get_story(p.story_id), p) for p in self._stories.panels_using_character(character.id)]

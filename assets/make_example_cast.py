@@ -37,6 +37,19 @@ CAST: dict[str, tuple[str, int, float]] = {
     "bolt": ("Bolt", 19, 15.0),  # blue dots hexagon: never seen in training
 }
 
+# The example story: each character alone, then together (preview mode adds it with the cast).
+STORY = {
+    "title": "Shapes meet",
+    "panels": [
+        {"prompt": "[Mia]", "seed": 1},
+        {"prompt": "[Rex]", "seed": 2},
+        {"prompt": "[Mia] and [Rex]", "seed": 3},
+        {"prompt": "[Bolt]", "seed": 4},
+        {"prompt": "[Bolt] and [Mia]", "seed": 5},
+        {"prompt": "[Rex] and [Bolt]", "seed": 6},
+    ],
+}
+
 
 def draw_character(index: int, angle: float, seed: int = 0) -> Image.Image:
     """Identity `index` as the training scenes draw it, filling most of a transparent square."""
@@ -54,7 +67,7 @@ def description(index: int) -> str:
 
 
 def write_example_cast(folder: Path = CAST_DIR) -> Path:
-    """Write one PNG per character and `cast.json` (file, name, description) into `folder`."""
+    """Write one PNG per character and `cast.json` (file, name, description; the example story)."""
     folder.mkdir(parents=True, exist_ok=True)
     entries = []
     for stem, (name, index, angle) in CAST.items():
@@ -68,7 +81,8 @@ def write_example_cast(folder: Path = CAST_DIR) -> Path:
                 "trained_on": index in TRAINED_IDENTITIES,
             }
         )
-    (folder / "cast.json").write_text(json.dumps({"characters": entries}, indent=2) + "\n", encoding="utf-8")
+    text = json.dumps({"characters": entries, "story": STORY}, indent=2) + "\n"
+    (folder / "cast.json").write_text(text, encoding="utf-8")
     return folder
 
 

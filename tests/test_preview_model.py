@@ -133,3 +133,21 @@ def test_identity_holds_across_panels(checks):
 
 def test_routing_off_blends_more(checks):
     assert checks.margin_none < checks.margin_routed, (checks.margin_none, checks.margin_routed)
+
+
+@pytest.mark.slow
+def test_example_story_draws_the_cast_alone_and_together(shipped, tmp_path):
+    """Preview mode's example story on the shipped model, through the Studio: every panel gets a
+    picture, and each character it names has a region of the route maps (none is absent)."""
+    studio = Studio(tmp_path / "data", shipped, preview=True)
+    assert studio.add_example_cast() == ["Mia", "Rex", "Bolt"]
+    story = studio.add_example_story()
+    (tmp_path / "cast.json").write_text('{"characters": []}')
+    assert story is not None and studio.add_example_story(tmp_path) is None  # a cast file without a story
+    panels = studio.panels(story.id)
+    assert [len(studio.panel_cast(p)) for p in panels] == [1, 1, 2, 1, 2, 2]
+    versions = studio.generate_story(story.id)
+    assert len(versions) == len(panels)
+    for version in versions:
+        scores = studio.version_scores(version.id)
+        assert scores is not None and not scores.absent(), scores

@@ -286,6 +286,7 @@ def test_start_up_says_one_clear_line_per_thing(tmp_path):
         app.wait(30)
     assert lines == [
         "preview mode: added the example cast (Mia, Rex, Bolt)",
+        "preview mode: added the example story “Shapes meet”",
         f"AnyStory Studio is running at http://127.0.0.1:{port}/",
         "Press Ctrl+C to stop.",
     ], lines
