@@ -56,10 +56,10 @@ class PreviewModelConfig:
     """What the preview model is made from, besides the proof's base (`proof`)."""
 
     proof: ProofConfig = field(default_factory=ProofConfig)  # scenes and base: the proof's (same cache key)
-    stage1_steps: int = 1500
+    stage1_steps: int = 3000
     stage1_lr: float = 5e-4
     stage1_shape_captions: bool = True  # stage 1 also sees each scene with shape-only captions
-    stage2_steps: int = 3000
+    stage2_steps: int = 6000
     stage2_lr: float = 1.5e-3
     stage2_timesteps: tuple[int, int] = (300, 800)
     routing_weight: float = 0.1
