@@ -8,15 +8,16 @@ The app's preview mode (no GPU) runs this model. It is made exactly as the CPU p
 1. The base: the proof's scenes and fitted tiny SDXL (`proof.prepare_base`, the same settings and so
    the same content-keyed cache entry: a finished proof run leaves it there and this command copies
    it; without one it is fitted, ~20-45 CPU-minutes).
-2. Stage 1 (subject encoder) on the proof's paired scenes, each scene twice: with its caption ("a
+2. The base UNet fitted further on whole scenes (`scene_fit_steps`; see the config).
+3. Stage 1 (subject encoder) on the proof's paired scenes, each scene twice: with its caption ("a
    red stripes disc and a blue solid square") and with the shapes alone ("a disc and a square").
    The full caption names colour and texture, so a model trained on it alone learns to draw a
    seen identity from the words and can ignore the reference; without those words only the
    reference tells what the subject looks like, so identity must go through the encoder.
    Measured: the held-out diffusion loss (shape-only captions) with each subject's own reference
    against the same scenes with references of other subjects: the gap is what the reference adds.
-3. Stage 2 (router) on the proof's two-subject scenes, as the proof trains it (t in [300, 800)).
-4. Routing IoU on held-out scenes and on identities never trained on (evaluate.routing_iou).
+4. Stage 2 (router) on the proof's two-subject scenes, as the proof trains it (t in [300, 800)).
+5. Routing IoU on held-out scenes and on identities never trained on (evaluate.routing_iou).
 
 Steps, data and seeds define the result; CPU time is reported, never a budget. `--export DIR`
 writes the shipped files (fp16 safetensors where a generation shows no difference, see `export`):
@@ -43,6 +44,7 @@ from ..files import write_atomic
 from .data import MANIFEST, ManifestDataset
 from .evaluate import DEFAULT_TIMESTEPS, diffusion_loss, routing_iou
 from .proof import Clock, ProofConfig, _train_config, base_key, cpu_seconds, default_cache, prepare_base
+from .tiny_base import fit_unet, load_images
 from .trainer import Trainer
 
 SHAPES_MANIFEST = "manifest-shapes.jsonl"  # the held-out scenes with shape-only captions
@@ -56,10 +58,14 @@ class PreviewModelConfig:
     """What the preview model is made from, besides the proof's base (`proof`)."""
 
     proof: ProofConfig = field(default_factory=ProofConfig)  # scenes and base: the proof's (same cache key)
-    stage1_steps: int = 3000
+    # The proof's base UNet is fitted on 64 px crops (what its router reads best) and cannot compose
+    # a whole picture: from noise it draws texture everywhere, no background. A short fit on whole
+    # 256 px scenes (1 a step) gives it the background and the sprites as wholes.
+    scene_fit_steps: int = 1200
+    stage1_steps: int = 1500
     stage1_lr: float = 5e-4
     stage1_shape_captions: bool = True  # stage 1 also sees each scene with shape-only captions
-    stage2_steps: int = 6000
+    stage2_steps: int = 4000
     stage2_lr: float = 1.5e-3
     stage2_timesteps: tuple[int, int] = (300, 800)
     routing_weight: float = 0.1
@@ -118,6 +124,19 @@ def train(config: PreviewModelConfig, out: Path, cache: Path | None) -> dict:
     proof = config.proof
     fitted, base_source = prepare_base(proof, out, cache, clock)
     data, base = out / "data", out / "tiny-sdxl"
+    if config.scene_fit_steps:
+        images, captions = load_images([data / "stage1", data / "stage2"])
+        fitted["scene_fit"] = clock.run(
+            "base: whole-scene UNet fit",
+            fit_unet,
+            base,
+            images,
+            captions,
+            config.scene_fit_steps,
+            batch=1,
+            crop=proof.size,
+            seed=config.seed + 5,
+        )
     write_manifest(data / "stage1", STAGE1_MANIFEST, both=True)
     write_manifest(data / "heldout", SHAPES_MANIFEST, both=False)
     stage1_manifest = STAGE1_MANIFEST if config.stage1_shape_captions else MANIFEST
