@@ -151,3 +151,29 @@ def test_example_story_draws_the_cast_alone_and_together(shipped, tmp_path):
     for version in versions:
         scores = studio.version_scores(version.id)
         assert scores is not None and not scores.absent(), scores
+
+
+@pytest.mark.training
+@pytest.mark.slow
+def test_command_trains_and_exports_at_toy_size(tmp_path):
+    """The command's whole path at toy size: base (fitted, then from the cache), whole-scene fit,
+    both stages with exactly their steps, the export (fp16 when it draws the same picture), and
+    the exported folder loads as the preview mode loads the shipped one."""
+    from anystory.training import preview_model
+
+    proof = ProofConfig(size=64, reference_size=48, stage1_scenes=3, stage2_scenes=3, heldout_scenes=2,
+                        vae_steps=2, unet_steps=2, vae_channels=(8, 16, 16, 16), unet_batch=2)  # fmt: skip
+    steps = dict(scene_fit_steps=2, stage1_steps=2, stage2_steps=3, eval_scenes=2)
+    config = preview_model.PreviewModelConfig(proof=proof, **steps)
+    report = preview_model.train(config, tmp_path / "run", tmp_path / "cache")
+    assert report["stage1"]["steps"] == 2 and report["stage2"]["steps"] == 3
+    assert "base: whole-scene UNet fit" in report["phases"] and report["base_source"]["from_cache"] is None
+    losses = report["stage1"]["heldout_losses_after"]
+    assert losses["gap"] == pytest.approx(losses["other_reference"] - losses["own_reference"])
+    record = preview_model.export(tmp_path / "run", tmp_path / "export", config)
+    assert record["dtype"] in ("float16", "float32") and record["files"] == file_hashes(tmp_path / "export")
+    assert record["config"] == config.to_dict()
+    pipe = preview_checks.load_model(tmp_path / "export")
+    assert pipe.mode == "checkpoint" and pipe.default_router == "learned"
+    again = preview_model.train(config, tmp_path / "again", tmp_path / "cache")
+    assert again["base_source"]["from_cache"] and again["routing_iou"] == report["routing_iou"]
