@@ -52,7 +52,7 @@ PREVIEW_MODEL_DIR = Path(__file__).resolve().parent.parent / "assets" / "preview
 EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
 # The preview model is trained at 256 px; its base never learned an unconditional prediction (no
 # caption dropout in its fit), so classifier-free guidance has nothing to push from: guidance 1.
-PREVIEW_PANEL = {"width": 256, "height": 256, "steps": 8, "guidance": 1.0}
+PREVIEW_PANEL = {"width": 256, "height": 256, "steps": 20, "guidance": 1.0}
 REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
 MAX_BEST_OF = 8  # seeds one "best of N" may draw
 

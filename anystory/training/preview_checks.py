@@ -47,8 +47,8 @@ PANELS = ((("Mia", "Rex"), 11), (("Bolt", "Mia"), 12), (("Rex", "Bolt"), 13), ((
 @dataclass
 class DrawSettings:
     size: int = 256
-    steps: int = 8
-    guidance: float = 5.0
+    steps: int = 20
+    guidance: float = 1.0
 
 
 @dataclass
