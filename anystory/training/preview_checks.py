@@ -288,8 +288,12 @@ def clip_scores(
             check.clip_best_other = max(v for k, v in scores.items() if k != member.name)
 
 
-def run_checks(pipe, cast: list[CastMember], settings: DrawSettings | None = None) -> PreviewChecks:
+def run_checks(
+    pipe, cast: list[CastMember], settings: DrawSettings | None = None, pictures: dict | None = None
+) -> PreviewChecks:
+    """The four properties; `pictures` (a dict), when given, gets every picture drawn, by name."""
     settings = settings or DrawSettings()
+    pictures = {} if pictures is None else pictures
     by_name = {m.name: m for m in cast}
     encodings = {m.name: pipe.encode_subject(m.picture) for m in cast}
     report = PreviewChecks(settings=asdict(settings))
@@ -298,11 +302,13 @@ def run_checks(pipe, cast: list[CastMember], settings: DrawSettings | None = Non
     for panel, (names, seed) in enumerate(PANELS):
         members = [by_name[n] for n in names]
         image, maps = draw(pipe, encodings, members, seed, settings)
+        pictures[f"panel{panel}-{'-'.join(names)}-learned"] = image
         report.placement_iou.append(placement(image, maps))
         panel_checks = character_checks(panel, image, maps, members, cast)
         clip_scores(pipe, image, maps, members, cast, panel_checks)
         checks += panel_checks
         blended, _ = draw(pipe, encodings, members, seed, settings, router="none")
+        pictures[f"panel{panel}-{'-'.join(names)}-none"] = blended
         # the routed picture's regions, read on the picture drawn without routing
         margins_none += [c.margin() for c in character_checks(panel, blended, maps, members, cast)]
         routed_stats, none_stats = region_stats(image, maps), region_stats(blended, maps)
@@ -320,6 +326,7 @@ def run_checks(pipe, cast: list[CastMember], settings: DrawSettings | None = Non
 
     members = [by_name[n] for n in PANELS[0][0]]
     image, _ = draw(pipe, encodings, members, 21, settings, router="layout", layout=BOXES)
+    pictures[f"layout-{'-'.join(m.name for m in members)}"] = image
     report.layout_inside = layout_shares(image, members, BOXES)
     return report
 
@@ -333,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--guidance", type=float, default=DrawSettings.guidance)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", help="also write the figures as JSON here")
+    parser.add_argument("--pictures", help="also save every picture drawn in this folder (PNG)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     report = run_checks(
