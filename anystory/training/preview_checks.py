@@ -343,10 +343,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pictures", help="also save every picture drawn in this folder (PNG)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    report = run_checks(
-        load_model(args.model), load_cast(args.cast), DrawSettings(args.size, args.steps, args.guidance)
-    )
+    pictures: dict = {}
+    settings = DrawSettings(args.size, args.steps, args.guidance)
+    report = run_checks(load_model(args.model), load_cast(args.cast), settings, pictures)
     print(report.table())
+    if args.pictures:
+        Path(args.pictures).mkdir(parents=True, exist_ok=True)
+        for name, picture in pictures.items():
+            Image.fromarray(picture).save(Path(args.pictures) / f"{name}.png")
     if args.out:
         Path(args.out).write_text(json.dumps(asdict(report), indent=1))
 
