@@ -170,7 +170,7 @@ def test_command_trains_and_exports_at_toy_size(tmp_path):
     assert "base: whole-scene UNet fit" in report["phases"] and report["base_source"]["from_cache"] is None
     losses = report["stage1"]["heldout_losses_after"]
     assert losses["gap"] == pytest.approx(losses["other_reference"] - losses["own_reference"])
-    record = preview_model.export(tmp_path / "run", tmp_path / "export", config)
+    record = preview_model.export(tmp_path / "run", tmp_path / "export")
     assert record["dtype"] in ("float16", "float32") and record["files"] == file_hashes(tmp_path / "export")
     assert record["config"] == config.to_dict()
     pipe = preview_checks.load_model(tmp_path / "export")

@@ -260,7 +260,7 @@ def _generate(base: Path, adapter: Path) -> np.ndarray:
     return out.images[0]
 
 
-def export(out: Path, dest: Path, config: PreviewModelConfig, tolerance: float = 2 / 255) -> dict:
+def export(out: Path, dest: Path, tolerance: float = 2 / 255) -> dict:
     """Write the trained model of `out` to `dest` (base/, adapter/, preview-model.json), in fp16 when
     a generation from the fp16 files differs from the float32 one by at most `tolerance` per pixel
     (mean abs), else in float32. Whole or not at all: written beside `dest`, then renamed."""
@@ -299,7 +299,7 @@ def export(out: Path, dest: Path, config: PreviewModelConfig, tolerance: float =
     record = {
         "what": "AnyStory trained by this project's code on a toy world of textured shapes (training/synthetic.py)",
         "command": COMMAND,
-        "config": config.to_dict(),
+        "config": report["config"],  # the run's
         "base_key": report["base_key"],
         "dtype": dtype,
         "mean_abs_difference_from_float32": difference,
@@ -346,9 +346,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--export-only", action="store_true", help="export the finished run in --out without training")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--cache", help="the proof's cache of scenes and fitted bases (default: as the proof's)")
+    for name in ("scene_fit_steps", "stage1_steps", "stage2_steps"):
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=getattr(PreviewModelConfig, name))
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    config = PreviewModelConfig()
+    config = PreviewModelConfig(scene_fit_steps=args.scene_fit_steps, stage1_steps=args.stage1_steps,
+                                stage2_steps=args.stage2_steps)  # fmt: skip
     cache = Path(args.cache) if args.cache else default_cache()
     out = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="anystory-preview-"))
     try:
@@ -356,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         report = json.loads((out / REPORT_FILE).read_text()) if args.export_only else train(config, out, cache)
         print(summary(report))
         if args.export:
-            record = export(out, Path(args.export), config)
+            record = export(out, Path(args.export))
             print(
                 f"exported to {args.export}: {record['bytes'] / 1e6:.1f} MB, {record['dtype']} "
                 f"(mean abs difference from float32 {record['mean_abs_difference_from_float32']:.5f}); "
