@@ -289,7 +289,7 @@ def test_long_prompt_warns_with_the_models_own_tokenizer(studio, public_pipe, tm
     # real CLIP window too long, so preview says nothing about length.
     studio.add_example_cast()
     story = studio.create_story("s")
-    panel = studio.add_panel(story.id, "[Bolt], [Mia] and [Rex] watch the storm from the window")
+    panel = studio.add_panel(story.id, "[Bolt], [Mia] and [Rex] watch the storm from the window, all night long")
     assert len(studio.pipeline.tokenizer(studio.plan_panel(panel).prompt).input_ids) > 77
     assert studio.plan_panel(panel).warnings == []
 
