@@ -13,7 +13,9 @@ another thread, or from inside a callback) raises `PipelineBusyError`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import threading
 import warnings
 from contextlib import contextmanager
@@ -59,10 +61,29 @@ from .weights import (
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 ROUTERS = ("learned", "prompt", "layout", "none")
 DEFAULT_SCHEDULE = "default"  # the schedule arguments' default: `default_schedules` decides
+# What `__call__` passes on to diffusers' SDXL loop: its named parameters. Anything else is refused
+# (diffusers' own `**kwargs` would swallow a misspelt or unsupported argument without a word).
+SDXL_CALL_ARGUMENTS = frozenset(inspect.signature(StableDiffusionXLPipeline.__call__).parameters) - {"self", "prompt", "kwargs"}
 
 
 class PipelineBusyError(RuntimeError):
     """A call reached a pipeline that is already running one (the message says what to do)."""
+
+
+def check_call_arguments(given, known) -> None:
+    """Refuse keyword arguments the pipeline would not use, naming each (and a close known name)."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"AnyStoryPipeline got keyword argument{'s' if len(unknown) > 1 else ''} it does not use: {', '.join(hints)}. "
+        "Every argument must be one of AnyStory's or a parameter of diffusers' StableDiffusionXLPipeline.__call__; "
+        "nothing is ignored silently."
+    )
 
 
 def default_schedules(router: str, num_subjects: int) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -643,7 +664,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         return_route_record: bool = False,
         **kwargs,
     ) -> AnyStoryPipelineOutput:
-        """Generate with the subjects routed and injected. Every SDXL argument passes through.
+        """Generate with the subjects routed and injected. Every SDXL argument passes through;
+        any other keyword argument is a TypeError that names it (never silently ignored).
 
         router: "learned" (trained router weights) | "prompt" (each subject's words in the prompt:
           `subject_phrases`, or token positions `subject_tokens`; routes from step
@@ -655,6 +677,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         in which each path is on (step i is on when round(start * n) <= i < round(end * n));
         None switches a path off; by default `default_schedules(router, len(subjects))`.
         """
+        check_call_arguments(kwargs, SDXL_CALL_ARGUMENTS)
         with self._exclusive():
             return self._generate(
                 prompt, list(subjects), router, layout, subject_phrases, subject_tokens, prompt_route_start,
