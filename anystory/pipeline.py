@@ -63,7 +63,9 @@ ROUTERS = ("learned", "prompt", "layout", "none")
 DEFAULT_SCHEDULE = "default"  # the schedule arguments' default: `default_schedules` decides
 # What `__call__` passes on to diffusers' SDXL loop: its named parameters. Anything else is refused
 # (diffusers' own `**kwargs` would swallow a misspelt or unsupported argument without a word).
-SDXL_CALL_ARGUMENTS = frozenset(inspect.signature(StableDiffusionXLPipeline.__call__).parameters) - {"self", "prompt", "kwargs"}
+SDXL_CALL_ARGUMENTS = frozenset(inspect.signature(StableDiffusionXLPipeline.__call__).parameters) - {
+    "self", "prompt", "kwargs",
+}  # fmt: skip
 
 
 class PipelineBusyError(RuntimeError):
