@@ -30,7 +30,13 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
+from .attention import (
+    AnyStoryBlocks,
+    InjectionContext,
+    ReferenceAttnProcessor,
+    RoutedCrossAttnProcessor,
+    transformer_blocks,
+)
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
 from .encoding import SubjectEncoding, inside_tokens
 from .router import (
@@ -131,6 +137,7 @@ class AnyStoryPipelineOutput(BaseOutput):
 
 def build_processors(unet, config: AnyStoryConfig, share_reference_kv: bool = False) -> dict:
     """New attn1/attn2 processors for every transformer block, keyed as `unet.attn_processors`.
+    Their weights are not registered in the UNet: collect them with `AnyStoryBlocks(processors.values())`.
 
     W~_k, W~_v start as copies of attn1's K/V (or ARE attn1's, shared, in public-weights mode);
     W'_k starts as a copy of attn2's K and W'_v at zero; routers only when routing_dim > 0.
@@ -181,7 +188,12 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
 
 
 class AnyStoryPipeline(StableDiffusionXLPipeline):
-    _optional_components = StableDiffusionXLPipeline._optional_components + ["subject_encoder", "reference_net"]
+    _optional_components = StableDiffusionXLPipeline._optional_components + [
+        "subject_encoder", "reference_net", "anystory_blocks",
+    ]  # fmt: skip
+    # The processors' weights run inside the UNet's forward but sit outside its module tree, so no
+    # offload hook would bring them: they stay on the execution device (W~ leaves it after encoding).
+    _exclude_from_cpu_offload = ["anystory_blocks"]
 
     def __init__(
         self,
@@ -196,6 +208,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         feature_extractor=None,
         subject_encoder: SubjectEncoder | None = None,
         reference_net: ReferenceNet | None = None,
+        anystory_blocks: AnyStoryBlocks | None = None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
@@ -203,7 +216,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
             image_encoder, feature_extractor, force_zeros_for_empty_prompt, add_watermarker,
         )  # fmt: skip
-        self.register_modules(subject_encoder=subject_encoder, reference_net=reference_net)
+        self.register_modules(subject_encoder=subject_encoder, reference_net=reference_net, anystory_blocks=anystory_blocks)
         self.anystory_config: AnyStoryConfig | None = None
         self.mode = ""  # "init" | "checkpoint" | "public"
         self.base_model = ""
@@ -344,8 +357,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self.register_modules(
             subject_encoder=subject_encoder.to(device, dtype),
             reference_net=ReferenceNet.from_unet(self.unet).to(device, dtype),
+            anystory_blocks=AnyStoryBlocks(processors.values()).to(device, dtype),
         )
-        self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self.unet.set_attn_processor(processors)
         self.mode = "init"
         self._background = None
         self.encoder_id = self._fingerprint()
@@ -400,8 +414,12 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                     )
                 target.data.copy_(ip_weights[key])
         device, dtype = self.unet.device, self.unet.dtype
-        self.register_modules(subject_encoder=subject_encoder.to(device, dtype), reference_net=None)
-        self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self.register_modules(
+            subject_encoder=subject_encoder.to(device, dtype),
+            reference_net=None,
+            anystory_blocks=AnyStoryBlocks(processors.values()).to(device, dtype),
+        )
+        self.unet.set_attn_processor(processors)
         self.mode = "public"
         self._background = None
         self.encoder_id = self._fingerprint()
@@ -417,7 +435,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self_attn, _ = self.anystory_processors()
         modules = [("image_encoder", self.image_encoder), ("subject_encoder", self.subject_encoder)]
         modules += [("reference_net", self.reference_net or self.unet)]
-        modules += [(f"ref{p.index}", p) for p in self_attn if p.owns_reference_kv]
+        modules += [(f"ref{p.index}", p.weights) for p in self_attn if p.owns_reference_kv]
         for prefix, module in modules:
             for name, tensor in module.state_dict().items():
                 flat = tensor.detach().flatten()
@@ -439,7 +457,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         step and then needs W~ too, on whatever device it is)."""
         modules = [m for m in (self.image_encoder, self.subject_encoder, self.reference_net) if m is not None]
         self_attn, _ = self.anystory_processors()
-        return modules + [p for p in self_attn if isinstance(p, ReferenceAttnProcessor) and p.owns_reference_kv]
+        return modules + [p.weights for p in self_attn if isinstance(p, ReferenceAttnProcessor) and p.owns_reference_kv]
 
     @contextmanager
     def _encoders_ready(self):
