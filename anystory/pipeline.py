@@ -48,6 +48,7 @@ from .controlnets import (
 )
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
 from .encoding import SubjectEncoding, inside_tokens
+from .loras import adapter_name_for, lora_off, lora_source
 from .router import (
     LayoutRouting,
     LearnedRouting,
@@ -229,6 +230,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self.register_modules(
             subject_encoder=subject_encoder, reference_net=reference_net, anystory_blocks=anystory_blocks
         )
+        self.lora_weights: dict[str, float] = {}  # active LoRA adapters (load_lora) and their weights
         self._loaded_controlnets: dict[str, torch.nn.Module] = {}  # by source, for controlnet="id" in calls
         self.register_modules(controlnet=self._controlnet_of(controlnet))
         self.anystory_config: AnyStoryConfig | None = None
@@ -316,6 +318,47 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         if controlnet is not None:
             pipe.set_controlnet(controlnet, local_files_only=local_only)
         return pipe
+
+    # -- LoRA ------------------------------------------------------------------------------------
+
+    def load_lora(
+        self, source: str | Path, weight: float = 1.0, *, adapter_name: str | None = None,
+        weight_name: str | None = None, **kwargs,
+    ) -> str:  # fmt: skip
+        """Load an SDXL LoRA (a .safetensors file, a folder with one, or a hub id; never a pickle)
+        with diffusers' `load_lora_weights`, and make it active at `weight` beside the LoRAs loaded
+        before. Returns its adapter name (for `set_lora_weight`). Encodings are unaffected."""
+        name = adapter_name or adapter_name_for(source, self.lora_weights)
+        if name in self.lora_weights:
+            raise ValueError(f"a LoRA named {name!r} is loaded already: pass another adapter_name or unload_lora()")
+        state, extra = lora_source(source, weight_name)
+        self.load_lora_weights(state, adapter_name=name, **{k: v for k, v in extra.items() if v is not None}, **kwargs)
+        self.lora_weights[name] = float(weight)
+        self.set_adapters(list(self.lora_weights), adapter_weights=list(self.lora_weights.values()))
+        return name
+
+    def set_lora_weight(self, adapter_name: str, weight: float) -> None:
+        """Change the weight of a loaded LoRA (0 switches it off)."""
+        if adapter_name not in self.lora_weights:
+            loaded = sorted(self.lora_weights) or "none"
+            raise ValueError(f"no LoRA named {adapter_name!r} is loaded (loaded: {loaded})")
+        self.lora_weights[adapter_name] = float(weight)
+        self.set_adapters(list(self.lora_weights), adapter_weights=list(self.lora_weights.values()))
+
+    def unload_lora(self) -> None:
+        """Remove every LoRA: the UNet and text encoders are as loaded again."""
+        self.unload_lora_weights()
+        self.lora_weights = {}
+
+    def fuse_lora(self, *args, **kwargs):
+        """diffusers' `fuse_lora`, refused in public-weights mode: there the UNet's own attn1 K/V
+        also encode characters, and fusing would change them under every stored encoding."""
+        if self.mode == "public":
+            raise ValueError(
+                "fuse_lora would write the LoRA into the UNet's own weights, which public-weights mode also uses "
+                "to encode characters (their stored encodings would no longer match): use the LoRA unfused (load_lora)"
+            )
+        return super().fuse_lora(*args, **kwargs)
 
     # -- ControlNet ------------------------------------------------------------------------------
 
@@ -641,7 +684,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         net_input = latent * mask_latent  # background -> zero latent
         if net.config.in_channels == latent.shape[1] + 1:
             net_input = torch.cat([net_input, mask_latent[None, None]], dim=1)
-        return reference_features(net, net_input.to(net.dtype)), mask_latent
+        with lora_off(net):  # a character's encoding does not depend on the style LoRA of the moment
+            return reference_features(net, net_input.to(net.dtype)), mask_latent
 
     def image_embeddings(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         """Unit-length CLIP image embeddings [B, D] (float32, CPU) of `images`, from the image

@@ -307,3 +307,24 @@ def edge_picture(size: int = 64, seed: int = 0) -> Image.Image:
         else:
             pixels[:, rng.randint(size)] = 255
     return Image.fromarray(pixels, "RGB")
+
+
+def write_tiny_lora(sdxl_folder: str | os.PathLike, path: str | os.PathLike, rank: int = 4, seed: int = 0) -> Path:
+    """A random SDXL LoRA for the tiny SDXL at `sdxl_folder` (PEFT, every attention projection of
+    the UNet, both LoRA matrices drawn at random so it acts), saved by diffusers'
+    `save_lora_weights` as one .safetensors file, as LoRAs are published."""
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(Path(sdxl_folder) / "unet")
+    config = LoraConfig(r=rank, lora_alpha=rank, init_lora_weights=False,
+                        target_modules=["to_q", "to_k", "to_v", "to_out.0"])  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        unet.add_adapter(config)
+    state = get_peft_model_state_dict(unet)
+    path = Path(path)
+    StableDiffusionXLPipeline.save_lora_weights(
+        path.parent, unet_lora_layers=state, weight_name=path.name, safe_serialization=True
+    )
+    return path
