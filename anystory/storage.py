@@ -306,6 +306,13 @@ def _migration_6(db: sqlite_utils.Database) -> list[str]:
     return []
 
 
+def _migration_7(db: sqlite_utils.Database) -> list[str]:
+    """ControlNet (issue 22): a panel's control picture as JSON ({} none, else kind, strength and
+    the stored picture `controls/<sha256>.png`); versions keep theirs in their settings."""
+    db.execute("ALTER TABLE panels ADD COLUMN control TEXT NOT NULL DEFAULT '{}'")
+    return []
+
+
 # Applied in order; never edit one that has shipped, append a new one. Each returns notices for the user.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_1,
@@ -314,6 +321,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

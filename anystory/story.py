@@ -7,6 +7,7 @@ routing maps + the settings that made it); one version per panel is the active o
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from .archive import (
     staged_members,
     stored_file_name,
 )
+from .control_settings import check_control
 from .files import folder_bytes, open_atomic
 from .library import Library
 from .mentions import mentioned_names, rename_mentions
@@ -63,9 +65,10 @@ PANEL_DEFAULTS: dict[str, Any] = {
     "layout": {},
     "style": "",  # a style preset id (styles.py); "": the story's
     "negative": "",  # the panel's own negative prompt, added to the style's and the story's
+    "control": {},  # {} or {"kind", "strength", "image"}: the ControlNet picture (control_settings.py)
 }
 MAX_NEGATIVE_CHARS = 2000
-_JSON_FIELDS = ("characters", "strengths", "layout")
+_JSON_FIELDS = ("characters", "strengths", "layout", "control")
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -104,6 +107,7 @@ class Panel:
     created: str = ""
     updated: str = ""
     lines: list[dict] = field(default_factory=list)  # see check_lines; not a generation setting
+    control: dict = field(default_factory=dict)  # {} or {"kind", "strength", "image"} (control_settings.py)
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings a generation of this panel depends on (a good `settings` for a version)."""
@@ -219,6 +223,8 @@ def check_setting(key: str, value: Any) -> Any:
         if len(value) > MAX_NEGATIVE_CHARS:
             raise ValueError(f"{key} has at most {MAX_NEGATIVE_CHARS} characters")
         return value.strip()
+    if key == "control":
+        return check_control(value)
     if key == "layout":
         if not isinstance(value, dict):
             raise ValueError("layout must map character ids to boxes [x0, y0, x1, y1]")
@@ -286,6 +292,16 @@ def _to_row(settings: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _control_pictures(panel_settings: list[dict], versions: list[dict]) -> list[str]:
+    """The stored control pictures that panels (their settings) and versions name, each once."""
+    names = {(s.get("control") or {}).get("image") for s in panel_settings}
+    for version in versions:
+        control = version["settings"].get("control") or {}
+        if control:
+            names.add(check_control(control)["image"])
+    return sorted(n for n in names if n)
+
+
 def _json_dump(value: Any, what: str) -> str:
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False)
@@ -346,6 +362,7 @@ class Stories:
             created=row["created"],
             updated=row["updated"],
             lines=json.loads(row.get("lines") or "[]"),
+            control=json.loads(row.get("control") or "{}"),
         )
 
     def _version(self, row: dict) -> Version:
@@ -818,6 +835,8 @@ class Stories:
                     for key in ("image", "route_maps"):
                         if version[key]:
                             archive.write(self.database.data_dir / version[key], version[key])
+                for member in _control_pictures(panels, versions):  # stored once by content
+                    archive.write(self.database.data_dir / member, member)
         return path
 
     def _check_project(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict:
@@ -916,7 +935,11 @@ class Stories:
                     f"{PROJECT_JSON}: panel {panel['id']}'s active version {active!r} is not one of its versions"
                 )
         panels.sort(key=lambda p: (p["position"], p["id"]))
-        return {"story": checked_story, "panels": panels, "versions": versions}
+        controls = _control_pictures([p["settings"] for p in panels], versions)
+        missing = [member for member in controls if member not in members]
+        if missing:
+            raise ValueError(f"{PROJECT_JSON}: the archive lacks the control picture {missing[0]!r}")
+        return {"story": checked_story, "panels": panels, "versions": versions, "controls": controls}
 
     def _is_empty(self) -> bool:
         return not any(
@@ -941,9 +964,11 @@ class Stories:
             records = self.library.check_archive_records(archive, members)
             needed = self.library.archived_members(records)
             needed += [member for version in project["versions"] for member in version["files"].values()]
+            needed += project["controls"]
             with staged_members(archive, members, self.database.data_dir, needed) as staged:
                 self.library.stage_records(staged, records, check_picture)
                 self._stage_versions(staged, project["versions"], check_picture)
+                self._stage_controls(staged, project["controls"], check_picture)
                 with self.database.transaction() as tx:
                     story_id = self._insert_project(tx, staged, project, records)
         return self.get_story(story_id)
@@ -964,8 +989,21 @@ class Stories:
                 if member.endswith(".npz"):  # the app's own format: a zip of arrays
                     check_zip_file(maps, f"{where}: the route maps", max_total=MAX_ROUTE_MAPS_INFLATED)
 
+    @staticmethod
+    def _stage_controls(staged: StagedMembers, controls: list[str], check_picture) -> None:
+        """Stream the control pictures in; each is a PNG whose SHA-256 is its name (how they are stored)."""
+        for member in controls:
+            what = f"the control picture {member}"
+            path = staged.stage(member, MAX_PANEL_PICTURE_BYTES, what)
+            check_picture(path, what, MAX_PANEL_SIDE)
+            if hashlib.sha256(path.read_bytes()).hexdigest() != PurePosixPath(member).stem:
+                raise ValueError(f"{what} does not hold the picture its name says (its SHA-256 differs)")
+
     def _insert_project(self, tx: Transaction, staged: StagedMembers, project: dict, records: list[dict]) -> int:
         """The rows and files of a checked, staged project (inside the import's transaction)."""
+        for member in project["controls"]:  # by content: one already here is the same picture
+            if not (self.database.data_dir / member).exists():
+                tx.move_in(staged.path(member), PurePosixPath(member))
         keep = self._is_empty()
         before = {r["id"]: r["name"] for r in records}
         cast = self.library.import_records(tx, staged, records, on_clash="reuse", keep_ids=keep)

@@ -33,6 +33,8 @@ from . import images as imgs
 from . import pages as pg
 from . import render
 from . import scripts as scr
+from .control_pictures import control_picture_for, edge_map, store_control_picture
+from .control_settings import CONTROL_KINDS, check_control
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
@@ -52,6 +54,15 @@ EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
 PREVIEW_PANEL = {"width": 128, "height": 128, "steps": 8, "guidance": 5.0}
 REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
 MAX_BEST_OF = 8  # seeds one "best of N" may draw
+
+
+# The SDXL ControlNet each control kind runs outside preview mode (README, Models: sizes, licences).
+CONTROLNET_SOURCES = {
+    "edges": "diffusers/controlnet-canny-sdxl-1.0",
+    "depth": "diffusers/controlnet-depth-sdxl-1.0",
+    "pose": "thibaud/controlnet-openpose-sdxl-1.0",
+    "scribble": "xinsir/controlnet-scribble-sdxl-1.0",
+}
 
 
 class StudioError(ValueError):
@@ -157,6 +168,7 @@ class Studio:
         self._stories = Stories(self._database)
         self.pipeline = pipeline
         self.preview = preview
+        self.controlnet_sources = dict(CONTROLNET_SOURCES)  # control kind -> ControlNet (hub id, folder, file)
         self.keep_route_record = keep_route_record
         self.panel_defaults = panel_defaults_for(pipeline, preview)
         self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
@@ -478,6 +490,76 @@ class Studio:
         self._check_style(fields.get("style"))
         return self._stories.update_panel(panel_id, **fields)
 
+    # -- control pictures (ControlNet) -----------------------------------------------------------
+
+    def set_panel_control(
+        self, panel_id: int, picture, kind: str, strength: float = 1.0, *, edges_from_photo: bool = False
+    ) -> Panel:
+        """Give a panel a control picture: an uploaded pose / depth / edge / scribble picture, or
+        (`edges_from_photo`) the edges of an uploaded photo, computed without a model (kind
+        "edges"). Kept by content in the data folder; the kind and strength go with the panel's
+        settings, so every version keeps the picture it was made with."""
+        if edges_from_photo and kind != "edges":
+            raise StudioError(f"edges from a photo make an edge picture: choose the kind 'edges', not {kind!r}")
+        placeholder = f"controls/{'0' * 64}.png"  # the setting is checked before a file is written
+        try:
+            check_control({"kind": kind, "strength": strength, "image": placeholder})
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        self._stories.get_panel(panel_id)  # an unknown panel is refused before anything is stored
+        image = imgs.read_image(picture, "control picture")
+        if edges_from_photo:
+            image = edge_map(image)
+        if self.limits.max_bytes is not None:
+            self.limits.check_bytes(self._database.own_bytes())
+        name = store_control_picture(self.data_dir, image)
+        return self._stories.update_panel(panel_id, control={"kind": kind, "strength": strength, "image": name})
+
+    def set_control_strength(self, panel_id: int, strength: float) -> Panel:
+        control = self._stories.get_panel(panel_id).control
+        if not control:
+            raise StudioError("this panel has no control picture: add one first")
+        return self._stories.update_panel(panel_id, control={**control, "strength": strength})
+
+    def clear_panel_control(self, panel_id: int) -> Panel:
+        """Generate the panel without a ControlNet again (versions keep their pictures)."""
+        return self._stories.update_panel(panel_id, control={})
+
+    def control_picture(self, control: dict) -> Image.Image | None:
+        """The picture a panel's (or a version's) `control` setting names, as stored; None for none."""
+        if not control:
+            return None
+        control = check_control(control)
+        return control_picture_for(self.data_dir, control, None)
+
+    def controlnet_source(self, kind: str) -> str:
+        """The ControlNet a control kind runs: in preview mode a tiny one made offline from the
+        pipeline's own UNet (`ControlNetModel.from_unet`), kept under models/; else the hub id of
+        `controlnet_sources` (downloaded when first used)."""
+        if kind not in CONTROL_KINDS:
+            raise StudioError(f"unknown control kind {kind!r}; kinds are {', '.join(CONTROL_KINDS)}")
+        if not self.preview:
+            return self.controlnet_sources[kind]
+        folder = self.data_dir / "models" / "tiny-controlnet"
+        if not (folder / "config.json").exists():
+            from .files import temp_name_for
+            from .tiny import tiny_controlnet
+
+            staging = temp_name_for(folder)
+            tiny_controlnet(self.pipeline.unet).save_pretrained(staging, safe_serialization=True)
+            staging.replace(folder)  # whole or not at all
+        return str(folder)
+
+    def _control_arguments(self, panel: Panel) -> dict:
+        if not panel.control:
+            return {}
+        picture = control_picture_for(self.data_dir, panel.control, (panel.width, panel.height))
+        return {
+            "controlnet": self.controlnet_source(panel.control["kind"]),
+            "control_image": picture,
+            "controlnet_conditioning_scale": float(panel.control["strength"]),
+        }
+
     def _check_cast_ids(self, settings: dict) -> None:
         """Refuse a panel's characters / strengths / layout naming a character that does not
         exist (as the HTTP API does): CharacterNotFound lists the known names."""
@@ -758,6 +840,7 @@ class Studio:
         self.notes = list(plan.warnings)
         subjects = [self.character_encoding(c) for c in plan.character_ids]
         arguments = self._router_arguments(panel, plan)
+        arguments.update(self._control_arguments(panel))
         if plan.character_ids:
             arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
             arguments["return_route_record"] = self.keep_route_record
@@ -806,6 +889,7 @@ class Studio:
             "subjects": plan.character_ids,
             "subject_names": names,
             "router_used": arguments["router"] if plan.character_ids else None,
+            "controlnet_used": arguments.get("controlnet"),
             "notes": list(self.notes),
         }
         return self._stories.add_version(

@@ -166,6 +166,7 @@ class TrainingModule(nn.Module):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.unet, self.subject_encoder, self.reference_net = pipe.unet, pipe.subject_encoder, pipe.reference_net
+        self.anystory_blocks = pipe.anystory_blocks  # W~, W', routers: outside the UNet, trained here too
         if self.reference_net is None:
             raise ValueError("training needs an AnyStory ReferenceNet (load with adapter='init' or a checkpoint)")
         self.stage, self.routing_weight, self.gumbel_tau = stage, routing_weight, gumbel_tau

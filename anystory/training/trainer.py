@@ -228,8 +228,8 @@ class Trainer:
                 module.to(dtype=dtype)
         unet = self.pipe.unet
         unet.to(dtype=dtype)
-        for block_proc in self.module._self_attn + self.module._cross_attn:
-            block_proc.to(dtype=torch.float32)
+        if self.pipe.anystory_blocks is not None:  # outside the UNet: unet.to(dtype) leaves them as they are
+            self.pipe.anystory_blocks.to(dtype=torch.float32)
 
     # -- checkpoints --
 
