@@ -60,7 +60,7 @@ MAX_BEST_OF = 8  # seeds one "best of N" may draw
 CONTROLNET_SOURCES = {
     "edges": "diffusers/controlnet-canny-sdxl-1.0",
     "depth": "diffusers/controlnet-depth-sdxl-1.0",
-    "pose": "thibaud/controlnet-openpose-sdxl-1.0",
+    "pose": "xinsir/controlnet-openpose-sdxl-1.0",
     "scribble": "xinsir/controlnet-scribble-sdxl-1.0",
 }
 

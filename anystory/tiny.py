@@ -273,12 +273,16 @@ def write_tiny_ip_adapter(folder: str | os.PathLike, path: str | os.PathLike, se
     return path
 
 
-def tiny_controlnet(unet: UNet2DConditionModel, seed: int = 0):
+def tiny_controlnet(
+    unet: UNet2DConditionModel, seed: int = 0, conditioning_channels: tuple[int, ...] = (8, 8, 16, 16)
+):
     """A ControlNet made from `unet` (diffusers' `ControlNetModel.from_unet`) whose zero
-    convolutions are drawn at random, so it changes the image (a fresh one adds exactly nothing)."""
+    convolutions are drawn at random, so it changes the image (a fresh one adds exactly nothing).
+    `conditioning_channels`: the control picture's encoder (4 widths: 3 halvings, 8x, as the
+    latents); (16, 32, 96, 256) is SDXL ControlNets' own."""
     from diffusers import ControlNetModel
 
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))  # 3 halvings: 8x
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=conditioning_channels)
     generator = torch.Generator().manual_seed(seed)
     zero_convs = list(controlnet.controlnet_down_blocks) + [controlnet.controlnet_mid_block]
     zero_convs.append(controlnet.controlnet_cond_embedding.conv_out)

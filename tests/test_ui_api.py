@@ -289,3 +289,21 @@ def test_start_up_says_one_clear_line_per_thing(tmp_path):
         f"AnyStory Studio is running at http://127.0.0.1:{port}/",
         "Press Ctrl+C to stop.",
     ], lines
+
+
+def test_a_control_picture_through_the_api(app, cast, tmp_path):
+    from anystory.tiny import edge_picture
+
+    studio, client, _ = app
+    story = client.predict("Posed", api_name="/create_story")
+    panel = client.predict(story["id"], "[Mia] raises her arm", "{}", api_name="/add_panel")
+    picture = tmp_path / "pose.png"
+    edge_picture(64, seed=5).save(picture)
+    posed = client.predict(panel["id"], handle_file(str(picture)), "pose", 0.9, False, api_name="/set_panel_control")
+    assert posed["control"]["kind"] == "pose" and posed["control"]["strength"] == 0.9
+    _, version = client.predict(panel["id"], False, api_name="/generate_panel")
+    assert studio.get_version(version["id"]).settings["control"] == posed["control"]
+    with pytest.raises(AppError, match="control kind must be one of"):
+        client.predict(panel["id"], handle_file(str(picture)), "normal", 1.0, False, api_name="/set_panel_control")
+    cleared = client.predict(panel["id"], None, "edges", 1.0, False, api_name="/set_panel_control")
+    assert cleared["control"] == {}

@@ -95,6 +95,7 @@ def panel_dict(studio, panel) -> dict:
         "layout": {name(c): box for c, box in panel.layout.items()},
         "style": panel.style,
         "negative": panel.negative,
+        "control": dict(panel.control),  # {} or {kind, strength, image (the stored picture's name)}
         "lines": [{**line, "speaker": name(line["speaker"]) if line["speaker"] else ""} for line in panel.lines],
         "status": panel.status,
         "error": panel.error,
@@ -245,6 +246,21 @@ class StoryEndpoints:
         router, strengths ({name: number}), layout ({name: [x0, y0, x1, y1]})."""
         studio = self.sessions.studio(request)
         return panel_dict(studio, studio.update_panel(int(panel_id), **parse_settings(studio, settings)))
+
+    @api_errors
+    def set_panel_control(
+        self, panel_id: int, image: str | None, kind: str, strength: float = 1.0, edges_from_photo: bool = False,
+        request: gr.Request = None,
+    ) -> dict:  # fmt: skip
+        """Give a panel a control picture (ControlNet): kind edges / pose / depth / scribble, strength
+        0-2; edges_from_photo computes the edges of an uploaded photo. No image: remove it."""
+        studio = self.sessions.studio(request)
+        if image is None:
+            return panel_dict(studio, studio.clear_panel_control(int(panel_id)))
+        panel = studio.set_panel_control(
+            int(panel_id), image, kind, float(strength), edges_from_photo=bool(edges_from_photo)
+        )
+        return panel_dict(studio, panel)
 
     @api_errors
     def move_panel(self, panel_id: int, position: int, request: gr.Request = None) -> list[dict]:
@@ -520,6 +536,11 @@ def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoi
     gr.on([], stories.version_overlay, [version_id, opacity], [picture, legend], api_name="version_overlay")
     gr.on([], stories.export_story, [story_id, fmt, overlay, captions], files, api_name="export_story")
     gr.on([], stories.import_project, [archive], result, api_name="import_project")
+    with gr.Column(visible=False):
+        kind, strength = gr.Textbox(label="kind", value="edges"), gr.Number(label="strength", value=1.0)
+        from_photo = gr.Checkbox(label="edges_from_photo", value=False)
+    inputs = [panel_id, image, kind, strength, from_photo]
+    gr.on([], stories.set_panel_control, inputs, result, api_name="set_panel_control")
     with gr.Column(visible=False):
         layout, title_page = gr.Textbox(label="layout", value="grid"), gr.Checkbox(label="title_page", value=False)
     gr.on([], stories.export_pages, [story_id, fmt, layout, title_page], files, api_name="export_pages")

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ..components import PictureUpload
+
 ALL_LAYERS = "all layers"
 BEST_OF = 4  # seeds the "Best of N" button draws
 EXPORT_CHOICES = [
@@ -455,6 +457,52 @@ class StylePart:
         return [self.story_style, self.story_negative, self.panel_style, self.panel_negative]
 
 
+CONTROL_KINDS = ("edges", "pose", "depth", "scribble")  # as the Studio's control settings name them
+
+
+@dataclass
+class ControlPart:
+    """The panel's control picture (ControlNet): upload one, or edges from a photo; kind, strength."""
+
+    current: gr.Image
+    summary: gr.Markdown
+    upload: PictureUpload
+    kind: gr.Radio
+    strength: gr.Slider
+    from_photo: gr.Checkbox
+    apply: gr.Button
+    remove: gr.Button
+
+    @classmethod
+    def create(cls) -> ControlPart:
+        with gr.Accordion("Control picture (pose, depth, edges, scribble)", open=False, elem_id="control-part"):
+            summary = gr.Markdown(elem_id="control-summary")
+            with gr.Row(equal_height=False):
+                current = gr.Image(
+                    label="This panel's control picture", interactive=False, format="png", height=180,
+                    elem_id="control-current",
+                )  # fmt: skip
+                upload = PictureUpload(
+                    label="New control picture, or a photo", type="filepath", image_mode=None,
+                    sources=["upload", "clipboard"], format="png", height=180, elem_id="control-upload",
+                )  # fmt: skip
+            kind = gr.Radio(list(CONTROL_KINDS), value="edges", label="Kind", elem_id="control-kind")
+            strength = gr.Slider(
+                0, 2, value=1.0, step=0.05, label="Strength (0 = no effect)", elem_id="control-strength"
+            )
+            from_photo = gr.Checkbox(
+                label="Compute the edges of this photo (no model; kind: edges)", value=False, elem_id="control-edges"
+            )
+            with gr.Row():
+                apply = gr.Button("Use for this panel", size="sm", elem_id="control-apply")
+                remove = gr.Button("Remove control picture", size="sm", variant="stop", elem_id="control-remove")
+        return cls(current, summary, upload, kind, strength, from_photo, apply, remove)
+
+    @property
+    def outputs(self) -> list:
+        return [self.current, self.summary, self.kind, self.strength]
+
+
 @dataclass
 class PanelLines:
     """The panel's lines (dialogue, captions, sound effects), drawn as bubbles over its image."""
@@ -511,6 +559,7 @@ class StoryboardLayout:
     storage: StoragePart
     lines: PanelLines
     style: StylePart
+    control: ControlPart
 
     @property
     def view_outputs(self) -> list:
@@ -546,6 +595,7 @@ class StoryboardLayout:
             self.lines.speaker,
             self.lines.table,
             *self.style.outputs,
+            *self.control.outputs,
             *self.overlay.outputs,
             *self.strip.buttons,
             bar.rename_story,
@@ -570,6 +620,7 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
         with gr.Column(scale=4, min_width=360):
             form = PanelForm.create(defaults, routers)
             style = StylePart.create()
+            control = ControlPart.create()
         with gr.Column(scale=4, min_width=360):
             buttons = GenerationButtons.create()
             inspector = VersionInspector.create()
@@ -577,7 +628,9 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
     overlay = RouteOverlay.create()
     files = StoryFiles.create()
     storage = StoragePart.create()
-    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage, lines, style)
+    return StoryboardLayout(
+        status, bar, strip, form, buttons, inspector, overlay, files, storage, lines, style, control
+    )  # fmt: skip
 
 
 __all__ = ["ALL_LAYERS", "StoryboardLayout", "aspect_sizes", "layout_storyboard"]
