@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from .bubbles import font_for, load_font
+from . import fonts
 
 Box = tuple[float, float, float, float]
 
@@ -68,8 +68,16 @@ def page_slots(count: int, layout: str) -> list[list[int]]:
     return [list(range(first, min(first + per_page, count))) for first in range(0, count, per_page)]
 
 
-def _font(size: int, text: str = "A") -> ImageFont.FreeTypeFont:
-    return load_font(font_for(text or "A"), size)
+def _drawable(text: str) -> str:
+    """The text without characters no installed font has (a title's emoji): pages never fail
+    on a title or a caption, lines are checked when they are saved."""
+    missing = set(fonts.missing_glyphs(text))
+    return "".join(ch for ch in text if ch not in missing)
+
+
+def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, size: int) -> None:
+    """One line centred on xy[0], its top at xy[1], each character in a font that has it."""
+    fonts.draw_line(draw, xy, text, size, fill=INK, align="centre")
 
 
 def _place(image: Image.Image, width: int, height: int, fit: str, paper) -> Image.Image:
@@ -90,11 +98,11 @@ def _place(image: Image.Image, width: int, height: int, fit: str, paper) -> Imag
     return scaled.crop((left, top, left + width, top + height))
 
 
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> list[str]:
+def _wrap(text: str, size: int, width: int) -> list[str]:
     lines, line = [], ""
-    for word in text.split():
+    for word in _drawable(text).split():
         candidate = f"{line} {word}" if line else word
-        if draw.textlength(candidate, font=font) <= width or not line:
+        if fonts.text_length(candidate, size) <= width or not line:
             line = candidate
         else:
             lines.append(line)
@@ -138,17 +146,13 @@ def compose_pages(
             if border:
                 draw.rectangle((x0 - border, y0 - border, x1 + border - 1, y1 + border - 1), outline=INK, width=border)
             if layout == "book" and item.caption:
-                font = _font(max(14, width // 40), item.caption)
-                step = round(font.size * 1.3)
-                for k, line in enumerate(
-                    _wrap(draw, item.caption, font, inner_w)[: max(1, (height - y1 - 110) // step)]
-                ):
-                    draw.text((width / 2, y1 + 30 + k * step), line, font=font, fill=INK, anchor="ma")
+                size = max(14, width // 40)
+                step = round(size * 1.3)
+                for k, line in enumerate(_wrap(item.caption, size, inner_w)[: max(1, (height - y1 - 110) // step)]):
+                    _text(draw, (width / 2, y1 + 30 + k * step), line, size)
         if numbers:
             number = str(len(pages) + 1)
-            draw.text(
-                (width / 2, height - margin / 2 - 20), number, font=_font(max(12, width // 60)), fill=INK, anchor="ma"
-            )
+            _text(draw, (width / 2, height - margin / 2 - 20), number, max(12, width // 60))
         pages.append(page)
     return pages
 
@@ -179,24 +183,23 @@ def _title_page(title: TitlePage, size: tuple[int, int], paper) -> Image.Image:
     width, height = size
     page = Image.new("RGB", size, paper)
     draw = ImageDraw.Draw(page)
-    font = _font(max(24, width // 14), title.title)
-    lines = _wrap(draw, title.title, font, int(width * 0.85))
+    size = max(24, width // 14)
     y = height // 6
-    for line in lines:
-        draw.text((width / 2, y), line, font=font, fill=INK, anchor="ma")
-        y += round(font.size * 1.25)
+    for line in _wrap(title.title, size, int(width * 0.85)):
+        _text(draw, (width / 2, y), line, size)
+        y += round(size * 1.25)
     if title.cast:
-        names = _font(max(12, width // 45), "".join(n for n, _ in title.cast))
-        draw.text((width / 2, y + 30), "Cast", font=names, fill=INK, anchor="ma")
+        names = max(12, width // 45)
+        _text(draw, (width / 2, y + 30), "Cast", names)
         per_row = min(4, len(title.cast))
         side = min((width - 120) // per_row - 30, height // 5)
-        top = y + 30 + round(names.size * 2)
+        top = y + 30 + round(names * 2)
         for k, (name, picture) in enumerate(title.cast):
             row, column = divmod(k, per_row)
             count = min(per_row, len(title.cast) - row * per_row)
             left = (width - count * (side + 30) + 30) // 2 + column * (side + 30)
-            y0 = top + row * (side + names.size * 3)
+            y0 = top + row * (side + names * 3)
             page.paste(_place(picture, side, side, "fit", paper), (left, y0))
             draw.rectangle((left, y0, left + side - 1, y0 + side - 1), outline=INK, width=2)
-            draw.text((left + side / 2, y0 + side + 8), name, font=names, fill=INK, anchor="ma")
+            _text(draw, (left + side / 2, y0 + side + 8), _drawable(name), names)
     return page

@@ -608,6 +608,17 @@ class Studio:
             size = image.size
         return bub.place_bubbles(maps, size, specs, rtl=rtl)
 
+    def line_warnings(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[str]:
+        """What is wrong with how the panel's lines show on its image, in words ("line 2 does not
+        fit panel 3: ..."): a line cut because even the smallest text does not fit, or a bubble
+        that had to overlap another one. Empty when every line shows in full and apart."""
+        panel = self._stories.get_panel(panel_id)
+        return [
+            f"line {bubble.index + 1} does not fit panel {panel.position + 1}: {bubble.warning}"
+            for bubble in self.panel_bubbles(panel_id, version_id, rtl=rtl)
+            if bubble.warning
+        ]
+
     def panel_picture(
         self, panel_id: int, *, bubbles: bool = True, version_id: int | None = None, rtl: bool = False
     ) -> Image.Image | None:

@@ -467,6 +467,11 @@ def test_lines_become_bubbles_by_the_routed_speaker_on_a_generated_version(studi
     with pytest.raises(ValueError, match="no installed font"):
         studio.add_line(panel.id, "party \U0001f389", "Mia")
     assert len(studio.panel_lines(panel.id)) == 3
+    assert studio.line_warnings(panel.id) == []
+    studio.add_line(panel.id, "word " * 99, "Mia")  # too long for a 256 px panel even at the smallest text
+    [warning] = studio.line_warnings(panel.id)
+    assert warning.startswith("line 4 does not fit panel 1") and "cut" in warning
+    studio.remove_line(panel.id, 3)
 
     (archive,) = studio.export_story(story.id, "project", tmp_path / "talk.zip")
     other = Studio(tmp_path / "other", public_pipe, preview=True)
