@@ -40,14 +40,25 @@ WEBTOON_WIDTH = 800
 INK = (20, 20, 20)
 
 
+FITS = ("auto", "crop", "fit")
+# "auto" crops a picture to fill its cell when the two shapes are this close (a crop then cuts at
+# most a fifth of one side); further apart, a crop would cut characters and bubbles, so the whole
+# picture is shown as a smaller bordered panel centred in its cell.
+CROP_LIMIT = 1.25
+
+
 @dataclass
 class PageItem:
-    """One panel on a page: its picture (bubbles already drawn) and the text under it in a
-    picture book; `fit` "crop" fills the cell, "fit" shows the whole picture."""
+    """One panel on a page: its picture (bubbles already drawn), the text under it in a picture
+    book, and how it meets its cell: "crop" fills the cell (cutting what lies outside), "fit" shows
+    the whole picture as a bordered panel centred in the cell, "auto" crops when the shapes are
+    close (CROP_LIMIT) and the crop keeps `keep`, else fits. `keep` is a box of the picture (its
+    bubbles) a crop must not cut."""
 
     image: Image.Image
     caption: str = ""
-    fit: str = "crop"
+    fit: str = "auto"
+    keep: tuple[int, int, int, int] | None = None
 
 
 @dataclass
@@ -80,22 +91,62 @@ def _text(draw: ImageDraw.ImageDraw, xy: tuple[float, float], text: str, size: i
     fonts.draw_line(draw, xy, text, size, fill=INK, align="centre")
 
 
-def _place(image: Image.Image, width: int, height: int, fit: str, paper) -> Image.Image:
-    """The picture in a width x height cell: scaled to cover it and centre-cropped, or scaled to
-    fit inside it on the paper colour."""
-    image = image.convert("RGB")
+def resolve_fit(fit: str, size: tuple[int, int], cell: tuple[int, int], keep=None) -> str:
+    """Crop or fit (see PageItem) for a picture of `size` in a cell of `cell` (see PageItem)."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {', '.join(FITS)}, got {fit!r}")
+    if fit != "auto":
+        return fit
+    ratio = (size[0] / size[1]) / (cell[0] / cell[1])
+    if max(ratio, 1 / ratio) > CROP_LIMIT:
+        return "fit"
+    window = crop_window(size, cell, keep)
+    if keep is not None and not _inside(keep, window):
+        return "fit"
+    return "crop"
+
+
+def crop_window(size: tuple[int, int], cell: tuple[int, int], keep=None) -> tuple[float, float, float, float]:
+    """The part of a picture of `size` a crop to the cell's shape shows, in the picture's pixels:
+    centred, moved (as little as it takes) to hold the `keep` box where that box fits in it."""
+    width, height = size
+    scale = max(cell[0] / width, cell[1] / height)
+    w, h = cell[0] / scale, cell[1] / scale
+    left, top = (width - w) / 2, (height - h) / 2
+    if keep is not None:
+        left = _shifted(left, w, keep[0], keep[2], width)
+        top = _shifted(top, h, keep[1], keep[3], height)
+    return (left, top, left + w, top + h)
+
+
+def _shifted(start: float, length: float, low: float, high: float, total: float) -> float:
+    if high - low <= length:
+        start = min(max(start, high - length), low)
+    else:  # the box does not fit: centre on it
+        start = (low + high - length) / 2
+    return min(max(0.0, start), total - length)
+
+
+def _inside(box, window) -> bool:
+    x0, y0, x1, y1 = window
+    return box[0] >= x0 - 0.5 and box[1] >= y0 - 0.5 and box[2] <= x1 + 0.5 and box[3] <= y1 + 0.5
+
+
+def _place(item: PageItem, width: int, height: int, paper) -> tuple[Image.Image, tuple[int, int, int, int]]:
+    """The cell: the picture scaled to cover it and cropped (crop), or scaled to fit inside it and
+    centred on the paper (fit); and where the picture lies in the cell (what the border frames)."""
+    image = item.image.convert("RGB")
+    fit = resolve_fit(item.fit, image.size, (width, height), item.keep)
     if fit == "fit":
         scale = min(width / image.width, height / image.height)
-        scaled = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.LANCZOS)
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         cell = Image.new("RGB", (width, height), paper)
-        cell.paste(scaled, ((width - scaled.width) // 2, (height - scaled.height) // 2))
-        return cell
-    scale = max(width / image.width, height / image.height)
-    scaled = image.resize(
-        (max(width, round(image.width * scale)), max(height, round(image.height * scale))), Image.LANCZOS
-    )
-    left, top = (scaled.width - width) // 2, (scaled.height - height) // 2
-    return scaled.crop((left, top, left + width, top + height))
+        left, top = (width - size[0]) // 2, (height - size[1]) // 2
+        cell.paste(image.resize(size, Image.LANCZOS), (left, top))
+        return cell, (left, top, left + size[0], top + size[1])
+    window = crop_window(image.size, (width, height), item.keep)
+    cell = image.resize((width, height), Image.LANCZOS, box=window)
+    return cell, (0, 0, width, height)
 
 
 def _wrap(text: str, size: int, width: int) -> list[str]:
@@ -142,9 +193,11 @@ def compose_pages(
             x1 = margin + round(cell[2] * inner_w) - (gutter // 2 if cell[2] < 1 else 0)
             y1 = margin + round(cell[3] * inner_h) - (gutter // 2 if cell[3] < 1 else 0)
             item = items[index]
-            page.paste(_place(item.image, x1 - x0, y1 - y0, item.fit, paper), (x0, y0))
-            if border:
-                draw.rectangle((x0 - border, y0 - border, x1 + border - 1, y1 + border - 1), outline=INK, width=border)
+            cell, (px0, py0, px1, py1) = _place(item, x1 - x0, y1 - y0, paper)
+            page.paste(cell, (x0, y0))
+            if border:  # round the picture: a fitted picture is a smaller panel centred in its cell
+                frame = (x0 + px0 - border, y0 + py0 - border, x0 + px1 + border - 1, y0 + py1 + border - 1)
+                draw.rectangle(frame, outline=INK, width=border)
             if layout == "book" and item.caption:
                 size = max(14, width // 40)
                 step = round(size * 1.3)
@@ -199,7 +252,7 @@ def _title_page(title: TitlePage, size: tuple[int, int], paper) -> Image.Image:
             count = min(per_row, len(title.cast) - row * per_row)
             left = (width - count * (side + 30) + 30) // 2 + column * (side + 30)
             y0 = top + row * (side + names * 3)
-            page.paste(_place(picture, side, side, "fit", paper), (left, y0))
+            page.paste(_place(PageItem(picture, fit="fit"), side, side, paper)[0], (left, y0))
             draw.rectangle((left, y0, left + side - 1, y0 + side - 1), outline=INK, width=2)
             _text(draw, (left + side / 2, y0 + side + 8), _drawable(name), names)
     return page

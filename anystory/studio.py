@@ -1103,15 +1103,17 @@ class Studio:
         bubbles: bool = True,
         layout: str | None = None,
         title_page: bool = False,
-        fit: str = "fit",
+        fit: str = "auto",
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
         "project" (an archive that imports back). Returns the files written.
 
         With a page `layout` (pages.LAYOUTS: grid, tiers, splash, book, webtoon, manga) the
         pages of "grid" / "pdf" / "cbz" are comic pages: bubbles drawn (right to left for manga),
-        an optional title page with the cast, `fit` "fit" (whole picture, bubbles kept) or "crop"
-        (fills the cell; cuts what lies outside it) for every panel."""
+        an optional title page with the cast, `fit` for every panel: "auto" (fill the cell when the
+        shapes are close and no bubble is cut, else a smaller bordered panel centred in the cell),
+        "fit" (the whole picture, always) or "crop" (fill the cell, keeping the bubbles where they
+        fit in it): see pages.PageItem."""
         if layout is not None and fmt in ("grid", "pdf", "cbz"):
             story = self._stories.get_story(story_id)
             suffix = ".png" if fmt == "grid" else f".{fmt}"
@@ -1163,13 +1165,13 @@ class Studio:
         ]
 
     def story_pages(
-        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "fit", bubbles: bool = True
+        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "auto", bubbles: bool = True
     ) -> list[Image.Image]:
         """The story's pages in a layout (pages.LAYOUTS), as pictures: what every page export
         writes and what the live page preview shows. In a picture book ("book") the narration
         goes under the picture instead of a caption box."""
-        if fit not in ("crop", "fit"):
-            raise StudioError(f"fit must be crop or fit, got {fit!r}")
+        if fit not in pg.FITS:
+            raise StudioError(f"fit must be one of {', '.join(pg.FITS)}, got {fit!r}")
         if layout not in pg.LAYOUTS:
             raise StudioError(f"unknown layout {layout!r}; choose one of {', '.join(pg.LAYOUTS)}")
         story = self._stories.get_story(story_id)
@@ -1185,7 +1187,11 @@ class Studio:
             if layout == "book":
                 caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")
                 placed = [b for b in placed if b.kind != "caption"]
-            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit))
+            keep = None  # a crop keeps the bubbles and where their tails point
+            if placed:
+                corners = [b.box for b in placed] + [(*b.tail, *b.tail) for b in placed if b.tail is not None]
+                keep = tuple(f(c[k] for c in corners) for k, f in enumerate((min, min, max, max)))
+            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit, keep))
             for character_id in version.settings.get("subjects") or []:
                 cast.setdefault(character_id, None)
         if not items:
