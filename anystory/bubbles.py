@@ -11,6 +11,7 @@ points, `draw_bubbles` draws them on a copy of the image; the version's picture 
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,7 @@ MIN_FONT_SIZE = 8  # px: the smallest text drawn, still legible on a 128 px pane
 INK = (20, 20, 20)
 PAPER = (255, 255, 255)
 CAPTION_PAPER = (255, 246, 200)
+THOUGHT_RIM = 0.16  # a thought bubble's scallops: their radius, as a share of the short half-axis
 _WORK_SIDE = 96  # cells on the long side of the grid the placement searches
 # How much of the image (width, height) a line's box may take: the first that the text fits at a
 # comfortable size, then larger ones (the bubble grows before the text gets small).
@@ -121,8 +123,10 @@ def _dilate(mask: np.ndarray, by: int) -> np.ndarray:
 # -- text fitting --------------------------------------------------------------------------------
 
 
-def _wrap(text: str, size: int, bold: bool, width: float) -> list[str]:
-    """Greedy wrap by pixel width; scripts without spaces (CJK) break between characters."""
+def _wrap(text: str, size: int, bold: bool, width: float, split_words: bool = True) -> list[str] | None:
+    """Greedy wrap by pixel width; scripts without spaces (CJK) break between characters. A
+    word of another script too wide for a line is split only with `split_words` (else None:
+    this size does not fit without cutting a word)."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
@@ -134,6 +138,8 @@ def _wrap(text: str, size: int, bold: bool, width: float) -> list[str]:
             if line:
                 lines.append(line)
             line = ""
+            if fonts.text_length(word, size, bold) > width and not (split_words or _breaks_anywhere(word)):
+                return None
             for ch in word:
                 if line and fonts.text_length(line + ch, size, bold) > width:
                     lines.append(line)
@@ -143,6 +149,11 @@ def _wrap(text: str, size: int, bold: bool, width: float) -> list[str]:
     return [line for line in lines if line] or [""]
 
 
+def _breaks_anywhere(word: str) -> bool:
+    """Text written without spaces (Chinese, Japanese) may break between any two characters."""
+    return any(unicodedata.east_asian_width(ch) in ("W", "F") for ch in word)
+
+
 def _box_size(lines: list[str], font_size: int, kind: str) -> tuple[float, float]:
     """The box around wrapped text: an ellipse for speech and thought (sqrt 2 of the text block,
     so its corners stay inside), a padded rectangle for captions and sound effects."""
@@ -150,9 +161,10 @@ def _box_size(lines: list[str], font_size: int, kind: str) -> tuple[float, float
     text_w = max(fonts.text_length(line, font_size, bold) for line in lines)
     text_h = len(lines) * fonts.line_step("".join(lines), font_size, bold)
     pad = font_size * 0.6
-    if kind in ("speech", "thought"):
-        extra = 2 * pad if kind == "thought" else pad  # the scalloped rim takes some room
-        return text_w * 1.42 + extra, text_h * 1.42 + extra
+    if kind == "speech":
+        return text_w * 1.42 + pad, text_h * 1.42 + pad
+    if kind == "thought":  # the scalloped rim takes THOUGHT_RIM of the ellipse's short half-axis
+        return text_w * 1.42 / (1 - THOUGHT_RIM) + pad, text_h * 1.42 / (1 - THOUGHT_RIM) + pad
     if kind == "caption":
         return text_w + 2 * pad, text_h + 1.4 * pad
     return text_w + pad, text_h + pad
@@ -175,11 +187,14 @@ def fit_text(text: str, kind: str, size: tuple[int, int], *, largest: int | None
     tries += [(budgets[-1], s) for s in range(comfortable - 1, MIN_FONT_SIZE - 1, -step)]
     if tries[-1][1] != MIN_FONT_SIZE:
         tries.append((budgets[-1], MIN_FONT_SIZE))
-    for (fw, fh), font_size in tries:
-        lines = _wrap(text, font_size, bold, _text_width(kind, fw * width, font_size))
-        bw, bh = _box_size(lines, font_size, kind)
-        if bw <= fw * width and bh <= fh * height:
-            return Fit(lines, font_size, (round(bw), round(bh)))
+    for split_words in (False, True):  # cutting a word in two only when nothing else fits
+        for (fw, fh), font_size in tries:
+            lines = _wrap(text, font_size, bold, _text_width(kind, fw * width, font_size), split_words)
+            if lines is None:
+                continue
+            bw, bh = _box_size(lines, font_size, kind)
+            if bw <= fw * width and bh <= fh * height:
+                return Fit(lines, font_size, (round(bw), round(bh)))
     # even the smallest size in the largest box is too small: keep what fits, say it is cut
     fw, fh = budgets[-1]
     font_size = MIN_FONT_SIZE
@@ -194,8 +209,10 @@ def fit_text(text: str, kind: str, size: tuple[int, int], *, largest: int | None
 def _text_width(kind: str, box_width: float, font_size: int) -> float:
     """The widest text line a box of `box_width` holds (the inverse of _box_size's width)."""
     pad = font_size * 0.6
-    if kind in ("speech", "thought"):
-        return (box_width - (2 * pad if kind == "thought" else pad)) / 1.42
+    if kind == "speech":
+        return (box_width - pad) / 1.42
+    if kind == "thought":
+        return (box_width - pad) * (1 - THOUGHT_RIM) / 1.42
     return box_width - (2 * pad if kind == "caption" else pad)
 
 
@@ -449,10 +466,10 @@ def draw_bubbles(image: Image.Image, bubbles: list[Bubble]) -> Image.Image:
     for bubble in bubbles:
         if bubble.kind == "caption":
             draw.rectangle(bubble.box, fill=CAPTION_PAPER, outline=INK, width=outline)
-        elif bubble.kind in ("speech", "thought"):
+        elif bubble.kind == "speech":
             draw.ellipse(bubble.box, fill=PAPER, outline=INK, width=outline)
-            if bubble.kind == "thought":  # a scalloped rim: small circles round the ellipse
-                _scallops(draw, bubble.box, outline)
+        elif bubble.kind == "thought":  # a cloud: a scalloped rim
+            _scallops(draw, bubble.box, outline)
         _draw_text(draw, bubble, outline)
     return out
 
@@ -483,14 +500,19 @@ def _draw_tail(draw: ImageDraw.ImageDraw, bubble: Bubble, outline: int) -> None:
 
 
 def _scallops(draw: ImageDraw.ImageDraw, box, outline: int) -> None:
+    """A cloud inside the box: circles along an inner ellipse, then that ellipse filled over
+    their inner halves, so only the outer arcs show and the middle is clear for the text."""
     x0, y0, x1, y1 = box
     cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-    rad = max(3.0, min(rx, ry) * 0.18)
-    for k in range(14):
-        a = 2 * np.pi * k / 14
-        px, py = cx + (rx - rad * 0.6) * np.cos(a), cy + (ry - rad * 0.6) * np.sin(a)
+    rad = max(3.0, min(rx, ry) * THOUGHT_RIM)
+    ax, ay = max(1.0, rx - rad), max(1.0, ry - rad)
+    perimeter = np.pi * (3 * (ax + ay) - np.sqrt((3 * ax + ay) * (ax + 3 * ay)))
+    count = max(8, int(perimeter / (1.5 * rad)))
+    for k in range(count):
+        a = 2 * np.pi * k / count
+        px, py = cx + ax * np.cos(a), cy + ay * np.sin(a)
         draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=PAPER, outline=INK, width=outline)
-    draw.ellipse((x0 + rad, y0 + rad, x1 - rad, y1 - rad), fill=PAPER)
+    draw.ellipse((cx - ax, cy - ay, cx + ax, cy + ay), fill=PAPER)
 
 
 def _draw_text(draw: ImageDraw.ImageDraw, bubble: Bubble, outline: int) -> None:

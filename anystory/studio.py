@@ -45,6 +45,7 @@ from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Stor
 from .styles import Style, load_styles, negative_prompt
 
 log = logging.getLogger(__name__)
+PAGE_PICTURE_SIDE = 1024  # pages draw bubbles on a panel's picture enlarged to at least this long side
 
 DEFAULT_DATA_DIR = "./data"
 EXAMPLE_CAST_DIR = Path(__file__).resolve().parent.parent / "assets" / "cast"
@@ -583,9 +584,12 @@ class Studio:
         lines[index] = {**lines[index], "offset": [float(dx), float(dy)]}
         return self._stories.set_lines(panel_id, lines)
 
-    def panel_bubbles(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[bub.Bubble]:
+    def panel_bubbles(
+        self, panel_id: int, version_id: int | None = None, *, rtl: bool = False, size: tuple[int, int] | None = None
+    ) -> list[bub.Bubble]:
         """Where the panel's lines go on a version's image (the active one by default): each
-        speaker's bubble by the region the router gave that character in that version."""
+        speaker's bubble by the region the router gave that character in that version. `size`
+        places them on the image scaled to that size (pages draw at print resolution)."""
         panel = self._stories.get_panel(panel_id)
         version_id = panel.active_version_id if version_id is None else version_id
         if version_id is None:
@@ -604,8 +608,9 @@ class Studio:
             )
             for line in panel.lines
         ]
-        with Image.open(version.image_path) as image:
-            size = image.size
+        if size is None:
+            with Image.open(version.image_path) as image:
+                size = image.size
         return bub.place_bubbles(maps, size, specs, rtl=rtl)
 
     def line_warnings(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[str]:
@@ -1182,7 +1187,11 @@ class Studio:
                 continue
             version = self._stories.get_version(panel.active_version_id)
             image = self.version_image(version.id)
-            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl) if bubbles else []
+            if bubbles and panel.lines and max(image.size) < PAGE_PICTURE_SIDE:
+                # bubbles drawn at print resolution stay sharp (drawn small, then enlarged, they blur)
+                scale = PAGE_PICTURE_SIDE / max(image.size)
+                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
+            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl, size=image.size) if bubbles else []
             caption = ""
             if layout == "book":
                 caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")

@@ -240,3 +240,12 @@ def test_drawing_is_a_layer_and_scripts_render_or_are_refused_clearly(tmp_path):
         assert check_line("speech", "  你好  ") == "你好"
     except ValueError as err:
         assert "'你' (U+4F60)" in str(err) and "fonts-noto-cjk" in str(err)
+
+
+@pytest.mark.parametrize("size", [(128, 128), (256, 256), (256, 384)])
+def test_words_are_not_cut_in_two_when_a_smaller_size_keeps_them_whole(size):
+    for kind, text in (("sfx", "WHOOSH"), ("sfx", "CRACKLE"), ("thought", "in grandmother's book: مرحبا بالعالم")):
+        fit = fit_text(text, kind, size)
+        assert " ".join(fit.lines).split() == text.split()  # every word whole, on one line or another
+    chinese = fit_text("我们又在森林里迷路了，地图是倒着的。" * 2, "speech", (128, 128))
+    assert len(chinese.lines) > 1 and not chinese.truncated  # no spaces: it breaks between characters
