@@ -170,14 +170,21 @@ def _box_size(lines: list[str], font_size: int, kind: str) -> tuple[float, float
     return text_w + pad, text_h + pad
 
 
-def fit_text(text: str, kind: str, size: tuple[int, int], *, largest: int | None = None) -> Fit:
+def fit_text(
+    text: str, kind: str, size: tuple[int, int], *, largest: int | None = None, text_size: int | None = None
+) -> Fit:
     """The line laid out on an image of `size`: the text wraps in a box of about 40% of the
     image, shrinks to a comfortable size, then the box grows (up to most of the image), then the
     text shrinks to MIN_FONT_SIZE; only when even that does not fit are the last lines cut with
-    an ellipsis (and the Fit says so). `largest` caps the font size (to make room for others)."""
+    an ellipsis (and the Fit says so). `text_size` is the preferred size of speech (pages letter
+    every panel alike; by default it follows the image's size); `largest` caps the font size
+    (to make room for others)."""
     width, height = size
     bold = kind == "sfx"
-    big = max(MIN_FONT_SIZE + 3, round(min(width, height) / {"sfx": 9, "caption": 24}.get(kind, 20)))
+    if text_size is None:
+        big = max(MIN_FONT_SIZE + 3, round(min(width, height) / {"sfx": 9, "caption": 24}.get(kind, 20)))
+    else:
+        big = max(MIN_FONT_SIZE, round(text_size * {"sfx": 2.2, "caption": 0.95}.get(kind, 1.0)))
     if largest is not None:
         big = max(MIN_FONT_SIZE, min(big, largest))
     comfortable = max(MIN_FONT_SIZE, round(big * 0.6))
@@ -189,7 +196,8 @@ def fit_text(text: str, kind: str, size: tuple[int, int], *, largest: int | None
         tries.append((budgets[-1], MIN_FONT_SIZE))
     for split_words in (False, True):  # cutting a word in two only when nothing else fits
         for (fw, fh), font_size in tries:
-            lines = _wrap(text, font_size, bold, _text_width(kind, fw * width, font_size), split_words)
+            wrap_at = min(_text_width(kind, fw * width, font_size), _balanced_width(text, kind, font_size))
+            lines = _wrap(text, font_size, bold, wrap_at, split_words)
             if lines is None:
                 continue
             bw, bh = _box_size(lines, font_size, kind)
@@ -204,6 +212,17 @@ def fit_text(text: str, kind: str, size: tuple[int, int], *, largest: int | None
     lines[-1] = _ellipsised(lines[-1], font_size, bold, _text_width(kind, fw * width, font_size))
     bw, bh = _box_size(lines, font_size, kind)
     return Fit(lines, font_size, (min(width, round(bw)), min(height, round(bh))), truncated=True)
+
+
+def _balanced_width(text: str, kind: str, font_size: int) -> float:
+    """A line width that gives the text block a pleasant shape (about 2.5 wide to 1 high for a
+    bubble, 4 to 1 for a caption box) instead of one long flat line; never below the longest word."""
+    bold = kind == "sfx"
+    total = fonts.text_length(" ".join(text.split()), font_size, bold)
+    step = fonts.line_step(text, font_size, bold)
+    aspect = {"caption": 4.0, "sfx": 8.0}.get(kind, 2.5)
+    longest = max((fonts.text_length(word, font_size, bold) for word in text.split()), default=0.0)
+    return max(float(np.sqrt(aspect * total * step)), longest, 4.0 * font_size)
 
 
 def _text_width(kind: str, box_width: float, font_size: int) -> float:
@@ -238,10 +257,16 @@ def speaker_anchor(labels: np.ndarray, slot: int) -> tuple[float, float] | None:
 
 
 def place_bubbles(
-    maps: np.ndarray | None, size: tuple[int, int], lines: list[LineSpec], *, rtl: bool = False
+    maps: np.ndarray | None,
+    size: tuple[int, int],
+    lines: list[LineSpec],
+    *,
+    rtl: bool = False,
+    text_size: int | None = None,
 ) -> list[Bubble]:
     """Boxes and tails for the lines on an image of `size` (width, height) routed as `maps`
-    ([S, h, w], characters then the background; None: nobody placed).
+    ([S, h, w], characters then the background; None: nobody placed). `text_size`: the
+    preferred size of the text in pixels (see fit_text).
 
     Captions go first, into corners (top ones, or bottom ones for narration after all the
     dialogue); then each other line in order, on space no earlier box takes (a hard rule while
@@ -267,7 +292,7 @@ def place_bubbles(
         corners = ["bl", "br", "tl", "tr"] if closing else ["tl", "tr", "bl", "br"]
         if rtl:
             corners = [c[0] + ("r" if c[1] == "l" else "l") for c in corners]
-        bubbles[index] = _place_caption(index, line, grid, corners, placed)
+        bubbles[index] = _place_caption(index, line, grid, corners, placed, text_size)
         placed |= grid.cells(bubbles[index].box, margin=True)
 
     # the speakers' heads stay clear of every box, so that each tail can reach its speaker
@@ -289,14 +314,14 @@ def place_bubbles(
             others = np.zeros_like(others)
         best = None  # (cost, fit, bw, bh, score, warning)
         preferred = None
-        for fit in _fits(line.text, line.kind, (width, height)):
+        for fit in _fits(line.text, line.kind, (width, height), text_size):
             preferred = preferred or fit.font_size
             bw = min(gw, max(1, int(np.ceil(fit.size[0] / grid.sx))))
             bh = min(gh, max(1, int(np.ceil(fit.size[1] / grid.sy))))
             score = _score(own, others, placed, bw, bh, anchor, previous, rtl, grid.margin)
             score += 30.0 * (_window_sums(heads, bh, bw) > 0) + 40.0 * np.minimum(1, _window_sums(tails, bh, bw) / 3)
             free = _window_sums(placed, bh, bw) == 0
-            shrink = 16.0 * (1 - fit.font_size / preferred)  # smaller text only where it buys a better place
+            shrink = 30.0 * (1 - fit.font_size / preferred)  # smaller text only where it buys a better place
             if free.any():
                 score = np.where(free, score, np.inf)
                 candidate = (float(score.min()) + shrink, fit, bw, bh, score, "")
@@ -353,25 +378,28 @@ class _Grid:
         return _cells(box, self.sx, self.sy, self.gw, self.gh, self.margin if margin else 0)
 
 
-def _fits(text: str, kind: str, size: tuple[int, int]):
+def _fits(text: str, kind: str, size: tuple[int, int], text_size: int | None):
     """The line's layouts from the preferred one down to the smallest text: a crowded panel
     takes the largest one that finds free space."""
-    fit = fit_text(text, kind, size)
+    fit = fit_text(text, kind, size, text_size=text_size)
     yield fit
     while fit.font_size > MIN_FONT_SIZE:
-        smaller = fit_text(text, kind, size, largest=max(MIN_FONT_SIZE, fit.font_size - max(1, fit.font_size // 8)))
+        cap = max(MIN_FONT_SIZE, fit.font_size - max(1, fit.font_size // 8))
+        smaller = fit_text(text, kind, size, largest=cap, text_size=text_size)
         if smaller.font_size >= fit.font_size:
             return
         fit = smaller
         yield fit
 
 
-def _place_caption(index: int, line: LineSpec, grid: _Grid, corners: list[str], placed: np.ndarray) -> Bubble:
+def _place_caption(
+    index: int, line: LineSpec, grid: _Grid, corners: list[str], placed: np.ndarray, text_size: int | None
+) -> Bubble:
     """A caption box in the first corner with room, the text shrinking until one has room."""
     width, height = grid.width, grid.height
     pad = round(min(width, height) * 0.02)
     fallback = None
-    for fit in _fits(line.text, "caption", (width, height)):
+    for fit in _fits(line.text, "caption", (width, height), text_size):
         bw, bh = fit.size
         for corner in corners:
             x0 = pad if corner[1] == "l" else width - pad - bw
@@ -490,7 +518,7 @@ def _draw_tail(draw: ImageDraw.ImageDraw, bubble: Bubble, outline: int) -> None:
     nx, ny = -vy / length * base / 2, vx / length * base / 2
     inner = (cx + vx * t * 0.7, cy + vy * t * 0.7)
     if bubble.kind == "thought":
-        for k, r in ((0.35, 0.10), (0.65, 0.07), (0.9, 0.045)):
+        for k, r in ((0.3, 0.16), (0.6, 0.11), (0.85, 0.07)):
             px, py = ex + (tx - ex) * k, ey + (ty - ey) * k
             rad = max(3.0, min(rx, ry) * r)
             draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=PAPER, outline=INK, width=outline)

@@ -37,6 +37,8 @@ LAYOUT_NAMES = {
 RTL_LAYOUTS = ("manga",)
 PAGE_SIZE = (1240, 1754)  # A4 at 150 dpi
 WEBTOON_WIDTH = 800
+WEBTOON_GUTTER = 24
+LETTERING = {"page": 19, "webtoon": 20}  # px of a bubble's text on a 1240 px page / an 800 px strip
 INK = (20, 20, 20)
 
 
@@ -161,6 +163,41 @@ def _wrap(text: str, size: int, width: int) -> list[str]:
     return lines + ([line] if line else [])
 
 
+def cell_boxes(
+    layout: str, page_size: tuple[int, int] = PAGE_SIZE, margin: int = 60, gutter: int = 24, numbers: bool = True
+) -> list[tuple[int, int, int, int]]:
+    """The cells of one page of a layout in page pixels (x0, y0, x1, y1), in reading order."""
+    width, height = page_size
+    inner_w, inner_h = width - 2 * margin, height - 2 * margin - (40 if numbers else 0)
+    boxes = []
+    for cell in TEMPLATES[layout]:
+        boxes.append((
+            margin + round(cell[0] * inner_w) + (gutter // 2 if cell[0] > 0 else 0),
+            margin + round(cell[1] * inner_h) + (gutter // 2 if cell[1] > 0 else 0),
+            margin + round(cell[2] * inner_w) - (gutter // 2 if cell[2] < 1 else 0),
+            margin + round(cell[3] * inner_h) - (gutter // 2 if cell[3] < 1 else 0),
+        ))  # fmt: skip
+    return boxes
+
+
+def shown_size(image_size: tuple[int, int], index: int, count: int, layout: str, fit: str = "auto") -> tuple[int, int]:
+    """The size a panel's picture is shown at on its page: panel `index` of `count` in `layout`
+    (scaled to cover its cell when it will be cropped, to fit inside it otherwise; the strip's
+    width in a webtoon). Bubbles are placed at this size, so lettering is the same size on
+    every panel of a page."""
+    width, height = image_size
+    if layout == "webtoon":
+        scale = (WEBTOON_WIDTH - 2 * WEBTOON_GUTTER) / width
+    else:
+        page_of = page_slots(count, layout)
+        cell_index = next(k for page in page_of for k, i in enumerate(page) if i == index)
+        x0, y0, x1, y1 = cell_boxes(layout)[cell_index]
+        cell = (x1 - x0, y1 - y0)
+        cover = resolve_fit(fit, image_size, cell) == "crop"
+        scale = (max if cover else min)(cell[0] / width, cell[1] / height)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
 def compose_pages(
     items: list[PageItem],
     layout: str = "grid",
@@ -183,15 +220,11 @@ def compose_pages(
         pages.append(_webtoon(items, gutter, border, paper))
         return pages
     width, height = page_size
-    inner_w, inner_h = width - 2 * margin, height - 2 * margin - (40 if numbers else 0)
+    inner_w = width - 2 * margin
     for page_index, indices in enumerate(slots):
         page = Image.new("RGB", page_size, paper)
         draw = ImageDraw.Draw(page)
-        for cell, index in zip(TEMPLATES[layout], indices):
-            x0 = margin + round(cell[0] * inner_w) + (gutter // 2 if cell[0] > 0 else 0)
-            y0 = margin + round(cell[1] * inner_h) + (gutter // 2 if cell[1] > 0 else 0)
-            x1 = margin + round(cell[2] * inner_w) - (gutter // 2 if cell[2] < 1 else 0)
-            y1 = margin + round(cell[3] * inner_h) - (gutter // 2 if cell[3] < 1 else 0)
+        for (x0, y0, x1, y1), index in zip(cell_boxes(layout, page_size, margin, gutter, numbers), indices):
             item = items[index]
             cell, (px0, py0, px1, py1) = _place(item, x1 - x0, y1 - y0, paper)
             page.paste(cell, (x0, y0))

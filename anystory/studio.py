@@ -45,7 +45,6 @@ from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Stor
 from .styles import Style, load_styles, negative_prompt
 
 log = logging.getLogger(__name__)
-PAGE_PICTURE_SIDE = 1024  # pages draw bubbles on a panel's picture enlarged to at least this long side
 
 DEFAULT_DATA_DIR = "./data"
 EXAMPLE_CAST_DIR = Path(__file__).resolve().parent.parent / "assets" / "cast"
@@ -585,11 +584,20 @@ class Studio:
         return self._stories.set_lines(panel_id, lines)
 
     def panel_bubbles(
-        self, panel_id: int, version_id: int | None = None, *, rtl: bool = False, size: tuple[int, int] | None = None
+        self,
+        panel_id: int,
+        version_id: int | None = None,
+        *,
+        rtl: bool = False,
+        size: tuple[int, int] | None = None,
+        text_size: int | None = None,
+        captions: bool = True,
     ) -> list[bub.Bubble]:
         """Where the panel's lines go on a version's image (the active one by default): each
         speaker's bubble by the region the router gave that character in that version. `size`
-        places them on the image scaled to that size (pages draw at print resolution)."""
+        places them on the image scaled to that size and `text_size` letters them at that size
+        (pages: the size a panel is shown at on its page, the same lettering on every panel).
+        `captions=False` leaves narration out (a picture book prints it under the picture)."""
         panel = self._stories.get_panel(panel_id)
         version_id = panel.active_version_id if version_id is None else version_id
         if version_id is None:
@@ -599,6 +607,7 @@ class Studio:
         if version.route_map_path is not None:
             maps, _ = render.load_route_maps(version.route_map_path)
         subjects = list(version.settings.get("subjects") or [])
+        numbers = [k for k, line in enumerate(panel.lines) if captions or line["kind"] != "caption"]
         specs = [
             bub.LineSpec(
                 line["kind"],
@@ -606,12 +615,15 @@ class Studio:
                 subjects.index(line["speaker"]) if maps is not None and line["speaker"] in subjects else None,
                 tuple(line.get("offset", (0.0, 0.0))),
             )
-            for line in panel.lines
+            for line in (panel.lines[k] for k in numbers)
         ]
         if size is None:
             with Image.open(version.image_path) as image:
                 size = image.size
-        return bub.place_bubbles(maps, size, specs, rtl=rtl)
+        placed = bub.place_bubbles(maps, size, specs, rtl=rtl, text_size=text_size)
+        for bubble in placed:  # each bubble keeps the number of its line in the panel
+            bubble.index = numbers[bubble.index]
+        return placed
 
     def line_warnings(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[str]:
         """What is wrong with how the panel's lines show on its image, in words ("line 2 does not
@@ -1182,20 +1194,22 @@ class Studio:
         story = self._stories.get_story(story_id)
         rtl = layout in pg.RTL_LAYOUTS
         items, cast = [], {}
-        for panel in self._stories.panels(story_id):
-            if panel.active_version_id is None:
-                continue
+        shown = [panel for panel in self._stories.panels(story_id) if panel.active_version_id is not None]
+        lettering = pg.LETTERING["webtoon" if layout == "webtoon" else "page"]
+        for number, panel in enumerate(shown):
             version = self._stories.get_version(panel.active_version_id)
             image = self.version_image(version.id)
-            if bubbles and panel.lines and max(image.size) < PAGE_PICTURE_SIDE:
-                # bubbles drawn at print resolution stay sharp (drawn small, then enlarged, they blur)
-                scale = PAGE_PICTURE_SIDE / max(image.size)
-                image = image.resize((round(image.width * scale), round(image.height * scale)), Image.LANCZOS)
-            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl, size=image.size) if bubbles else []
+            placed = []
+            if bubbles and panel.lines:
+                # drawn at the size the page shows the picture: sharp, and lettered alike on every panel
+                size = pg.shown_size(image.size, number, len(shown), layout, fit)
+                image = image.resize(size, Image.LANCZOS)
+                placed = self.panel_bubbles(
+                    panel.id, version.id, rtl=rtl, size=size, text_size=lettering, captions=layout != "book"
+                )
             caption = ""
             if layout == "book":
                 caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")
-                placed = [b for b in placed if b.kind != "caption"]
             keep = None  # a crop keeps the bubbles and where their tails point
             if placed:
                 corners = [b.box for b in placed] + [(*b.tail, *b.tail) for b in placed if b.tail is not None]

@@ -7,7 +7,16 @@ import pytest
 from PIL import Image, ImageDraw
 
 from anystory import fonts
-from anystory.bubbles import MIN_FONT_SIZE, LineSpec, check_line, draw_bubbles, fit_text, labels_at, place_bubbles
+from anystory.bubbles import (
+    MIN_FONT_SIZE,
+    THOUGHT_RIM,
+    LineSpec,
+    check_line,
+    draw_bubbles,
+    fit_text,
+    labels_at,
+    place_bubbles,
+)
 
 SIZE = (512, 512)
 
@@ -249,3 +258,35 @@ def test_words_are_not_cut_in_two_when_a_smaller_size_keeps_them_whole(size):
         assert " ".join(fit.lines).split() == text.split()  # every word whole, on one line or another
     chinese = fit_text("我们又在森林里迷路了，地图是倒着的。" * 2, "speech", (128, 128))
     assert len(chinese.lines) > 1 and not chinese.truncated  # no spaces: it breaks between characters
+
+
+@pytest.mark.parametrize("size", [(128, 128), (256, 256), (512, 384)])
+def test_text_stays_inside_its_bubble(size):
+    """Every line's text block lies inside the clear middle of its bubble: the ellipse of a
+    speech bubble, the ellipse inside a thought cloud's scallops, the caption's rectangle."""
+    lines = [
+        LineSpec("caption", "Meanwhile, at the edge of the old forest..."),
+        LineSpec("speech", "Did you hear that noise behind the trees? 你好", 0),
+        LineSpec("thought", "I have seen this tree before, in grandmother's book: مرحبا بالعالم", 1),
+        LineSpec("speech", "Hello?", 0),
+    ]
+    for bubble in place_bubbles(two_people(), size, lines):
+        x0, y0, x1, y1 = bubble.box
+        step = fonts.line_step("".join(bubble.lines), bubble.font_size)
+        half_w = max(fonts.text_length(line, bubble.font_size) for line in bubble.lines) / 2
+        half_h = len(bubble.lines) * step / 2
+        rx, ry = (x1 - x0) / 2, (y1 - y0) / 2
+        if bubble.kind == "caption":
+            assert half_w <= rx and half_h <= ry
+            continue
+        if bubble.kind == "thought":
+            rim = max(3.0, min(rx, ry) * THOUGHT_RIM)
+            rx, ry = rx - rim, ry - rim
+        assert (half_w / rx) ** 2 + (half_h / ry) ** 2 <= 1.0 + 1e-6, bubble  # the block's corners
+
+
+def test_a_preferred_text_size_letters_every_panel_alike():
+    """Pages letter every panel at one size (pages.LETTERING) where the panel has room."""
+    for size in [(400, 400), (700, 500), (300, 500)]:
+        bubbles = place_bubbles(two_people(), size, [LineSpec("speech", "Hello there!", 0)], text_size=19)
+        assert bubbles[0].font_size == 19

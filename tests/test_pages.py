@@ -3,7 +3,18 @@
 import pytest
 from PIL import Image
 
-from anystory.pages import LAYOUTS, TEMPLATES, PageItem, TitlePage, compose_pages, crop_window, page_slots, resolve_fit
+from anystory.pages import (
+    LAYOUTS,
+    TEMPLATES,
+    PageItem,
+    TitlePage,
+    cell_boxes,
+    compose_pages,
+    crop_window,
+    page_slots,
+    resolve_fit,
+    shown_size,
+)
 
 COLOURS = [(220, 30, 30), (30, 200, 30), (30, 30, 220), (230, 200, 20), (200, 30, 200), (20, 200, 200), (120, 60, 10)]
 
@@ -130,3 +141,15 @@ def test_a_crop_keeps_the_bubbles_or_auto_fits_instead():
     assert page.getpixel((x0 + 5, y0 + 5)) == COLOURS[0]  # the corner bubble survived the crop
     [page] = compose_pages([PageItem(picture, fit="crop")], "book")
     assert page.getpixel((x0 + 5, y0 + 5)) == COLOURS[2]  # centred, it would have been cut
+
+
+def test_shown_size_is_the_size_the_page_draws_a_panel_at():
+    """Bubbles are drawn on the picture at the size its page shows it (sharp, lettered alike)."""
+    [first, second, *_] = cell_boxes("grid")
+    assert (first[2] - first[0], first[3] - first[1]) == (548, 785)
+    assert shown_size((512, 512), 0, 4, "grid") == (548, 548)  # auto: too far apart, fitted to the width
+    assert shown_size((512, 512), 0, 4, "grid", "crop") == (785, 785)  # covers the cell
+    assert shown_size((512, 768), 1, 4, "grid") == (548, 822)  # close shapes: cropped, covering the cell
+    assert shown_size((256, 128), 2, 3, "webtoon") == (752, 376)  # the strip's width
+    [wide] = cell_boxes("tiers")[2:3]
+    assert shown_size((1024, 512), 2, 5, "tiers") == (1120, 560) and wide[2] - wide[0] == 1120

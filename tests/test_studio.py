@@ -501,6 +501,10 @@ def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
     assert all(np.asarray(a).tolist() != np.asarray(b).tolist() for a, b in zip(clean, drawn))
     with pytest.raises(StudioError, match="unknown layout"):
         studio.story_pages(story.id, "spiral")
+    for fit in ("auto", "crop", "fit"):
+        assert len(studio.story_pages(story.id, "grid", fit=fit)) == 2
+    with pytest.raises(StudioError, match="fit must be one of auto, crop, fit"):
+        studio.story_pages(story.id, "grid", fit="stretch")
 
 
 # -- styles (issue 16) ------------------------------------------------------------------------------
