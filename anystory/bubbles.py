@@ -184,7 +184,7 @@ def fit_text(
     if text_size is None:
         big = max(MIN_FONT_SIZE + 3, round(min(width, height) / {"sfx": 9, "caption": 24}.get(kind, 20)))
     else:
-        big = max(MIN_FONT_SIZE, round(text_size * {"sfx": 2.2, "caption": 0.95}.get(kind, 1.0)))
+        big = max(MIN_FONT_SIZE, round(text_size * {"sfx": 3.0, "caption": 0.95}.get(kind, 1.0)))
     if largest is not None:
         big = max(MIN_FONT_SIZE, min(big, largest))
     comfortable = max(MIN_FONT_SIZE, round(big * 0.6))
@@ -301,7 +301,7 @@ def place_bubbles(
         if line.kind in ("speech", "thought") and line.slot is not None and 0 <= line.slot < background:
             if (head := speaker_anchor(labels, line.slot)) is not None:
                 heads[min(gh - 1, int(head[1])), min(gw - 1, int(head[0]))] = True
-    heads = _dilate(heads, 2)
+    heads = _dilate(heads, 4)  # about 4% of the panel round each head: room for the tails to show
     tails = np.zeros((gh, gw), dtype=bool)
     previous: tuple[float, float] | None = None
     for index in dialogue:
@@ -423,7 +423,7 @@ def _score(own, others, placed, bw, bh, anchor, previous, rtl: bool, margin: int
     area = float(bw * bh)
     cost = 1000.0 * _window_sums(others, bh, bw) / area
     cost += 1000.0 * _window_sums(placed, bh, bw) / area
-    cost += 8.0 * _window_sums(own, bh, bw) / area
+    cost += 3.0 * _window_sums(own, bh, bw) / area  # over the speaker (not the head: see heads) is fine
     ys, xs = np.indices(cost.shape, dtype=np.float64)
     # keep a small margin from the frame where the image allows it
     inner = (xs >= margin) & (ys >= margin) & (xs + bw <= gw - margin) & (ys + bh <= gh - margin)
@@ -433,8 +433,8 @@ def _score(own, others, placed, bw, bh, anchor, previous, rtl: bool, margin: int
         ax, ay = anchor
         dx = np.maximum(np.maximum(xs - ax, ax - (xs + bw)), 0)
         dy = np.maximum(np.maximum(ys - ay, ay - (ys + bh)), 0)
-        cost += 10.0 * np.hypot(dx, dy) / np.hypot(gw, gh)
-        cost += np.where(ys + bh > ay, 1.5, 0.0)  # a bubble reads best above the head, its tail showing
+        cost += 30.0 * np.hypot(dx, dy) / np.hypot(gw, gh)  # far from the head: a long, hard-to-follow tail
+        cost += np.where(ys + bh > ay, 6.0, 0.0)  # a bubble reads best above the head, its tail showing
         if placed.any():  # a tail across an earlier bubble would hide its text
             hits = np.zeros_like(cost)
             for t in np.linspace(0.5, 1.0, 9):
@@ -449,7 +449,7 @@ def _score(own, others, placed, bw, bh, anchor, previous, rtl: bool, margin: int
         earlier_row = cy < py - bh / 2
         same_row = np.abs(cy - py) <= bh / 2
         backwards = (cx > px) if rtl else (cx < px)
-        cost += np.where(earlier_row | (same_row & backwards), 20.0, 0.0)
+        cost += np.where(earlier_row | (same_row & backwards), 40.0, 0.0)  # reading order beats closeness
     return cost
 
 
