@@ -1140,7 +1140,7 @@ class Studio:
             if fmt == "pdf":
                 return [render.export_pdf(pages, path, resolution=150.0, title=story.title)]
             if fmt == "cbz":
-                return [render.export_cbz(pages, path, title=story.title)]
+                return [render.export_cbz(pages, path, title=story.title, manga=layout in pg.RTL_LAYOUTS)]
             return [
                 render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
                 for i, page in enumerate(pages)

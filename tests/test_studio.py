@@ -494,6 +494,7 @@ def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
     (cbz,) = studio.export_story(story.id, "cbz", tmp_path / "p.cbz", layout="manga")
     with zipfile.ZipFile(cbz) as archive:
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2  # 4 a page
+        assert b"<Manga>YesAndRightToLeft</Manga>" in archive.read("ComicInfo.xml")  # readers turn pages RTL
     pngs = studio.export_story(story.id, "grid", tmp_path / "p.png", layout="book")
     assert len(pngs) == 5
     clean = studio.story_pages(story.id, "book", bubbles=False)
