@@ -113,10 +113,13 @@ def _window_sums(mask: np.ndarray, bh: int, bw: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, by: int) -> np.ndarray:
-    out = mask.copy()
-    for dy in range(-by, by + 1):
-        for dx in range(-by, by + 1):
-            out |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
+    """The mask grown by `by` cells in every direction (a square), not wrapping round the edges."""
+    height, width = mask.shape
+    padded = np.pad(mask, by)
+    out = np.zeros_like(mask)
+    for dy in range(2 * by + 1):
+        for dx in range(2 * by + 1):
+            out |= padded[dy : dy + height, dx : dx + width]
     return out
 
 

@@ -290,3 +290,13 @@ def test_a_preferred_text_size_letters_every_panel_alike():
     for size in [(400, 400), (700, 500), (300, 500)]:
         bubbles = place_bubbles(two_people(), size, [LineSpec("speech", "Hello there!", 0)], text_size=19)
         assert bubbles[0].font_size == 19
+
+
+def test_keeping_heads_clear_does_not_wrap_round_the_picture():
+    """A head at the top edge keeps the top clear, not the bottom (a mask grown without wrapping)."""
+    from anystory.bubbles import _dilate
+
+    mask = np.zeros((10, 10), dtype=bool)
+    mask[0, 0] = True
+    grown = _dilate(mask, 2)
+    assert grown[:3, :3].all() and grown.sum() == 9
