@@ -665,9 +665,21 @@ class Studio:
         lines[index] = {**lines[index], "offset": [float(dx), float(dy)]}
         return self._stories.set_lines(panel_id, lines)
 
-    def panel_bubbles(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[bub.Bubble]:
+    def panel_bubbles(
+        self,
+        panel_id: int,
+        version_id: int | None = None,
+        *,
+        rtl: bool = False,
+        size: tuple[int, int] | None = None,
+        text_size: int | None = None,
+        captions: bool = True,
+    ) -> list[bub.Bubble]:
         """Where the panel's lines go on a version's image (the active one by default): each
-        speaker's bubble by the region the router gave that character in that version."""
+        speaker's bubble by the region the router gave that character in that version. `size`
+        places them on the image scaled to that size and `text_size` letters them at that size
+        (pages: the size a panel is shown at on its page, the same lettering on every panel).
+        `captions=False` leaves narration out (a picture book prints it under the picture)."""
         panel = self._stories.get_panel(panel_id)
         version_id = panel.active_version_id if version_id is None else version_id
         if version_id is None:
@@ -677,6 +689,7 @@ class Studio:
         if version.route_map_path is not None:
             maps, _ = render.load_route_maps(version.route_map_path)
         subjects = list(version.settings.get("subjects") or [])
+        numbers = [k for k, line in enumerate(panel.lines) if captions or line["kind"] != "caption"]
         specs = [
             bub.LineSpec(
                 line["kind"],
@@ -684,11 +697,26 @@ class Studio:
                 subjects.index(line["speaker"]) if maps is not None and line["speaker"] in subjects else None,
                 tuple(line.get("offset", (0.0, 0.0))),
             )
-            for line in panel.lines
+            for line in (panel.lines[k] for k in numbers)
         ]
-        with Image.open(version.image_path) as image:
-            size = image.size
-        return bub.place_bubbles(maps, size, specs, rtl=rtl)
+        if size is None:
+            with Image.open(version.image_path) as image:
+                size = image.size
+        placed = bub.place_bubbles(maps, size, specs, rtl=rtl, text_size=text_size)
+        for bubble in placed:  # each bubble keeps the number of its line in the panel
+            bubble.index = numbers[bubble.index]
+        return placed
+
+    def line_warnings(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[str]:
+        """What is wrong with how the panel's lines show on its image, in words ("line 2 does not
+        fit panel 3: ..."): a line cut because even the smallest text does not fit, or a bubble
+        that had to overlap another one. Empty when every line shows in full and apart."""
+        panel = self._stories.get_panel(panel_id)
+        return [
+            f"line {bubble.index + 1} does not fit panel {panel.position + 1}: {bubble.warning}"
+            for bubble in self.panel_bubbles(panel_id, version_id, rtl=rtl)
+            if bubble.warning
+        ]
 
     def panel_picture(
         self, panel_id: int, *, bubbles: bool = True, version_id: int | None = None, rtl: bool = False
@@ -1176,15 +1204,17 @@ class Studio:
         bubbles: bool = True,
         layout: str | None = None,
         title_page: bool = False,
-        fit: str = "fit",
+        fit: str = "auto",
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
         "project" (an archive that imports back). Returns the files written.
 
         With a page `layout` (pages.LAYOUTS: grid, tiers, splash, book, webtoon, manga) the
         pages of "grid" / "pdf" / "cbz" are comic pages: bubbles drawn (right to left for manga),
-        an optional title page with the cast, `fit` "fit" (whole picture, bubbles kept) or "crop"
-        (fills the cell; cuts what lies outside it) for every panel."""
+        an optional title page with the cast, `fit` for every panel: "auto" (fill the cell when the
+        shapes are close and no bubble is cut, else a smaller bordered panel centred in the cell),
+        "fit" (the whole picture, always) or "crop" (fill the cell, keeping the bubbles where they
+        fit in it): see pages.PageItem."""
         if layout is not None and fmt in ("grid", "pdf", "cbz"):
             story = self._stories.get_story(story_id)
             suffix = ".png" if fmt == "grid" else f".{fmt}"
@@ -1194,7 +1224,7 @@ class Studio:
             if fmt == "pdf":
                 return [render.export_pdf(pages, path, resolution=150.0, title=story.title)]
             if fmt == "cbz":
-                return [render.export_cbz(pages, path, title=story.title)]
+                return [render.export_cbz(pages, path, title=story.title, manga=layout in pg.RTL_LAYOUTS)]
             return [
                 render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
                 for i, page in enumerate(pages)
@@ -1236,29 +1266,39 @@ class Studio:
         ]
 
     def story_pages(
-        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "fit", bubbles: bool = True
+        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "auto", bubbles: bool = True
     ) -> list[Image.Image]:
         """The story's pages in a layout (pages.LAYOUTS), as pictures: what every page export
         writes and what the live page preview shows. In a picture book ("book") the narration
         goes under the picture instead of a caption box."""
-        if fit not in ("crop", "fit"):
-            raise StudioError(f"fit must be crop or fit, got {fit!r}")
+        if fit not in pg.FITS:
+            raise StudioError(f"fit must be one of {', '.join(pg.FITS)}, got {fit!r}")
         if layout not in pg.LAYOUTS:
             raise StudioError(f"unknown layout {layout!r}; choose one of {', '.join(pg.LAYOUTS)}")
         story = self._stories.get_story(story_id)
         rtl = layout in pg.RTL_LAYOUTS
         items, cast = [], {}
-        for panel in self._stories.panels(story_id):
-            if panel.active_version_id is None:
-                continue
+        shown = [panel for panel in self._stories.panels(story_id) if panel.active_version_id is not None]
+        lettering = pg.LETTERING["webtoon" if layout == "webtoon" else "page"]
+        for number, panel in enumerate(shown):
             version = self._stories.get_version(panel.active_version_id)
             image = self.version_image(version.id)
-            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl) if bubbles else []
+            placed = []
+            if bubbles and panel.lines:
+                # drawn at the size the page shows the picture: sharp, and lettered alike on every panel
+                size = pg.shown_size(image.size, number, len(shown), layout, fit)
+                image = image.resize(size, Image.LANCZOS)
+                placed = self.panel_bubbles(
+                    panel.id, version.id, rtl=rtl, size=size, text_size=lettering, captions=layout != "book"
+                )
             caption = ""
             if layout == "book":
                 caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")
-                placed = [b for b in placed if b.kind != "caption"]
-            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit))
+            keep = None  # a crop keeps the bubbles and where their tails point
+            if placed:
+                corners = [b.box for b in placed] + [(*b.tail, *b.tail) for b in placed if b.tail is not None]
+                keep = tuple(f(c[k] for c in corners) for k, f in enumerate((min, min, max, max)))
+            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit, keep))
             for character_id in version.settings.get("subjects") or []:
                 cast.setdefault(character_id, None)
         if not items:

@@ -84,6 +84,10 @@ def test_story_with_two_panels_generate_versions_and_export(app, cast, tmp_path)
 
     (pdf,) = client.predict(story["id"], "pdf", False, True, api_name="/export_story")
     assert pdf.endswith(".pdf") and open(pdf, "rb").read(5) == b"%PDF-"
+    client.predict(first["id"], "Look, a squirrel!", "Mia", "", api_name="/add_line")
+    assert client.predict(first["id"], api_name="/line_warnings") == []
+    pages = client.predict(story["id"], "grid", "manga", False, "fit", api_name="/export_pages")
+    assert len(pages) == 1 and Image.open(pages[0]).size == (1240, 1754)  # two panels on one manga page
     (archive,) = client.predict(story["id"], "project", False, True, api_name="/export_story")
     with zipfile.ZipFile(archive) as zipped:
         assert "project.json" in zipped.namelist()

@@ -339,6 +339,13 @@ class StoryEndpoints:
         return self.sessions.studio(request).panel_lines(int(panel_id))
 
     @api_errors
+    def line_warnings(self, panel_id: int, request: gr.Request = None) -> list[str]:
+        """What is wrong with how a panel's lines show on its image, one sentence each ("line 4 does not fit
+        panel 1: ..."): a line cut because even the smallest text does not fit, or a bubble that had to overlap
+        another. Empty when every line shows in full; shorten or remove a line that is listed."""
+        return self.sessions.studio(request).line_warnings(int(panel_id))
+
+    @api_errors
     def list_styles(self, request: gr.Request = None) -> list:
         """The style presets: [label, id] pairs, for set_story_style."""
         return [list(choice) for choice in self.sessions.studio(request).style_choices()]
@@ -359,12 +366,15 @@ class StoryEndpoints:
         fmt: str = "pdf",
         layout: str = "grid",
         title_page: bool = False,
+        fit: str = "auto",
         request: gr.Request = None,
     ) -> list[str]:
         """Export a story as comic pages with speech bubbles: fmt pdf, cbz or grid (PNG pages); layout grid,
-        tiers, splash, book (one panel a page, caption below), webtoon or manga (right to left)."""
+        tiers, splash, book (one panel a page, caption below), webtoon or manga (right to left); fit auto (fill
+        the cell when the shapes are close and no bubble is cut, else a smaller panel centred in it), crop or
+        fit (always the whole picture)."""
         files = self.sessions.studio(request).export_story(
-            int(story_id), fmt, layout=layout or "grid", title_page=bool(title_page)
+            int(story_id), fmt, layout=layout or "grid", title_page=bool(title_page), fit=fit or "auto"
         )
         return [self.sessions.hand_out(f) for f in files]
 
@@ -489,6 +499,7 @@ def register_api(sessions: Sessions) -> None:
         stories.import_script,
         stories.add_line,
         stories.list_lines,
+        stories.line_warnings,
         stories.list_styles,
         stories.set_story_style,
     ):
@@ -543,4 +554,5 @@ def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoi
     gr.on([], stories.set_panel_control, inputs, result, api_name="set_panel_control")
     with gr.Column(visible=False):
         layout, title_page = gr.Textbox(label="layout", value="grid"), gr.Checkbox(label="title_page", value=False)
-    gr.on([], stories.export_pages, [story_id, fmt, layout, title_page], files, api_name="export_pages")
+        fit = gr.Textbox(label="fit", value="auto")
+    gr.on([], stories.export_pages, [story_id, fmt, layout, title_page, fit], files, api_name="export_pages")

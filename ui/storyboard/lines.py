@@ -22,7 +22,9 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
             raise ValueError("pick a panel first")
         studio = sessions.studio(request)
         studio.add_line(panel_id, text or "", speaker or None, kind or None)
-        done = notes_markdown([], "added the line; its bubble is placed by the speaker's region in the image")
+        done = notes_markdown(
+            studio.line_warnings(panel_id), "added the line; its bubble is placed by the speaker's region in the image"
+        )
         return {**view.render(studio, story_id, panel_id), status: done, lines.text: ""}
 
     @shows_errors(status)
@@ -39,7 +41,7 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
             raise ValueError("pick a panel first")
         studio = sessions.studio(request)
         studio.nudge_line(panel_id, int(number or 0) - 1, float(dx or 0), float(dy or 0))
-        done = notes_markdown([], "moved the bubble; the move is kept for every re-roll")
+        done = notes_markdown(studio.line_warnings(panel_id), "moved the bubble; the move is kept for every re-roll")
         return {**view.render(studio, story_id, panel_id), status: done}
 
     @shows_errors(status)
