@@ -172,7 +172,7 @@ def test_samples_and_augmentation(scenes, pipe):
 def test_stream_sampler_resumes_and_shards():
     full = StreamBatchSampler(5, 2, seed=1)
     batches = [b for _, b in zip(range(6), full)]
-    assert [b for _, b in zip(range(3), StreamBatchSampler(5, 2, seed=1, start=3))] == batches[3:]
+    assert [b for _, b in zip(range(3), StreamBatchSampler(5, 2, seed=1, start=6))] == batches[3:]  # start: in samples
     rows = [r for b in batches[:5] for r, _ in b]
     assert sorted(rows[:5]) == list(range(5)) and sorted(rows[5:10]) == list(range(5))  # epochs are permutations
     ranks = [[b for _, b in zip(range(2), StreamBatchSampler(5, 2, seed=1, rank=r, world=2))] for r in (0, 1)]

@@ -55,6 +55,10 @@ class TrainConfig:
     log_every: int = 10
     progress_bar: bool = True
     report_to: str = "auto"  # "auto" (TensorBoard when installed) | "tensorboard" | "none"
+    # several processes: compare every process's trained weights every N steps (0: only at each
+    # checkpoint, which always compares); logs/samples.jsonl with the rows each process trained on
+    check_processes_every: int = 0
+    log_samples: bool = False
     resume: str | None = None  # "latest" or a checkpoint folder
 
     def __post_init__(self):

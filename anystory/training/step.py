@@ -130,10 +130,17 @@ class InputEncoder:
         return key, result
 
     @torch.no_grad()
-    def __call__(self, samples: list[dict], generator: torch.Generator, timesteps: tuple[int, int]) -> list[dict]:
-        """Encode a batch; noise and timesteps come from `generator` (CPU), so they are reproducible."""
+    def __call__(
+        self, samples: list[dict], generator: torch.Generator | list[torch.Generator], timesteps: tuple[int, int]
+    ) -> list[dict]:
+        """Encode a batch; noise and timesteps come from `generator` (CPU), so they are reproducible:
+        one generator for the batch, or one per sample (the trainer: seeded by the sample's stream
+        position, so a sample gets the same noise on whichever process and in whichever batch)."""
+        generators = generator if isinstance(generator, list) else [generator] * len(samples)
+        if len(generators) != len(samples):
+            raise ValueError(f"{len(generators)} generators for {len(samples)} samples")
         encoded = []
-        for sample in samples:
+        for sample, generator in zip(samples, generators):
             latents, embeds, pooled, time_ids = self._target(sample)
             subject_key, (clip_states, reference_input, ref_masks) = self._subject_inputs(sample)
             noise = torch.randn(latents.shape, generator=generator).to(latents)
