@@ -108,6 +108,7 @@ class Panel:
     updated: str = ""
     lines: list[dict] = field(default_factory=list)  # see check_lines; not a generation setting
     control: dict = field(default_factory=dict)  # {} or {"kind", "strength", "image"} (control_settings.py)
+    page_fit: str = ""  # how it meets its page cell: "" (the export's choice) or a pages.FITS; not a generation setting
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings a generation of this panel depends on (a good `settings` for a version)."""
@@ -245,6 +246,19 @@ LINE_KINDS = ("speech", "thought", "caption", "sfx")
 MAX_LINES = 20  # per panel
 
 
+PAGE_FITS = ("auto", "crop", "fit")  # as pages.FITS (storage imports nothing above it; a test keeps them equal)
+
+
+def check_page_fit(fit: Any) -> str:
+    """A panel's page fit: "" (the export's choice) or one of PAGE_FITS."""
+    if fit is None or fit == "":
+        return ""
+    if fit not in PAGE_FITS:
+        choices = ", ".join(PAGE_FITS)
+        raise ValueError(f"page fit must be one of {choices} (or empty for the export's choice), got {fit!r}")
+    return fit
+
+
 def check_lines(lines: Any, check_text: Callable[[str, str], str] | None = None) -> list[dict]:
     """A panel's lines, validated: each {"speaker": character id or None (narration), "kind":
     speech | thought | caption | sfx, "text", "offset": [dx, dy] (the writer's nudge, fractions
@@ -363,6 +377,7 @@ class Stories:
             updated=row["updated"],
             lines=json.loads(row.get("lines") or "[]"),
             control=json.loads(row.get("control") or "{}"),
+            page_fit=row.get("page_fit") or "",
         )
 
     def _version(self, row: dict) -> Version:
@@ -509,6 +524,15 @@ class Stories:
             self._touch_story(row["story_id"])
         return self.get_panel(panel_id)
 
+    def set_page_fit(self, panel_id: int, fit: str) -> Panel:
+        """How the panel meets its page cell (check_page_fit); like lines, never outdates the panel."""
+        checked = check_page_fit(fit)
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            self.db["panels"].update(panel_id, {"page_fit": checked, "updated": now()})
+            self._touch_story(row["story_id"])
+        return self.get_panel(panel_id)
+
     def _renumber(self, story_id: int, order: list[int]) -> None:
         for position, panel_id in enumerate(order):
             self.db.execute("UPDATE panels SET position = ? WHERE id = ?", [position, panel_id])
@@ -535,7 +559,8 @@ class Stories:
             settings = self._panel(row).generation_settings()
             prompt = settings.pop("prompt")
             copy = self.add_panel(row["story_id"], prompt, position=row["position"] + 1, **settings)
-            self.db["panels"].update(copy.id, {"lines": row.get("lines") or "[]"})
+            layers = {"lines": row.get("lines") or "[]", "page_fit": row.get("page_fit") or ""}  # not settings: copied here
+            self.db["panels"].update(copy.id, layers)
         return self.get_panel(copy.id)
 
     def delete_panel(self, panel_id: int) -> None:
@@ -846,7 +871,8 @@ class Stories:
             raise ValueError(f"{PROJECT_JSON} is not an AnyStory project")
         if not isinstance(data.get("format_version"), int) or data["format_version"] > PROJECT_VERSION:
             raise ValueError(
-                f"{PROJECT_JSON} has format version {data.get('format_version')!r}; this app reads up to {PROJECT_VERSION}"
+                f"{PROJECT_JSON} has format version {data.get('format_version')!r}; "
+                f"this app reads up to {PROJECT_VERSION}"
             )
         story = data.get("story")
         if not isinstance(story, dict) or not isinstance(story.get("id"), int):
@@ -871,6 +897,7 @@ class Stories:
             try:
                 settings = {k: check_setting(k, raw.get(k, default)) for k, default in PANEL_DEFAULTS.items()}
                 lines = check_lines(raw.get("lines", []))
+                page_fit = check_page_fit(raw.get("page_fit", ""))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{where}: {err}") from err
             status = raw.get("status", "empty")
@@ -881,6 +908,7 @@ class Stories:
                     "id": raw["id"],
                     "settings": settings,
                     "lines": lines,
+                    "page_fit": page_fit,
                     "position": _int(raw.get("position", i), f"{where}: position", 0, 10**9),
                     "active_version_id": raw.get("active_version_id"),
                     "status": status,
@@ -1028,6 +1056,7 @@ class Stories:
             row = {
                 **_to_row(settings),
                 "lines": json.dumps(lines, ensure_ascii=False),
+                "page_fit": panel["page_fit"],
                 "story_id": story_id,
                 "position": position,
                 "active_version_id": None,

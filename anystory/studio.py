@@ -41,8 +41,8 @@ from .limits import LimitReached, Limits
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
-from .storage import StudioDatabase
 from .scores import LOW_SCORE, CharacterScore, PanelScores
+from .storage import StudioDatabase
 from .story import ROUTERS, DeletedVersions, Panel, StorageReport, Stories, Story, Version, check_setting
 from .styles import Style, load_styles, negative_prompt
 
@@ -655,6 +655,14 @@ class Studio:
         if not 0 <= index < len(lines):
             raise StudioError(f"the panel has {len(lines)} lines; there is no line {index + 1}")
         return self._stories.set_lines(panel_id, lines[:index] + lines[index + 1 :])
+
+    def set_panel_page_fit(self, panel_id: int, fit: str) -> Panel:
+        """How this panel meets its cell on every page export and preview: "auto", "crop" (fill the
+        cell), "fit" (the whole picture), or "" to follow the export's choice. Never outdates the image."""
+        try:
+            return self._stories.set_page_fit(panel_id, fit)
+        except ValueError as err:
+            raise StudioError(str(err)) from None
 
     def nudge_line(self, panel_id: int, index: int, dx: float, dy: float) -> Panel:
         """Move a line's bubble by (dx, dy), fractions of the image from where it is placed
@@ -1283,10 +1291,11 @@ class Studio:
         for number, panel in enumerate(shown):
             version = self._stories.get_version(panel.active_version_id)
             image = self.version_image(version.id)
+            panel_fit = panel.page_fit or fit  # the panel's own choice wins over the export's
             placed = []
             if bubbles and panel.lines:
                 # drawn at the size the page shows the picture: sharp, and lettered alike on every panel
-                size = pg.shown_size(image.size, number, len(shown), layout, fit)
+                size = pg.shown_size(image.size, number, len(shown), layout, panel_fit)
                 image = image.resize(size, Image.LANCZOS)
                 placed = self.panel_bubbles(
                     panel.id, version.id, rtl=rtl, size=size, text_size=lettering, captions=layout != "book"
@@ -1298,7 +1307,7 @@ class Studio:
             if placed:
                 corners = [b.box for b in placed] + [(*b.tail, *b.tail) for b in placed if b.tail is not None]
                 keep = tuple(f(c[k] for c in corners) for k, f in enumerate((min, min, max, max)))
-            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit, keep))
+            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, panel_fit, keep))
             for character_id in version.settings.get("subjects") or []:
                 cast.setdefault(character_id, None)
         if not items:

@@ -10,6 +10,12 @@ import gradio as gr
 from ..components import PictureUpload
 
 ALL_LAYERS = "all layers"
+PAGE_FIT_CHOICES = [
+    ("as the export says (auto)", ""),
+    ("auto: fill the cell when the shapes are close", "auto"),
+    ("crop: fill the cell, keep the bubbles", "crop"),
+    ("fit: the whole picture, smaller", "fit"),
+]
 BEST_OF = 4  # seeds the "Best of N" button draws
 EXPORT_CHOICES = [
     ("PNG strip", "strip"),
@@ -518,6 +524,7 @@ class PanelLines:
     dx: gr.Slider
     dy: gr.Slider
     nudge: gr.Button
+    page_fit: gr.Dropdown  # how this panel meets its cell on the pages
 
     @classmethod
     def create(cls) -> PanelLines:
@@ -541,7 +548,13 @@ class PanelLines:
                 dx = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move right (of width)", elem_id="line-dx")
                 dy = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move down (of height)", elem_id="line-dy")
             nudge = gr.Button("Move this line's bubble", size="sm", elem_id="nudge-line")
-        return cls(show_bubbles, speaker, kind, text, add, table, number, remove, dx, dy, nudge)
+            page_fit = gr.Dropdown(
+                label="On the pages (PDF, CBZ, page pictures)",
+                choices=PAGE_FIT_CHOICES,
+                value="",
+                elem_id="panel-page-fit",
+            )
+        return cls(show_bubbles, speaker, kind, text, add, table, number, remove, dx, dy, nudge, page_fit)
 
 
 @dataclass
@@ -594,6 +607,7 @@ class StoryboardLayout:
             self.lines.show_bubbles,
             self.lines.speaker,
             self.lines.table,
+            self.lines.page_fit,
             *self.style.outputs,
             *self.control.outputs,
             *self.overlay.outputs,

@@ -222,6 +222,7 @@ class StoryboardView:
             self.tab.lines.show_bubbles: True,
             self.tab.lines.speaker: gr.update(choices=[("Narration", "")], value=""),
             self.tab.lines.table: "",
+            self.tab.lines.page_fit: "",
             **self.style(None, None),
             **self.control(None, None),
             **self.overlay(None, None),
@@ -323,6 +324,7 @@ class StoryboardView:
             part.show_bubbles: True,
             part.speaker: gr.update(choices=speakers),
             part.table: "\n".join(rows) if rows else "*No lines yet: pick a speaker, type a line, click Add line.*",
+            part.page_fit: panel.page_fit,
         }
 
     @staticmethod
