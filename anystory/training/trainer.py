@@ -34,6 +34,7 @@ from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from ..attention import transformer_blocks
 from ..pipeline import AnyStoryConfig, AnyStoryPipeline
 from ..weights import (
     WEIGHTS_NAME,
@@ -173,6 +174,37 @@ def check_launch() -> None:
         )
 
 
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (its moments block-wise quantised: a quarter of the memory)."""
+    if config.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes
+        except ImportError as err:
+            raise ImportError("optimizer 'adamw_8bit' needs bitsandbytes (pip install bitsandbytes; CUDA only)") from err
+        cls = bitsandbytes.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return cls(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+               eps=config.adam_epsilon, weight_decay=config.weight_decay)  # fmt: skip
+
+
+def cast_frozen(pipe: AnyStoryPipeline, mixed_precision: str) -> None:
+    """Frozen base models in the mixed-precision dtype; VAE and AnyStory parts stay float32 (the
+    SDXL VAE overflows in fp16; checkpoints keep full precision)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    if dtype is None:
+        return
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        part = getattr(pipe, name, None)
+        if part is not None:
+            part.to(dtype=dtype)
+    pipe.unet.to(dtype=dtype)
+    # the AnyStory processors (W~, W', routers) live in the UNet: back to float32
+    for block in transformer_blocks(pipe.unet):
+        block.attn1.processor.to(dtype=torch.float32)
+        block.attn2.processor.to(dtype=torch.float32)
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -217,10 +249,7 @@ class Trainer:
                 self.pipe.reference_net.enable_gradient_checkpointing()
 
         params = list(self.trainable.values())
-        optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_epsilon, weight_decay=config.weight_decay,
-        )  # fmt: skip
+        optimizer = make_optimizer(config, params)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
         )
@@ -271,19 +300,7 @@ class Trainer:
         return used
 
     def _cast_frozen(self) -> None:
-        """Frozen base models in the mixed-precision dtype; VAE and AnyStory parts stay float32 (the
-        SDXL VAE overflows in fp16; checkpoints keep full precision)."""
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.mixed_precision)
-        if dtype is None:
-            return
-        for name in ("text_encoder", "text_encoder_2", "image_encoder"):
-            module = getattr(self.pipe, name, None)
-            if module is not None:
-                module.to(dtype=dtype)
-        unet = self.pipe.unet
-        unet.to(dtype=dtype)
-        for block_proc in self.module._self_attn + self.module._cross_attn:
-            block_proc.to(dtype=torch.float32)
+        cast_frozen(self.pipe, self.config.mixed_precision)
 
     # -- checkpoints --
 
