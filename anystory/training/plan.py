@@ -396,7 +396,7 @@ def full_size_pipeline(stage: int):
     )  # fmt: skip
 
     from ..pipeline import AnyStoryConfig, AnyStoryPipeline
-    from ..tiny import SDXL_UNET_CONFIG, tiny_tokenizer
+    from ..tiny import SDXL_UNET_CONFIG, SDXL_VAE_CONFIG, tiny_tokenizer
 
     with init_empty_weights(include_buffers=True):
         unet = UNet2DConditionModel.from_config(SDXL_UNET_CONFIG)
@@ -417,13 +417,8 @@ def full_size_pipeline(stage: int):
     return pipe
 
 
-# Configurations of the public models (stabilityai/stable-diffusion-xl-base-1.0 vae/ and
+# Configurations of the public models (stabilityai/stable-diffusion-xl-base-1.0
 # text_encoder*/, h94/IP-Adapter models/image_encoder), written out so nothing is downloaded.
-SDXL_VAE_CONFIG = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "layers_per_block": 2, "norm_num_groups": 32, "sample_size": 1024, "scaling_factor": 0.13025,
-}  # fmt: skip
 CLIP_L_TEXT = {
     "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12, "num_attention_heads": 12,
     "projection_dim": 768, "vocab_size": 49408, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
