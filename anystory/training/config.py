@@ -7,7 +7,6 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from . import plan
 from .data import MANIFEST, AugmentConfig
 
 
@@ -128,11 +127,8 @@ def command_line(stage: int, argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--resume", help='"latest" or a checkpoint folder')
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (JSON value)")
-    plan.add_arguments(parser)
+    parser.add_argument("--plan", action="store_true", help="memory per GPU at full size (--plan --help: its options)")
     args = parser.parse_args(argv)
-    if args.plan:  # like --help: print and exit
-        print(plan.run_plan(stage, args))
-        raise SystemExit(0)
     overrides = {}
     for item in args.set:
         if "=" not in item:

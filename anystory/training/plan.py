@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -480,6 +481,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resolution", type=int, default=1024)
     group.add_argument("--reference-size", type=int, default=512)
     group.add_argument("--subjects", type=int, default=2)
+
+
+def wants_plan(argv: list[str] | None) -> bool:
+    return "--plan" in (sys.argv[1:] if argv is None else argv)
+
+
+def plan_command(stage: int, argv: list[str] | None = None) -> str:
+    """`stageN --plan ...`: the plan's table for the command line's settings."""
+    parser = argparse.ArgumentParser(prog=f"python -m anystory.training.stage{stage} --plan")
+    add_arguments(parser)
+    return run_plan(stage, parser.parse_args(argv))
 
 
 def run_plan(stage: int, args: argparse.Namespace) -> str:

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ..attention import transformer_blocks
 from ..pipeline import AnyStoryConfig, AnyStoryPipeline
+from ..processes import cpu_processes
 from ..weights import (
     WEIGHTS_NAME,
     CheckpointError,
@@ -149,15 +150,6 @@ def build_pipeline(config: TrainConfig, resume_from: Path | None, device) -> Any
 # -- processes -----------------------------------------------------------------------------------
 
 
-def cpu_processes() -> bool:
-    """Several processes (`accelerate launch --multi_gpu`, torchrun) on a machine without a GPU:
-    accelerate then needs `cpu=True` to join them on CPU (gloo); else each would train alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    xpu = getattr(torch, "xpu", None)
-    return not torch.cuda.is_available() and not (xpu is not None and xpu.is_available())
-
-
 def check_launch() -> None:
     """`accelerate launch --cpu --num_processes N` starts ONE process unless it is given an mpirun
     hostfile (accelerate runs CPU processes through mpirun); it then sets MASTER_PORT but no
@@ -180,7 +172,7 @@ def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> tor
         try:
             import bitsandbytes
         except ImportError as err:
-            raise ImportError("optimizer 'adamw_8bit' needs bitsandbytes (pip install bitsandbytes; CUDA only)") from err
+            raise ImportError("optimizer 'adamw_8bit' needs bitsandbytes (pip install bitsandbytes)") from err
         cls = bitsandbytes.optim.AdamW8bit
     else:
         cls = torch.optim.AdamW
@@ -225,7 +217,7 @@ class Trainer:
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:
             running = self.accelerator.num_processes
-            raise RuntimeError(f"launched as {launched} processes, but accelerate runs {running}: no device to join them on?")
+            raise RuntimeError(f"launched as {launched} processes, but accelerate runs {running}: no device for them?")
         self.resume_from = resolve_resume(config.resume, self.output_dir)
         self.pipe = build_pipeline(config, self.resume_from, self.accelerator.device)
         self.pipe.release_encoders_after_use = False  # parts being trained stay where accelerate puts them
