@@ -521,6 +521,17 @@ def test_tiny_proof_is_reproducible_and_reuses_its_base(tmp_path, monkeypatch):
 def test_mixed_precision_run_casts_the_frozen_base_only(tiny_folder, scenes, tmp_path):
     """bf16 (issue 21: set-up used to fail): the frozen UNet and encoders in bf16, every AnyStory
     part (the processors inside the UNet too) and the VAE in float32; a step trains."""
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process: the other tests' runs made it in float32
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        _bf16_run(tiny_folder, scenes, tmp_path)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _bf16_run(tiny_folder, scenes, tmp_path):
     trainer = Trainer(config(tiny_folder, scenes, tmp_path / "bf16", mixed_precision="bf16", max_steps=1))
     pipe = trainer.pipe
     assert pipe.unet.conv_in.weight.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
