@@ -47,6 +47,7 @@ from ..weights import (
 )
 from .config import TrainConfig
 from .data import ManifestDataset, StreamBatchSampler, collate, draw_seed
+from .shards import ShardDataset, is_shard_folder
 from .step import InputEncoder, TrainingModule, content_key, stage_parameters
 
 STATE_FILE = "trainer_state.json"
@@ -223,7 +224,8 @@ class Trainer:
         self.pipe.release_encoders_after_use = False  # parts being trained stay where accelerate puts them
         self.pipe.set_progress_bar_config(disable=True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.dataset = ManifestDataset(
+        dataset_class = ShardDataset if is_shard_folder(config.data) else ManifestDataset  # shards.py
+        self.dataset = dataset_class(
             config.data, self.pipe.feature_extractor, config.resolution, self.pipe.anystory_config.reference_size,
             manifest=config.manifest, augment=config.augment, check=config.validate,
             max_instances=self.pipe.anystory_config.max_subjects,
