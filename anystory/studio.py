@@ -543,7 +543,7 @@ class Studio:
         folder = self.data_dir / "models" / "tiny-controlnet"
         if not (folder / "config.json").exists():
             from .files import temp_name_for
-            from .tiny import tiny_controlnet
+            from .tiny_control import tiny_controlnet
 
             staging = temp_name_for(folder)
             tiny_controlnet(self.pipeline.unet).save_pretrained(staging, safe_serialization=True)

@@ -23,7 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from anystory.tiny import edge_picture  # noqa: E402
+from anystory.tiny_control import edge_picture  # noqa: E402
 from bench.full_sdxl import (  # noqa: E402
     Timer,
     add_machine_arguments,
@@ -47,7 +47,7 @@ def weight_gb(module: torch.nn.Module) -> float:
 
 def full_controlnet(unet, dtype: torch.dtype):
     """A full-size SDXL ControlNet from the UNet, its zero convolutions drawn at random (so it acts)."""
-    from anystory.tiny import tiny_controlnet
+    from anystory.tiny_control import tiny_controlnet
 
     return tiny_controlnet(unet, conditioning_channels=(16, 32, 96, 256)).to(dtype)
 

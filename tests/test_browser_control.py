@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from anystory.tiny import edge_picture
+from anystory.tiny_control import edge_picture
 
 from .browser_support import browser, open_page, shot
 from .ui_support import IGNORE_GRADIO_WARNINGS, gradio_temp, launch, preview_pipe, preview_studio

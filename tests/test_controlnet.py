@@ -8,7 +8,7 @@ from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
 from anystory import AnyStoryPipeline
 from anystory.attention import transformer_blocks
-from anystory.tiny import edge_picture, write_tiny_controlnet
+from anystory.tiny_control import edge_picture, write_tiny_controlnet
 from anystory.weights import CheckpointError
 
 from .conftest import GEN, seeded

@@ -8,7 +8,8 @@ from diffusers import StableDiffusionXLPipeline
 
 from anystory import AnyStoryPipeline
 from anystory.attention import RoutedCrossAttnProcessor, transformer_blocks
-from anystory.tiny import synthetic_subject, write_tiny_ip_adapter, write_tiny_lora
+from anystory.tiny import synthetic_subject, write_tiny_ip_adapter
+from anystory.tiny_control import write_tiny_lora
 from anystory.weights import CheckpointError, ModelLoadError
 
 from .conftest import GEN, seeded

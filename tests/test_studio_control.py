@@ -9,7 +9,8 @@ from PIL import Image
 
 from anystory.control_pictures import edge_map
 from anystory.studio import Studio, StudioError
-from anystory.tiny import edge_picture, synthetic_subject
+from anystory.tiny import synthetic_subject
+from anystory.tiny_control import edge_picture
 
 
 @pytest.fixture

@@ -12,7 +12,14 @@ from PIL import Image
 
 from anystory import AnyStoryPipeline
 from anystory.training.config import load_config
-from anystory.training.data import AugmentConfig, DatasetError, ManifestDataset, StreamBatchSampler, augment_reference, read_manifest
+from anystory.training.data import (
+    AugmentConfig,
+    DatasetError,
+    ManifestDataset,
+    StreamBatchSampler,
+    augment_reference,
+    read_manifest,
+)
 from anystory.training.evaluate import diffusion_loss, routing_iou, subject_ious
 from anystory.training.step import stage_parameters
 from anystory.training.synthetic import SyntheticConfig, generate
@@ -368,7 +375,13 @@ def test_fixed_noise_diffusion_loss_compares_checkpoints(tiny_folder, scenes, tm
 
 def test_similarity_metrics_on_tiny_random_models(pipe, scenes, tmp_path):
     from transformers import (
-        BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, Dinov2Config, Dinov2Model,
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        Dinov2Config,
+        Dinov2Model,
     )  # fmt: skip
 
     from anystory.tiny import tiny_tokenizer
@@ -516,3 +529,27 @@ def test_tiny_proof_is_reproducible_and_reuses_its_base(tmp_path, monkeypatch):
     edited = lambda self: real(self) + (b"#" if self.name == "tiny_base.py" else b"")  # noqa: E731
     monkeypatch.setattr(proof.Path, "read_bytes", edited)
     assert proof.base_key(config) != key  # the fit's code changed
+
+
+def test_mixed_precision_run_casts_the_frozen_base_only(tiny_folder, scenes, tmp_path):
+    """bf16 (issue 21: set-up used to fail): the frozen UNet and encoders in bf16, every AnyStory
+    part (the processors inside the UNet too) and the VAE in float32; a step trains."""
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process: the other tests' runs made it in float32
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        _bf16_run(tiny_folder, scenes, tmp_path)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _bf16_run(tiny_folder, scenes, tmp_path):
+    trainer = Trainer(config(tiny_folder, scenes, tmp_path / "bf16", mixed_precision="bf16", max_steps=1))
+    pipe = trainer.pipe
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32 and pipe.reference_net.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in trainer.trainable.values())
+    trainer.run()
+    record = json.loads((tmp_path / "bf16/logs/train.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and np.isfinite(record["loss"])

@@ -296,7 +296,7 @@ def test_start_up_says_one_clear_line_per_thing(tmp_path):
 
 
 def test_a_control_picture_through_the_api(app, cast, tmp_path):
-    from anystory.tiny import edge_picture
+    from anystory.tiny_control import edge_picture
 
     studio, client, _ = app
     story = client.predict("Posed", api_name="/create_story")

@@ -256,9 +256,13 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def row(self, index: int) -> Row:
+        """Row `index`, its files openable by PIL (paths here; in-memory files in shards.py)."""
+        return self.rows[index]
+
     def __getitem__(self, key) -> dict:
         index, draw = key if isinstance(key, tuple) else (key, 0)
-        row = self.rows[index]
+        row = self.row(index)
         where = row.where(self.manifest_path)
         rng = random.Random(draw)
         try:

@@ -12,10 +12,14 @@ from __future__ import annotations
 from accelerate import PartialState
 
 from .config import command_line
+from .plan import plan_command, wants_plan
 from .trainer import train
 
 
 def main(argv: list[str] | None = None) -> None:
+    if wants_plan(argv):  # memory per GPU at full size, no training
+        print(plan_command(1, argv))
+        return
     config = command_line(1, argv)
     folder, _ = train(config)
     if PartialState().is_main_process:

@@ -263,6 +263,7 @@ class TrainingModule(nn.Module):
         if self.stage == 2:
             slots = torch.cat([masks, (1 - masks.sum(0, keepdim=True)).clamp_min(0)])[None]  # background last
             losses["routing"] = routing_loss(routing.logits, slots).float()
+            routing.keep_logits = False  # re-runs under gradient checkpointing add none
             losses["loss"] = diffusion + self.routing_weight * losses["routing"]
         else:
             losses["loss"] = diffusion

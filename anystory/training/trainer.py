@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..pipeline import AnyStoryConfig, AnyStoryPipeline
+from ..processes import cpu_processes
 from ..weights import (
     WEIGHTS_NAME,
     CheckpointError,
@@ -45,6 +46,7 @@ from ..weights import (
 )
 from .config import TrainConfig
 from .data import ManifestDataset, StreamBatchSampler, collate, draw_seed
+from .shards import ShardDataset, is_shard_folder
 from .step import InputEncoder, TrainingModule, content_key, stage_parameters
 
 STATE_FILE = "trainer_state.json"
@@ -148,15 +150,6 @@ def build_pipeline(config: TrainConfig, resume_from: Path | None, device) -> Any
 # -- processes -----------------------------------------------------------------------------------
 
 
-def cpu_processes() -> bool:
-    """Several processes (`accelerate launch --multi_gpu`, torchrun) on a machine without a GPU:
-    accelerate then needs `cpu=True` to join them on CPU (gloo); else each would train alone."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False
-    xpu = getattr(torch, "xpu", None)
-    return not torch.cuda.is_available() and not (xpu is not None and xpu.is_available())
-
-
 def check_launch() -> None:
     """`accelerate launch --cpu --num_processes N` starts ONE process unless it is given an mpirun
     hostfile (accelerate runs CPU processes through mpirun); it then sets MASTER_PORT but no
@@ -171,6 +164,35 @@ def check_launch() -> None:
             "--num_processes N ...` (without --cpu: on a machine without a GPU the trainer joins the "
             "processes on CPU with gloo) or `torchrun --nproc_per_node N -m anystory.training.stage1 ...`"
         )
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (its moments block-wise quantised: a quarter of the memory)."""
+    if config.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes
+        except ImportError as err:
+            raise ImportError("optimizer 'adamw_8bit' needs bitsandbytes (pip install bitsandbytes)") from err
+        cls = bitsandbytes.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return cls(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+               eps=config.adam_epsilon, weight_decay=config.weight_decay)  # fmt: skip
+
+
+def cast_frozen(pipe: AnyStoryPipeline, mixed_precision: str) -> None:
+    """Frozen base models in the mixed-precision dtype; VAE and AnyStory parts stay float32 (the
+    SDXL VAE overflows in fp16; checkpoints keep full precision)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    if dtype is None:
+        return
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        part = getattr(pipe, name, None)
+        if part is not None:
+            part.to(dtype=dtype)
+    pipe.unet.to(dtype=dtype)
+    if pipe.anystory_blocks is not None:  # outside the UNet: unet.to(dtype) leaves them as they are
+        pipe.anystory_blocks.to(dtype=torch.float32)
 
 
 # -- the run -------------------------------------------------------------------------------------
@@ -193,13 +215,14 @@ class Trainer:
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != self.accelerator.num_processes:
             running = self.accelerator.num_processes
-            raise RuntimeError(f"launched as {launched} processes, but accelerate runs {running}: no device to join them on?")
+            raise RuntimeError(f"launched as {launched} processes, but accelerate runs {running}: no device for them?")
         self.resume_from = resolve_resume(config.resume, self.output_dir)
         self.pipe = build_pipeline(config, self.resume_from, self.accelerator.device)
         self.pipe.release_encoders_after_use = False  # parts being trained stay where accelerate puts them
         self.pipe.set_progress_bar_config(disable=True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.dataset = ManifestDataset(
+        dataset_class = ShardDataset if is_shard_folder(config.data) else ManifestDataset  # shards.py
+        self.dataset = dataset_class(
             config.data, self.pipe.feature_extractor, config.resolution, self.pipe.anystory_config.reference_size,
             manifest=config.manifest, augment=config.augment, check=config.validate,
             max_instances=self.pipe.anystory_config.max_subjects,
@@ -217,10 +240,7 @@ class Trainer:
                 self.pipe.reference_net.enable_gradient_checkpointing()
 
         params = list(self.trainable.values())
-        optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_epsilon, weight_decay=config.weight_decay,
-        )  # fmt: skip
+        optimizer = make_optimizer(config, params)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
         )
@@ -271,19 +291,7 @@ class Trainer:
         return used
 
     def _cast_frozen(self) -> None:
-        """Frozen base models in the mixed-precision dtype; VAE and AnyStory parts stay float32 (the
-        SDXL VAE overflows in fp16; checkpoints keep full precision)."""
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.mixed_precision)
-        if dtype is None:
-            return
-        for name in ("text_encoder", "text_encoder_2", "image_encoder"):
-            module = getattr(self.pipe, name, None)
-            if module is not None:
-                module.to(dtype=dtype)
-        unet = self.pipe.unet
-        unet.to(dtype=dtype)
-        if self.pipe.anystory_blocks is not None:  # outside the UNet: unet.to(dtype) leaves them as they are
-            self.pipe.anystory_blocks.to(dtype=torch.float32)
+        cast_frozen(self.pipe, self.config.mixed_precision)
 
     # -- checkpoints --
 
