@@ -173,3 +173,18 @@ def test_union_controlnet_equals_diffusers_union_pipeline(union_models):
     assert isinstance(ours._loaded_controlnets[str(union)], ControlNetUnionModel)  # the folder's class
     assert np.array_equal(image, theirs(PROMPT, **dict(call, generator=seeded())).images)
     assert np.abs(image - ours(PROMPT, generator=seeded(), **GEN).images).max() > 1e-3
+
+
+def test_model_cpu_offload_hooks_give_the_same_images(tiny_folder, controlnet_folder, pipe, subjects):
+    """diffusers' model offload hooks on a pipeline with AnyStory and a ControlNet: the same images.
+    Run with the CPU as the hooks' execution device (this machine has no GPU): that checks the
+    hooks' plumbing (the blocks outside the UNet, the ControlNet loop's components), not memory."""
+    offloaded = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True)
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert hasattr(offloaded.unet, "_hf_hook") and not hasattr(offloaded.anystory_blocks, "_hf_hook")
+    assert offloaded.encoder_id == pipe.encoder_id
+    for extra in ({}, dict(controlnet=str(controlnet_folder), control_image=EDGES)):
+        call = dict(subjects=subjects[:2], router="learned", **extra, **GEN)
+        ours = offloaded(PROMPT, generator=seeded(), **call).images
+        assert np.array_equal(ours, pipe(PROMPT, generator=seeded(), **call).images)
