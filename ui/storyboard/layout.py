@@ -499,8 +499,8 @@ class ControlPart:
                 apply = gr.Button("Use for this panel", size="sm", elem_id="control-apply")
                 remove = gr.Button("Remove control picture", size="sm", variant="stop", elem_id="control-remove")
             sketch = gr.Sketchpad(
-                label="…or draw a scribble (pick the brush, draw dark strokes)", type="pil", canvas_size=(512, 512), height=260,
-                layers=False, elem_id="control-sketch",
+                label="…or draw a scribble (pick the brush, draw dark strokes)", type="pil",
+                canvas_size=(512, 512), height=260, layers=False, elem_id="control-sketch",
             )  # fmt: skip
             use_sketch = gr.Button("Use my drawing (scribble)", size="sm", elem_id="control-use-sketch")
         return cls(current, summary, upload, kind, strength, from_photo, apply, remove, sketch, use_sketch)
