@@ -40,6 +40,19 @@ def edge_map(photo: Image.Image, share: float = EDGE_SHARE) -> Image.Image:
     return Image.fromarray(np.dstack([pixels] * 3), "RGB")
 
 
+def scribble_map(drawing: Image.Image) -> Image.Image:
+    """A scribble drawn in the editor (dark strokes on a white or transparent canvas) as the
+    scribble ControlNets take it: white strokes on black (RGB). ValueError when nothing is drawn."""
+    if drawing.mode in ("RGBA", "LA", "PA") or "transparency" in drawing.info:
+        canvas = Image.new("RGBA", drawing.size, (255, 255, 255, 255))
+        drawing = Image.alpha_composite(canvas, drawing.convert("RGBA"))
+    strokes = np.asarray(drawing.convert("L")) < 128
+    if not strokes.any():
+        raise ValueError("the drawing is empty: draw the scribble first")
+    pixels = np.where(strokes, 255, 0).astype(np.uint8)
+    return Image.fromarray(np.dstack([pixels] * 3), "RGB")
+
+
 def store_control_picture(data_dir: str | Path, picture: Image.Image) -> str:
     """Keep `picture` (RGB) as a control picture; returns its name relative to the data folder.
     The same picture is stored once; the write is atomic."""

@@ -33,7 +33,7 @@ from . import images as imgs
 from . import pages as pg
 from . import render
 from . import scripts as scr
-from .control_pictures import control_picture_for, edge_map, store_control_picture
+from .control_pictures import control_picture_for, edge_map, scribble_map, store_control_picture
 from .control_settings import CONTROL_KINDS, check_control
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
@@ -514,6 +514,21 @@ class Studio:
             self.limits.check_bytes(self._database.own_bytes())
         name = store_control_picture(self.data_dir, image)
         return self._stories.update_panel(panel_id, control={"kind": kind, "strength": strength, "image": name})
+
+    def set_panel_scribble(self, panel_id: int, drawing, strength: float = 1.0) -> Panel:
+        """Give a panel a scribble drawn in the editor (dark strokes on a white or transparent
+        canvas; a PIL image or an array), kept as a scribble control picture."""
+        if isinstance(drawing, np.ndarray):
+            drawing = Image.fromarray(drawing)
+        if not isinstance(drawing, Image.Image):
+            raise StudioError("draw the scribble first")
+        if drawing.width * drawing.height > 4096 * 4096:
+            raise StudioError(f"the drawing is {drawing.width}x{drawing.height}: too large")
+        try:
+            scribble = scribble_map(drawing)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        return self.set_panel_control(panel_id, scribble, "scribble", strength)
 
     def set_control_strength(self, panel_id: int, strength: float) -> Panel:
         control = self._stories.get_panel(panel_id).control

@@ -58,3 +58,31 @@ def test_a_panel_with_a_control_picture_generates_and_keeps_it_in_its_version(ap
     page.locator("#control-remove").click()
     expect(page.locator("#control-summary")).to_contain_text("No control picture")
     assert studio.get_panel(panel.id).control == {} and studio.versions(panel.id)[0].settings["control"] == control
+
+
+def test_a_scribble_drawn_in_the_editor_becomes_the_panels_control_picture(app, browser):
+    from playwright.sync_api import expect
+
+    studio, url = app
+    story = studio.create_story("Drawn")
+    panel = studio.add_panel(story.id, "[Rex] jumps")
+    page = open_page(browser, url)
+    page.locator("button[role=tab]:has-text('Storyboard')").first.click()
+    page.locator("#control-part").get_by_text("Control picture").click()
+    page.locator("#control-sketch button[aria-label=Brush]").click()  # the editor's draw tool
+    canvas = page.locator("#control-sketch canvas").last  # the drawing layer, over the background
+    expect(canvas).to_be_visible()
+    box = canvas.bounding_box()
+    cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(cx - 60, cy)
+    page.mouse.down()
+    for step in range(1, 13):
+        page.mouse.move(cx - 60 + 10 * step, cy + 2 * (step % 2), steps=3)
+    page.mouse.up()
+    page.locator("#control-use-sketch").click()
+    expect(page.locator("#storyboard-status")).to_contain_text("follows your scribble")
+    shot(page, "control-scribble")
+    control = studio.get_panel(panel.id).control
+    assert control["kind"] == "scribble"
+    strokes = np.asarray(studio.control_picture(control))[..., 0] == 255
+    assert strokes.any() and strokes.mean() < 0.2  # a stroke, not a filled canvas

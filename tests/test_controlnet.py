@@ -131,3 +131,60 @@ def test_control_arguments_are_checked(pipe, controlnet_folder, tmp_path):
         pipe(PROMPT, controlnet=str(pickle), control_image=EDGES, **GEN)
     with pytest.raises(TypeError, match="controlnet must be"):
         pipe(PROMPT, controlnet=object(), control_image=EDGES, **GEN)
+
+
+@pytest.fixture(scope="module")
+def union_models(tmp_path_factory):
+    """A tiny SDXL whose first block is 320 wide (diffusers' union ControlNet fixes its task
+    embedding at 320 channels) and a union ControlNet from its UNet, zero convolutions random."""
+    from diffusers import ControlNetUnionModel, StableDiffusionXLPipeline, UNet2DConditionModel
+
+    from anystory.tiny import TINY_UNET_CONFIG, tiny_sdxl_components
+
+    folder = tmp_path_factory.mktemp("union")
+    components = tiny_sdxl_components()
+    torch.manual_seed(0)
+    components["unet"] = UNet2DConditionModel(**dict(
+        TINY_UNET_CONFIG, block_out_channels=[320, 640], attention_head_dim=[5, 10], norm_num_groups=32,
+        transformer_layers_per_block=[1, 1], layers_per_block=1,
+    ))  # fmt: skip
+    StableDiffusionXLPipeline(**components, add_watermarker=False).save_pretrained(folder / "sdxl")
+    union = ControlNetUnionModel.from_unet(components["unet"], conditioning_embedding_out_channels=(8, 8, 16, 16))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for conv in list(union.controlnet_down_blocks) + [union.controlnet_mid_block]:
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=generator) * 0.3)
+    union.save_pretrained(folder / "union")
+    return folder / "sdxl", folder / "union"
+
+
+def test_union_controlnet_equals_diffusers_union_pipeline(union_models):
+    from diffusers import ControlNetUnionModel, StableDiffusionXLControlNetUnionPipeline
+
+    sdxl, union = union_models
+    ours = AnyStoryPipeline.from_pretrained(str(sdxl), adapter="init", local_files_only=True)
+    ours.set_progress_bar_config(disable=True)
+    theirs = StableDiffusionXLControlNetUnionPipeline.from_pretrained(
+        str(sdxl), controlnet=ControlNetUnionModel.from_pretrained(union), local_files_only=True
+    )
+    theirs.set_progress_bar_config(disable=True)
+    call = dict(control_image=[EDGES], control_mode=[3], generator=seeded(), **GEN)
+    image = ours(PROMPT, controlnet=str(union), **call).images
+    assert isinstance(ours._loaded_controlnets[str(union)], ControlNetUnionModel)  # the folder's class
+    assert np.array_equal(image, theirs(PROMPT, **dict(call, generator=seeded())).images)
+    assert np.abs(image - ours(PROMPT, generator=seeded(), **GEN).images).max() > 1e-3
+
+
+def test_model_cpu_offload_hooks_give_the_same_images(tiny_folder, controlnet_folder, pipe, subjects):
+    """diffusers' model offload hooks on a pipeline with AnyStory and a ControlNet: the same images.
+    Run with the CPU as the hooks' execution device (this machine has no GPU): that checks the
+    hooks' plumbing (the blocks outside the UNet, the ControlNet loop's components), not memory."""
+    offloaded = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True)
+    offloaded.set_progress_bar_config(disable=True)
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert hasattr(offloaded.unet, "_hf_hook") and not hasattr(offloaded.anystory_blocks, "_hf_hook")
+    assert offloaded.encoder_id == pipe.encoder_id
+    for extra in ({}, dict(controlnet=str(controlnet_folder), control_image=EDGES)):
+        call = dict(subjects=subjects[:2], router="learned", **extra, **GEN)
+        ours = offloaded(PROMPT, generator=seeded(), **call).images
+        assert np.array_equal(ours, pipe(PROMPT, generator=seeded(), **call).images)

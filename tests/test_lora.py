@@ -85,18 +85,18 @@ def test_encodings_do_not_depend_on_the_lora(tiny_folder, lora_file, tmp_path):
     assert public.lora_weights == {} and not any("lora" in k for k in public.unet.state_dict())
 
 
-def test_fuse_lora_equals_diffusers_fused(styled, tiny_folder, lora_file):
+def test_fuse_lora_equals_diffusers_fused(tiny_folder, lora_file):
+    """(Its own pipeline: unfusing gives the base weights back only up to rounding.)"""
+    styled = fresh(tiny_folder, adapter="init")
+    styled.load_lora(lora_file, weight=0.7, adapter_name="style")
     reference = StableDiffusionXLPipeline.from_pretrained(str(tiny_folder), local_files_only=True)
     reference.set_progress_bar_config(disable=True)
     reference.load_lora_weights(str(lora_file), adapter_name="style")
     reference.set_adapters(["style"], adapter_weights=[0.7])
     reference.fuse_lora()
     styled.fuse_lora()
-    try:
-        ours = styled(PROMPT, generator=seeded(), **GEN).images
-        assert np.array_equal(ours, reference(PROMPT, generator=seeded(), **GEN).images)
-    finally:
-        styled.unfuse_lora()
+    ours = styled(PROMPT, generator=seeded(), **GEN).images
+    assert np.array_equal(ours, reference(PROMPT, generator=seeded(), **GEN).images)
 
 
 def test_only_safetensors_loras_load(styled, tmp_path, lora_file):
@@ -112,3 +112,25 @@ def test_only_safetensors_loras_load(styled, tmp_path, lora_file):
     with pytest.raises(ValueError, match="loaded already"):
         styled.load_lora(lora_file, adapter_name="style")
     assert styled.lora_weights == {"style": 0.7}
+
+
+def test_lora_and_controlnet_together_equal_diffusers(styled, tiny_folder, lora_file, tmp_path, subjects):
+    """No subjects, a LoRA and a ControlNet: exactly diffusers' ControlNet pipeline with the same
+    LoRA; with subjects the routes are still recorded."""
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
+
+    from anystory.tiny import edge_picture, write_tiny_controlnet
+
+    controlnet = write_tiny_controlnet(tiny_folder, tmp_path / "cn")
+    reference = StableDiffusionXLControlNetPipeline.from_pretrained(
+        str(tiny_folder), controlnet=ControlNetModel.from_pretrained(controlnet), local_files_only=True
+    )
+    reference.set_progress_bar_config(disable=True)
+    reference.load_lora_weights(str(lora_file), adapter_name="style")
+    reference.set_adapters(["style"], adapter_weights=[0.7])
+    edges = edge_picture(64)
+    ours = styled(PROMPT, controlnet=str(controlnet), control_image=edges, generator=seeded(), **GEN).images
+    assert np.array_equal(ours, reference(PROMPT, image=edges, generator=seeded(), **GEN).images)
+    out = styled(PROMPT, subjects=subjects[:2], router="learned", controlnet=str(controlnet), control_image=edges,
+                 return_route_record=True, generator=seeded(), **GEN)  # fmt: skip
+    assert len(out.route_record) == GEN["num_inference_steps"] * len(transformer_blocks(styled.unet))

@@ -53,3 +53,15 @@ def test_processors_use_the_weights_held_outside(pipe, subjects):
         with torch.no_grad():
             site.to_v_ip.weight.copy_(saved)
     assert np.abs(after - before).max() > 1e-4
+
+
+def test_pipe_to_moves_the_blocks_with_the_unet(tiny_folder):
+    """`pipe.to(...)` reaches the AnyStory weights too (a component of the pipeline, no longer
+    moved by the UNet's own `.to`)."""
+    from anystory import AnyStoryPipeline
+
+    pipe = AnyStoryPipeline.from_pretrained(str(tiny_folder), adapter="init", local_files_only=True)
+    pipe.to(torch.bfloat16)
+    assert pipe.unet.dtype == torch.bfloat16
+    assert {t.dtype for t in pipe.anystory_blocks.parameters()} == {torch.bfloat16}
+    assert pipe.anystory_blocks.device == pipe.unet.device

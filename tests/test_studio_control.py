@@ -98,3 +98,18 @@ def test_project_archives_carry_control_pictures(studio, public_pipe, tmp_path):
     assert np.array_equal(np.asarray(other.control_picture(imported.control)), np.asarray(edge_picture(64, seed=3)))
     version = other.versions(imported.id)[0]
     assert version.settings["control"] == imported.control
+
+
+def test_a_drawn_scribble_becomes_white_strokes_on_black(studio):
+    story = studio.create_story("Drawn")
+    panel = studio.add_panel(story.id, "a cat on a wall")
+    drawing = np.zeros((96, 96, 4), np.uint8)  # a transparent canvas, as the editor's
+    drawing[40:44, 10:80] = (0, 0, 0, 255)  # one dark stroke
+    panel = studio.set_panel_scribble(panel.id, Image.fromarray(drawing, "RGBA"), 0.7)
+    assert panel.control["kind"] == "scribble" and panel.control["strength"] == 0.7
+    stored = np.asarray(studio.control_picture(panel.control))[..., 0]
+    assert stored[42, 40] == 255 and stored[10, 10] == 0 and (stored == 255).sum() == 4 * 70
+    with pytest.raises(StudioError, match="the drawing is empty"):
+        studio.set_panel_scribble(panel.id, Image.new("RGBA", (64, 64), (0, 0, 0, 0)))
+    with pytest.raises(StudioError, match="draw the scribble first"):
+        studio.set_panel_scribble(panel.id, None)

@@ -1,5 +1,6 @@
-"""A panel's control picture (ControlNet): use an uploaded picture (or the edges of a photo) for
-the panel, change its strength, remove it. The Studio stores the picture and keeps it per version."""
+"""A panel's control picture (ControlNet): use an uploaded picture (or the edges of a photo, or a
+scribble drawn here) for the panel, change its strength, remove it. The Studio stores the picture
+and keeps it per version."""
 
 from __future__ import annotations
 
@@ -38,6 +39,17 @@ def wire_control(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions
         done = "removed the control picture; versions made with it keep it"
         return {**view.render(studio, story_id, panel_id), status: notes_markdown([], done)}
 
+    @shows_errors(status)
+    def use_sketch(story_id, panel_id, sketch, strength, request: gr.Request) -> dict:
+        if panel_id is None:
+            raise ValueError("pick a panel first")
+        studio = sessions.studio(request)
+        studio.set_panel_scribble(panel_id, (sketch or {}).get("composite"), float(strength))
+        done = "the panel follows your scribble from its next generation"
+        return {**view.render(studio, story_id, panel_id), status: notes_markdown([], done)}
+
     inputs = [story_pick, panel_pick, part.upload, part.kind, part.strength, part.from_photo]
     part.apply.click(apply, inputs, [*tab.view_outputs, part.upload], **PRIVATE)
     part.remove.click(remove, [story_pick, panel_pick], tab.view_outputs, **PRIVATE)
+    sketch_inputs = [story_pick, panel_pick, part.sketch, part.strength]
+    part.use_sketch.click(use_sketch, sketch_inputs, tab.view_outputs, **PRIVATE)

@@ -478,6 +478,8 @@ class ControlPart:
     from_photo: gr.Checkbox
     apply: gr.Button
     remove: gr.Button
+    sketch: gr.Sketchpad
+    use_sketch: gr.Button
 
     @classmethod
     def create(cls) -> ControlPart:
@@ -502,7 +504,12 @@ class ControlPart:
             with gr.Row():
                 apply = gr.Button("Use for this panel", size="sm", elem_id="control-apply")
                 remove = gr.Button("Remove control picture", size="sm", variant="stop", elem_id="control-remove")
-        return cls(current, summary, upload, kind, strength, from_photo, apply, remove)
+            sketch = gr.Sketchpad(
+                label="…or draw a scribble (pick the brush, draw dark strokes)", type="pil",
+                canvas_size=(512, 512), height=260, layers=False, elem_id="control-sketch",
+            )  # fmt: skip
+            use_sketch = gr.Button("Use my drawing (scribble)", size="sm", elem_id="control-use-sketch")
+        return cls(current, summary, upload, kind, strength, from_photo, apply, remove, sketch, use_sketch)
 
     @property
     def outputs(self) -> list:
