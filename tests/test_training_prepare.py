@@ -42,13 +42,20 @@ KEEP = dict(mask_threshold=0.0, min_area=0.0, min_side=32, work_side=64)
 def models(tmp_path_factory):
     root = tmp_path_factory.mktemp("prepare-models")
     seg, cap = write_tiny_clipseg(root / "clipseg"), write_tiny_blip(root / "blip")
-    return seg, cap, Segmenter.from_pretrained(str(seg), local_files_only=True), Captioner.from_pretrained(str(cap), local_files_only=True)
+    return (
+        seg,
+        cap,
+        Segmenter.from_pretrained(str(seg), local_files_only=True),
+        Captioner.from_pretrained(str(cap), local_files_only=True),
+    )
 
 
 @pytest.fixture
 def pictures(tmp_path):
     """Four synthetic scenes (64 px), an unreadable .png and a 20 px picture."""
-    scenes = generate(tmp_path / "scenes", SyntheticConfig(scenes=4, size=64, subjects=(1, 2), self_reference=True, seed=5))
+    scenes = generate(
+        tmp_path / "scenes", SyntheticConfig(scenes=4, size=64, subjects=(1, 2), self_reference=True, seed=5)
+    )
     folder = scenes / "images"
     (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really a picture")
     Image.new("RGB", (20, 20), (90, 120, 30)).save(folder / "tiny.png")
@@ -167,7 +174,12 @@ def test_prepare_writes_a_dataset_the_trainer_loads_and_a_rerun_skips_everything
     manifest = (out / MANIFEST).read_bytes()
     assert main(argv) == 0  # resume: nothing left to do
     again = json.loads(capsys.readouterr().out)
-    assert again["written"] == 0 and again["already_written"] == 4 and again["dropped_before"] == 2 and again["dropped"] == {}
+    assert (
+        again["written"] == 0
+        and again["already_written"] == 4
+        and again["dropped_before"] == 2
+        and again["dropped"] == {}
+    )
     assert (out / MANIFEST).read_bytes() == manifest and no_temp_files(out)
 
 
@@ -182,7 +194,9 @@ def test_a_threshold_nothing_reaches_drops_every_picture_and_retry_takes_them(mo
 
     kept = prepare(pictures, out, PrepareConfig(SUBJECTS, **KEEP), segmenter, captioner, log=lambda m: None)
     assert kept.written == 0 and kept.dropped_before == 6  # dropped before: skipped
-    retried = prepare(pictures, out, PrepareConfig(SUBJECTS, **KEEP, retry_dropped=True), segmenter, captioner, log=lambda m: None)
+    retried = prepare(
+        pictures, out, PrepareConfig(SUBJECTS, **KEEP, retry_dropped=True), segmenter, captioner, log=lambda m: None
+    )
     assert retried.written == 4 and retried.dropped == {UNREADABLE: 1, TOO_SMALL: 1}
     load(out, 4)
 
@@ -208,14 +222,20 @@ def test_small_masks_and_captions_without_subjects_are_dropped_with_their_reason
     small = PrepareConfig(("dog",), mask_threshold=0.5, min_area=0.05, min_side=32, work_side=64)
     report = prepare(pictures, tmp_path / "small", small, FixedSegmenter(), FixedCaptioner("a dog"), log=lambda m: None)
     assert report.dropped[MASK_TOO_SMALL] == 4 and report.written == 0
-    assert "under --min-area 0.05" in next(d["detail"] for d in report.dropped_pictures if d["reason"] == MASK_TOO_SMALL)
+    assert "under --min-area 0.05" in next(
+        d["detail"] for d in report.dropped_pictures if d["reason"] == MASK_TOO_SMALL
+    )
 
     config = PrepareConfig(SUBJECTS, subjects_from_caption=True, **KEEP)
-    report = prepare(pictures, tmp_path / "cats", config, FixedSegmenter(), FixedCaptioner("a cat on a mat"), log=lambda m: None)
+    report = prepare(
+        pictures, tmp_path / "cats", config, FixedSegmenter(), FixedCaptioner("a cat on a mat"), log=lambda m: None
+    )
     assert report.dropped[NO_SUBJECT_IN_CAPTION] == 4
 
     # a plural in the caption names its subject; only the named words are prompted
-    report = prepare(pictures, tmp_path / "dogs", config, FixedSegmenter(), FixedCaptioner("two dogs play"), log=lambda m: None)
+    report = prepare(
+        pictures, tmp_path / "dogs", config, FixedSegmenter(), FixedCaptioner("two dogs play"), log=lambda m: None
+    )
     assert report.written == 4
     rows = [json.loads(line) for line in (tmp_path / "dogs" / MANIFEST).read_text().splitlines()]
     assert {i["label"] for r in rows for i in r["instances"]} == {"dog"}

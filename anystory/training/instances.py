@@ -104,4 +104,6 @@ def find_instances(
     big = [c for c in candidates if c.area >= min_area]
     big.sort(key=lambda c: -c.area)
     largest = max((c.area for c in candidates), default=0.0)
-    return Instances(big[:max_instances], len(candidates), len(candidates) - len(big), max(0, len(big) - max_instances), largest)
+    return Instances(
+        big[:max_instances], len(candidates), len(candidates) - len(big), max(0, len(big) - max_instances), largest
+    )

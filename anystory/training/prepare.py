@@ -68,7 +68,7 @@ class PrepareConfig:
 
     def check(self) -> None:
         if not self.subjects or any(not s.strip() for s in self.subjects):
-            raise ValueError("give at least one subject word (--subjects \"person,dog\"), none empty")
+            raise ValueError('give at least one subject word (--subjects "person,dog"), none empty')
         if not 0.0 <= self.mask_threshold <= 1.0:
             raise ValueError(f"--mask-threshold must be in [0, 1], got {self.mask_threshold}")
         if not 0.0 <= self.min_area < 1.0:
@@ -207,7 +207,9 @@ def mentioned(caption: str, words: tuple[str, ...]) -> list[str]:
 def _scaled(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """[K, h, w] -> [K, size[1], size[0]], bilinear."""
     tensor = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[None]
-    return torch.nn.functional.interpolate(tensor, size=(size[1], size[0]), mode="bilinear", align_corners=False)[0].numpy()
+    return torch.nn.functional.interpolate(tensor, size=(size[1], size[0]), mode="bilinear", align_corners=False)[
+        0
+    ].numpy()
 
 
 def _reference_box(mask: np.ndarray) -> tuple[int, int, int, int]:
@@ -226,7 +228,9 @@ def _save_png(image: Image.Image, path: Path) -> None:
         image.save(tmp, format="PNG")
 
 
-def prepare_picture(path: Path, source: str, out: Path, config: PrepareConfig, segmenter, captioner, report: Report) -> dict:
+def prepare_picture(
+    path: Path, source: str, out: Path, config: PrepareConfig, segmenter, captioner, report: Report
+) -> dict:
     """Write one picture's files and return its manifest row (not yet appended)."""
     image = load_picture(path, config)
     caption = captioner.caption(image)
@@ -248,7 +252,10 @@ def prepare_picture(path: Path, source: str, out: Path, config: PrepareConfig, s
         if binary.any():
             masks.append((instance, binary))
     if not masks:
-        raise Dropped(MASK_TOO_SMALL, f"the largest instance covers {found.largest:.4f} of the picture, under --min-area {config.min_area}")
+        raise Dropped(
+            MASK_TOO_SMALL,
+            f"the largest instance covers {found.largest:.4f} of the picture, under --min-area {config.min_area}",
+        )
 
     name = row_id(source)
     row = {"id": name, "image": f"images/{name}.png", "caption": caption, "source": source, "instances": []}
@@ -324,17 +331,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("pictures", help="a folder of pictures (searched recursively)")
     parser.add_argument("out", help="the dataset folder to write (or to continue)")
     parser.add_argument("--subjects", required=True, help='comma-separated words the segmenter looks for: "person,dog"')
-    parser.add_argument("--subjects-from-caption", action="store_true", help="prompt only the subjects the caption names")
+    parser.add_argument(
+        "--subjects-from-caption", action="store_true", help="prompt only the subjects the caption names"
+    )
     parser.add_argument("--segmenter", default="CIDAS/clipseg-rd64-refined", help="a CLIPSeg hub id or folder")
-    parser.add_argument("--captioner", default="Salesforce/blip-image-captioning-base", help="an image-to-text hub id or folder")
+    parser.add_argument(
+        "--captioner", default="Salesforce/blip-image-captioning-base", help="an image-to-text hub id or folder"
+    )
     parser.add_argument("--caption-prompt", default="", help='a text prefix for the captioner (BLIP: "a picture of")')
     parser.add_argument("--caption-tokens", type=int, default=40, help="most new tokens of a caption")
     parser.add_argument("--mask-threshold", type=float, default=0.5)
     parser.add_argument("--min-area", type=float, default=0.02, help="least instance area, fraction of the picture")
-    parser.add_argument("--instances", choices=MODES, default="components", help="an instance per connected component or per word")
+    parser.add_argument(
+        "--instances", choices=MODES, default="components", help="an instance per connected component or per word"
+    )
     parser.add_argument("--max-instances", type=int, default=4)
     parser.add_argument("--min-side", type=int, default=512)
-    parser.add_argument("--max-side", type=int, default=2048, help="scale larger pictures down to this longer side (0: never)")
+    parser.add_argument(
+        "--max-side", type=int, default=2048, help="scale larger pictures down to this longer side (0: never)"
+    )
     parser.add_argument("--work-side", type=int, default=512, help="longer side at which masks are found")
     parser.add_argument("--references", choices=("crop", "none"), default="crop")
     parser.add_argument("--retry-dropped", action="store_true", help="try the pictures an earlier run dropped again")
@@ -344,25 +359,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     config = PrepareConfig(
         subjects=tuple(s.strip() for s in args.subjects.split(",")), subjects_from_caption=args.subjects_from_caption,
-        mask_threshold=args.mask_threshold, min_area=args.min_area, mode=args.instances, max_instances=args.max_instances,
-        min_side=args.min_side, max_side=args.max_side, work_side=args.work_side, references=args.references,
-        retry_dropped=args.retry_dropped,
+        mask_threshold=args.mask_threshold, min_area=args.min_area, mode=args.instances,
+        max_instances=args.max_instances, min_side=args.min_side, max_side=args.max_side, work_side=args.work_side,
+        references=args.references, retry_dropped=args.retry_dropped,
     )  # fmt: skip
     from .prepare_models import Captioner, Segmenter
 
     try:
-        config.check()
+        config.check()  # bad settings and folders before the models load (minutes, for real ones)
+        if not Path(args.pictures).is_dir():
+            raise ValueError(f"{args.pictures}: not a folder of pictures")
         hub = {"local_files_only": True} if args.local_files_only else {}
         segmenter = Segmenter.from_pretrained(args.segmenter, args.device, args.dtype, **hub)
         captioner = Captioner.from_pretrained(
-            args.captioner, args.device, args.dtype, prompt=args.caption_prompt, max_new_tokens=args.caption_tokens, **hub
+            args.captioner,
+            args.device,
+            args.dtype,
+            prompt=args.caption_prompt,
+            max_new_tokens=args.caption_tokens,
+            **hub,
         )
-        report = prepare(args.pictures, args.out, config, segmenter, captioner, log=lambda m: print(m, file=sys.stderr))
+        log = lambda message: print(message, file=sys.stderr)
+        report = prepare(args.pictures, args.out, config, segmenter, captioner, log=log)
     except (ValueError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(json.dumps(asdict(report), indent=1))
-    print(f"{report.written} rows written ({report.rows} in all), {sum(report.dropped.values())} dropped: {Path(args.out) / REPORT}", file=sys.stderr)
+    dropped = sum(report.dropped.values())
+    print(
+        f"{report.written} rows written ({report.rows} in all), {dropped} dropped: {Path(args.out) / REPORT}",
+        file=sys.stderr,
+    )
     return 0
 
 

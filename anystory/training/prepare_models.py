@@ -34,7 +34,10 @@ class Segmenter:
 
         config = AutoConfig.from_pretrained(name, **kwargs)
         if config.model_type != "clipseg":
-            raise ValueError(f"{name}: a {config.model_type!r} model; the segmenter must be a CLIPSeg model (e.g. CIDAS/clipseg-rd64-refined)")
+            kind = config.model_type
+            raise ValueError(
+                f"{name}: a {kind!r} model; the segmenter must be a CLIPSeg model (CIDAS/clipseg-rd64-refined)"
+            )
         model = CLIPSegForImageSegmentation.from_pretrained(name, dtype=_dtype(dtype), **kwargs).to(device)
         return cls(model, AutoProcessor.from_pretrained(name, **kwargs), device)
 
@@ -60,7 +63,13 @@ class Captioner:
 
     @classmethod
     def from_pretrained(
-        cls, name: str, device: str = "cpu", dtype: str = "float32", prompt: str = "", max_new_tokens: int = 40, **kwargs
+        cls,
+        name: str,
+        device: str = "cpu",
+        dtype: str = "float32",
+        prompt: str = "",
+        max_new_tokens: int = 40,
+        **kwargs,
     ) -> Captioner:
         from transformers import AutoModelForImageTextToText, AutoProcessor
 

@@ -27,7 +27,14 @@ from transformers import (
 from ..tiny import tiny_tokenizer
 
 IMAGE_SIZE = 32
-_VISION = dict(hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=IMAGE_SIZE, patch_size=8)
+_VISION = dict(
+    hidden_size=32,
+    intermediate_size=37,
+    num_attention_heads=4,
+    num_hidden_layers=2,
+    image_size=IMAGE_SIZE,
+    patch_size=8,
+)
 
 
 def write_tiny_clipseg(folder: str | os.PathLike, seed: int = 0) -> Path:
@@ -45,7 +52,9 @@ def write_tiny_clipseg(folder: str | os.PathLike, seed: int = 0) -> Path:
     )  # fmt: skip
     torch.manual_seed(seed)
     model = CLIPSegForImageSegmentation(config)
-    images = ViTImageProcessor(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    images = ViTImageProcessor(
+        size={"height": IMAGE_SIZE, "width": IMAGE_SIZE}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+    )
     model.save_pretrained(folder)
     CLIPSegProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(folder)
     return folder
