@@ -304,3 +304,15 @@ def test_bad_settings_and_folders_are_refused_with_a_message(models, pictures, t
         prepare(pictures, other, PrepareConfig(SUBJECTS, **KEEP), segmenter, captioner)
     with pytest.raises(ValueError, match="must be a CLIPSeg model"):
         Segmenter.from_pretrained(str(models[1]), local_files_only=True)
+
+
+def test_the_command_names_the_model_that_does_not_load(models, pictures, tmp_path, capsys):
+    seg, cap, _, _ = models
+    argv = [str(pictures), str(tmp_path / "out"), "--subjects", "dog", "--local-files-only"]
+    assert main([*argv, "--segmenter", str(cap), "--captioner", str(cap)]) == 2
+    assert "the segmenter" in capsys.readouterr().err
+    assert main([*argv, "--segmenter", str(seg), "--captioner", str(tmp_path / "missing")]) == 2
+    assert f"the captioner {str(tmp_path / 'missing')!r} does not load" in capsys.readouterr().err
+    assert main([str(tmp_path / "nothing"), str(tmp_path / "out"), "--subjects", "dog"]) == 2  # before any model loads
+    assert "not a folder of pictures" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

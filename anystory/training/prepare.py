@@ -370,15 +370,16 @@ def main(argv: list[str] | None = None) -> int:
         if not Path(args.pictures).is_dir():
             raise ValueError(f"{args.pictures}: not a folder of pictures")
         hub = {"local_files_only": True} if args.local_files_only else {}
-        segmenter = Segmenter.from_pretrained(args.segmenter, args.device, args.dtype, **hub)
-        captioner = Captioner.from_pretrained(
-            args.captioner,
-            args.device,
-            args.dtype,
-            prompt=args.caption_prompt,
-            max_new_tokens=args.caption_tokens,
-            **hub,
-        )
+        try:
+            segmenter = Segmenter.from_pretrained(args.segmenter, args.device, args.dtype, **hub)
+        except (ValueError, OSError) as err:
+            raise ValueError(f"the segmenter {args.segmenter!r} does not load: {err}") from err
+        try:
+            captioner = Captioner.from_pretrained(
+                args.captioner, args.device, args.dtype, args.caption_prompt, args.caption_tokens, **hub
+            )
+        except (ValueError, OSError) as err:
+            raise ValueError(f"the captioner {args.captioner!r} does not load: {err}") from err
         log = lambda message: print(message, file=sys.stderr)
         report = prepare(args.pictures, args.out, config, segmenter, captioner, log=log)
     except (ValueError, OSError) as err:
