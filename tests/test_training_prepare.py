@@ -316,3 +316,15 @@ def test_the_command_names_the_model_that_does_not_load(models, pictures, tmp_pa
     assert main([str(tmp_path / "nothing"), str(tmp_path / "out"), "--subjects", "dog"]) == 2  # before any model loads
     assert "not a folder of pictures" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_output_folder_inside_the_pictures_folder_is_not_read_as_pictures(pictures):
+    config = PrepareConfig(("dog",), mask_threshold=0.5, min_area=0.0, min_side=32, work_side=64)
+    out = pictures / "prepared"
+    first = prepare(pictures, out, config, FixedSegmenter(), FixedCaptioner("a dog"), log=lambda m: None)
+    again = prepare(pictures, out, config, FixedSegmenter(), FixedCaptioner("a dog"), log=lambda m: None)
+    assert first.pictures == again.pictures == 6 and first.written == 4 and again.written == 0
+    rows = [json.loads(line) for line in (out / MANIFEST).read_text().splitlines()]
+    assert [r["source"] for r in rows] == [f"0005-00000{i}.png" for i in range(4)]
+    assert all(0.5 <= r["instances"][0]["score"] <= 0.9 for r in rows)  # the fixed 0.9 square, blurred by scaling
+    load(out, 4)

@@ -88,22 +88,24 @@ def find_instances(
     owner = probabilities.argmax(0)
     inside = probabilities.max(0) >= threshold
     total = float(owner.size)
-    candidates = []
+    candidates, big = 0, []
+    largest = 0.0
     for word in range(probabilities.shape[0]):
         pixels = inside & (owner == word)
         if not pixels.any():
             continue
         if mode == "words":
-            parts = [pixels]
+            labels, count = pixels.astype(np.int32), 1
         else:
             labels, count = label_components(pixels)
-            parts = [labels == label for label in range(1, count + 1)]
-        for part in parts:
-            score = float(probabilities[word][part].mean())
-            candidates.append(FoundInstance(word, part, float(part.sum()) / total, score))
-    big = [c for c in candidates if c.area >= min_area]
+        # areas and mean probabilities of every part at once; masks only for the parts kept
+        areas = np.bincount(labels.ravel(), minlength=count + 1)[1:] / total
+        sums = np.bincount(labels.ravel(), weights=probabilities[word].ravel(), minlength=count + 1)[1:]
+        candidates += count
+        largest = max(largest, float(areas.max()))
+        for label in np.flatnonzero(areas >= min_area) + 1:
+            area = float(areas[label - 1])
+            score = float(sums[label - 1] / (area * total))
+            big.append(FoundInstance(word, labels == label, area, score))
     big.sort(key=lambda c: -c.area)
-    largest = max((c.area for c in candidates), default=0.0)
-    return Instances(
-        big[:max_instances], len(candidates), len(candidates) - len(big), max(0, len(big) - max_instances), largest
-    )
+    return Instances(big[:max_instances], candidates, candidates - len(big), max(0, len(big) - max_instances), largest)
