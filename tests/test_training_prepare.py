@@ -12,6 +12,7 @@ from transformers import CLIPImageProcessor
 
 from anystory.files import is_temp_name
 from anystory.training import prepare as prepare_module
+from anystory.training.config import load_config
 from anystory.training.data import MANIFEST, ManifestDataset
 from anystory.training.instances import find_instances, label_components
 from anystory.training.prepare import (
@@ -29,6 +30,7 @@ from anystory.training.prepare import (
 from anystory.training.prepare_models import Captioner, Segmenter
 from anystory.training.prepare_tiny import write_tiny_blip, write_tiny_clipseg
 from anystory.training.synthetic import SyntheticConfig, generate
+from anystory.training.trainer import Trainer
 
 pytestmark = pytest.mark.training
 
@@ -328,3 +330,17 @@ def test_an_output_folder_inside_the_pictures_folder_is_not_read_as_pictures(pic
     assert [r["source"] for r in rows] == [f"0005-00000{i}.png" for i in range(4)]
     assert all(0.5 <= r["instances"][0]["score"] <= 0.9 for r in rows)  # the fixed 0.9 square, blurred by scaling
     load(out, 4)
+
+
+@pytest.mark.slow
+def test_stage_1_trains_on_a_prepared_folder(models, pictures, tiny_folder, tmp_path):
+    _, _, segmenter, captioner = models
+    out = tmp_path / "prepared"
+    report = prepare(pictures, out, PrepareConfig(SUBJECTS, **KEEP), segmenter, captioner, log=lambda m: None)
+    assert report.written == 4
+    values = {"base": str(tiny_folder), "data": str(out), "output_dir": str(tmp_path / "run"), "resolution": 64,
+              "max_steps": 2, "log_every": 1, "report_to": "none", "progress_bar": False,
+              "validate": "full"}  # fmt: skip
+    Trainer(load_config(None, 1, values)).run()
+    losses = [json.loads(line)["loss"] for line in (tmp_path / "run" / "logs/train.jsonl").read_text().splitlines()]
+    assert len(losses) == 2 and all(np.isfinite(losses))
