@@ -286,11 +286,15 @@ def test_an_interrupted_run_leaves_a_valid_manifest_and_the_next_run_finishes(mo
     # a killed process's cut last line and its temp file: removed at the next start
     with open(out / MANIFEST, "ab") as f:
         f.write(b'{"id": "cut", "image": "ima')
+    with open(out / DROPPED, "ab") as f:
+        f.write(b'{"source": "broken.p')
     (out / "masks" / ".x.png.tmp-0123456789ab").write_bytes(b"half")
     report = prepare(pictures, out, config, segmenter, captioner, log=lambda m: None)
     assert report.repaired_manifest and report.written == 2 and report.already_written == 2 and report.rows == 4
     dataset = load(out, 4)
     assert len({row.id for row in dataset.rows}) == 4 and no_temp_files(out)
+    drops = [json.loads(line) for line in (out / DROPPED).read_text().splitlines()]  # the cut line is gone
+    assert sorted(d["source"] for d in drops) == ["broken.png", "tiny.png"]
 
 
 def test_bad_settings_and_folders_are_refused_with_a_message(models, pictures, tmp_path):

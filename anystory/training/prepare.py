@@ -107,21 +107,28 @@ class Dropped(Exception):
 # -- the output folder ---------------------------------------------------------------------------
 
 
+def cut_partial_line(path: Path) -> bool:
+    """Remove a cut last line (a process killed in its write); True if there was one."""
+    if not path.is_file():
+        return False
+    data = path.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data[: data.rfind(b"\n") + 1])
+    return True
+
+
 def read_done(out: Path) -> tuple[set[str], dict[str, dict], int, bool]:
     """Sources with a row, the last drop of every source, the row count, and whether a cut last
-    manifest line was removed. Refuses a manifest that prepare did not write."""
+    manifest line was removed (it is redone). Refuses a manifest that prepare did not write."""
     path = out / MANIFEST
+    repaired = cut_partial_line(path)
+    cut_partial_line(out / DROPPED)
     written: set[str] = set()
-    repaired = False
     rows = 0
     if path.is_file():
-        data = path.read_bytes()
-        if data and not data.endswith(b"\n"):  # a killed run's cut row: drop it, it is redone
-            keep = data[: data.rfind(b"\n") + 1]
-            with atomic_path(path) as tmp:
-                tmp.write_bytes(keep)
-            data, repaired = keep, True
-        for line, text in enumerate(data.decode().splitlines(), start=1):
+        for line, text in enumerate(path.read_text().splitlines(), start=1):
             if not text.strip():
                 continue
             try:
@@ -133,31 +140,33 @@ def read_done(out: Path) -> tuple[set[str], dict[str, dict], int, bool]:
             written.add(row["source"])
             rows += 1
     dropped: dict[str, dict] = {}
-    drops = out / DROPPED
-    if drops.is_file():
-        for text in drops.read_text().splitlines():
+    if (out / DROPPED).is_file():
+        for text in (out / DROPPED).read_text().splitlines():
             try:
                 entry = json.loads(text)
                 dropped[entry["source"]] = entry
             except (json.JSONDecodeError, KeyError, TypeError):
-                continue  # a cut line of a killed run: that picture is simply tried again
+                continue  # not one of ours: that picture is simply tried again
     return written, dropped, rows, repaired
 
 
 def remove_temp_files(out: Path) -> None:
-    """Temporary files a killed run left (a finished write renames its file)."""
-    for root, _, names in os.walk(out):
-        for name in names:
-            if is_temp_name(name):
-                Path(root, name).unlink(missing_ok=True)
+    """Temporary files a killed run left in the folders prepare writes (a finished write renames its file)."""
+    for folder in (out, out / "images", out / "masks", out / "references"):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if is_temp_name(path.name) and path.is_file():
+                    path.unlink(missing_ok=True)
 
 
 def append_line(path: Path, record: dict) -> None:
-    """One whole line appended in a single write, flushed to disk."""
+    """One whole line appended in a single write, flushed to disk (a short write is an error; the
+    cut line it leaves is removed at the next start)."""
     data = (json.dumps(record) + "\n").encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
     try:
-        os.write(fd, data)
+        if os.write(fd, data) != len(data):
+            raise OSError(f"{path}: a short write (is the disk full?)")
         os.fsync(fd)
     finally:
         os.close(fd)
