@@ -196,11 +196,12 @@ def test_a_threshold_nothing_reaches_drops_every_picture_and_retry_takes_them(mo
 
     kept = prepare(pictures, out, PrepareConfig(SUBJECTS, **KEEP), segmenter, captioner, log=lambda m: None)
     assert kept.written == 0 and kept.dropped_before == 6  # dropped before: skipped
-    retried = prepare(
-        pictures, out, PrepareConfig(SUBJECTS, **KEEP, retry_dropped=True), segmenter, captioner, log=lambda m: None
-    )
+    config = PrepareConfig(SUBJECTS, **{**KEEP, "work_side": 24}, retry_dropped=True)  # masks found at 24 px, scaled
+    retried = prepare(pictures, out, config, segmenter, captioner, log=lambda m: None)
     assert retried.written == 4 and retried.dropped == {UNREADABLE: 1, TOO_SMALL: 1}
-    load(out, 4)
+    for row in load(out, 4).rows:
+        masks = [np.asarray(Image.open(i.mask)) >= 128 for i in row.instances]
+        assert masks[0].shape == (64, 64) and np.sum(masks, 0).max() == 1  # still disjoint
 
 
 class FixedSegmenter:

@@ -221,6 +221,11 @@ def _scaled(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     ].numpy()
 
 
+def _resized(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A bool mask scaled to `size` (width, height), bilinear: uint8 0..255."""
+    return np.asarray(Image.fromarray(mask.astype(np.uint8) * 255, "L").resize(size, Image.BILINEAR))
+
+
 def _reference_box(mask: np.ndarray) -> tuple[int, int, int, int]:
     """A square around the mask with a margin, clipped to the picture."""
     rows, cols = np.nonzero(mask)
@@ -255,11 +260,13 @@ def prepare_picture(
     if not found.candidates:
         raise Dropped(NO_INSTANCE, f"no pixel reaches --mask-threshold {config.mask_threshold} for {words}")
     masks = []
-    for instance in found.kept:
-        mask = Image.fromarray(instance.mask.astype(np.uint8) * 255, "L").resize(image.size, Image.BILINEAR)
-        binary = np.asarray(mask) >= 128
-        if binary.any():
-            masks.append((instance, binary))
+    if found.kept:  # scale each mask smoothly to the picture, then give each pixel to the strongest: still disjoint
+        soft = np.stack([_resized(instance.mask, image.size) for instance in found.kept])
+        owner, strong = soft.argmax(0), soft.max(0) >= 128
+        for k, instance in enumerate(found.kept):
+            binary = strong & (owner == k)
+            if binary.any():
+                masks.append((instance, binary))
     if not masks:
         raise Dropped(
             MASK_TOO_SMALL,
