@@ -83,20 +83,26 @@ def end_to_end(data_dir: Path, timeout: float) -> dict:
     """`python -X importtime app.py --preview` to its first page, then stopped."""
     port = free_port()
     env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
-    started = time.perf_counter()
-    process = subprocess.Popen(
-        [sys.executable, "-X", "importtime", "app.py", "--preview", "--data-dir", str(data_dir), "--port", str(port)],
-        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        seconds = wait_for_page(f"http://127.0.0.1:{port}/", started, timeout, process)
-    finally:
-        process.terminate()
+    # stderr goes to a file: -X importtime writes more than a pipe holds, and an unread pipe
+    # would stop the app mid-import.
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "app.py", "--preview", "--data-dir", str(data_dir),
+             "--port", str(port)],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log, text=True,
+        )  # fmt: skip
         try:
-            _, stderr = process.communicate(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, stderr = process.communicate()
+            seconds = wait_for_page(f"http://127.0.0.1:{port}/", started, timeout, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        log.seek(0)
+        stderr = log.read()
     return {"page_s": seconds, "imports_s": import_times(stderr)}
 
 
