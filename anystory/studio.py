@@ -160,6 +160,7 @@ class Studio:
         self._model = pipeline if isinstance(pipeline, ModelLoading) else ModelLoading.loaded(pipeline)
         self.preview = preview
         self.keep_route_record = keep_route_record
+        self._panel_defaults: dict | None = None
         self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
         self._local = threading.local()  # per thread: `notes`
         self._encodings: dict[int, tuple[str, str, object]] = {}  # id -> (updated, encoder_id, encoding)
@@ -215,10 +216,16 @@ class Studio:
     def panel_defaults(self) -> dict:
         """A new panel's size, steps, guidance and router (known while the model loads when the
         loading says which router it will default to)."""
-        router = self._model.default_router if not self._model.ready else None
-        if router is not None:
-            return dict(PREVIEW_PANEL if self.preview else REAL_PANEL, router=router)
-        return panel_defaults_for(self.pipeline, self.preview)
+        if self._panel_defaults is None:  # one dict, made once: callers may change it
+            router = self._model.default_router if not self._model.ready else None
+            if router is None:
+                router = self.pipeline.default_router
+            self._panel_defaults = dict(PREVIEW_PANEL if self.preview else REAL_PANEL, router=router)
+        return self._panel_defaults
+
+    @panel_defaults.setter
+    def panel_defaults(self, value: dict) -> None:
+        self._panel_defaults = dict(value)
 
     @property
     def notes(self) -> list[str]:
