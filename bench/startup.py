@@ -261,7 +261,10 @@ def timed_parts(folder: str, ip_adapter: str | None = None, dtype=None, device: 
     from anystory import pipeline as pipeline_module
 
     parts: dict[str, float] = {}
+    model_labels: list[str] = []  # the parts timed by a component's from_pretrained
+    inside_hub: set[str] = set()  # ... of them, those loaded within diffusers' pipeline loading
     depth = threading.local()
+    in_hub = threading.local()
 
     def part_name(cls, args, kwargs) -> str:
         where = kwargs.get("subfolder") or (Path(str(args[0])).name if args else "")
@@ -282,6 +285,10 @@ def timed_parts(folder: str, ip_adapter: str | None = None, dtype=None, device: 
                 depth.n = 0
                 label = name_of(cls, args, kwargs)
                 parts[label] = parts.get(label, 0.0) + time.perf_counter() - start
+                if label not in model_labels:
+                    model_labels.append(label)
+                if getattr(in_hub, "on", False):
+                    inside_hub.add(label)
 
         setattr(owner, attr, classmethod(timed))
         return owner, attr, raw
@@ -291,9 +298,14 @@ def timed_parts(folder: str, ip_adapter: str | None = None, dtype=None, device: 
 
         def timed(*args, **kwargs):
             start = time.perf_counter()
+            hub = attr == "hub_call"
+            if hub:
+                in_hub.on = True
             try:
                 return original(*args, **kwargs)
             finally:
+                if hub:
+                    in_hub.on = False
                 parts[label] = parts.get(label, 0.0) + time.perf_counter() - start
 
         setattr(owner, attr, timed)
@@ -317,13 +329,13 @@ def timed_parts(folder: str, ip_adapter: str | None = None, dtype=None, device: 
         for owner, attr, original in saved:
             setattr(owner, attr, original)
     parts["whole from_pretrained"] = time.perf_counter() - start
-    components = sum(v for k, v in parts.items() if "(" in k)
-    if "diffusers' pipeline loading (all components)" in parts:
-        inside = sum(v for k, v in parts.items() if "(" in k and not k.startswith("image_encoder"))
-        parts["diffusers' loading besides the models (tokenizers, scheduler, configs)"] = (
-            parts.pop("diffusers' pipeline loading (all components)") - inside
-        )
-    parts["(the model parts together)"] = components
+    models = sum(parts.get(label, 0.0) for label in model_labels)
+    pipeline_loading = parts.pop("diffusers' pipeline loading (all components)", None)
+    if pipeline_loading is not None:
+        # The model components diffusers loaded itself (the image encoder too when the folder has one).
+        inside = sum(parts[label] for label in model_labels if label in inside_hub)
+        parts["diffusers' loading besides the models (tokenizers, scheduler, configs)"] = pipeline_loading - inside
+    parts["(the model parts together)"] = models
     return pipe, parts
 
 

@@ -189,3 +189,37 @@ def test_the_page_says_model_loading_until_it_has_loaded(tmp_path, public_pipe):
     finally:
         release.set()
         studio.close()
+
+
+def test_the_startup_bench_times_each_part_of_a_model_folder(tiny_folder, tmp_path):
+    """bench/startup.py --model FOLDER: the real model's load per part, here on the tiny model
+    saved as a folder (the same loading code); the timing wrappers are removed afterwards."""
+    from diffusers import ModelMixin
+    from transformers import PreTrainedModel
+
+    from anystory import pipeline as pipeline_module
+    from anystory.tiny import write_tiny_ip_adapter
+    from bench.startup import timed_parts
+
+    originals = (ModelMixin.__dict__["from_pretrained"], PreTrainedModel.__dict__["from_pretrained"])
+    hub_call = pipeline_module.hub_call
+    ip_file = write_tiny_ip_adapter(tiny_folder, tmp_path / "ip.safetensors")
+    pipe, parts = timed_parts(str(tiny_folder), str(ip_file))
+    for part in (
+        "unet (UNet2DConditionModel)",
+        "vae (AutoencoderKL)",
+        "text_encoder (CLIPTextModel)",
+        "text_encoder_2 (CLIPTextModelWithProjection)",
+        "image_encoder (CLIPVisionModelWithProjection)",
+        "diffusers' loading besides the models (tokenizers, scheduler, configs)",
+        "adapter: read the IP-Adapter file",
+        "adapter: build the AnyStory parts",
+        "weights' fingerprint (encoder_id)",
+        "whole from_pretrained",
+    ):
+        assert part in parts, sorted(parts)
+    assert all(seconds >= 0 for seconds in parts.values())
+    assert parts["whole from_pretrained"] >= parts["(the model parts together)"]
+    assert pipe.mode == "public" and pipe.image_encoder is not None
+    assert (ModelMixin.__dict__["from_pretrained"], PreTrainedModel.__dict__["from_pretrained"]) == originals
+    assert pipeline_module.hub_call is hub_call
