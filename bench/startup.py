@@ -237,6 +237,11 @@ def print_phases(title: str, result: dict) -> None:
             rows.append((f"import {package} (less the others of these four it imports)", thread, start, own[package]))
     for label, thread, start, end in sorted(result["spans"], key=lambda s: s[2]):
         rows.append((SPAN_LABELS.get(label, label), thread, start, end - start))
+    built = [end for label, _, _, end in result["spans"] if label.endswith("build_app")]
+    if built:
+        rows.append(
+            ("server start until the first HTTP 200 (from the end of build_app)", "main", built[0], page - built[0])
+        )
     print(f"\n**{title}**: first page (HTTP 200) at **{page:.2f} s**; model ready at "
           f"{result['model_ready']:.2f} s (from the process start)\n")  # fmt: skip
     print("| phase | thread | starts at, s | takes, s | before the page |\n|---|---|---|---|---|")
