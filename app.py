@@ -231,10 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             print("hint: run `python app.py --preview` to try the app with the tiny offline model.", file=sys.stderr)
         return 2
 
-    if not args.workspaces and studio.preview and not studio.character_names() and not studio.stories():
-        added = studio.add_example_cast()
-        print(f"preview mode: added the example cast ({', '.join(added)})")
-    return serve(args, studio)
+    return serve(args, studio)  # (a preview without workspaces loads in the background: start_preview_model)
 
 
 def serve(args: argparse.Namespace, studio) -> int:
