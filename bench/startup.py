@@ -321,7 +321,9 @@ def timed_parts(folder: str, ip_adapter: str | None = None, dtype=None, device: 
         timing_classmethod(PreTrainedModel, "from_pretrained", part_name),
         timing_function(pipeline_module, "hub_call", "diffusers' pipeline loading (all components)"),
         timing_function(pipeline_module, "load_state_dict_file", "adapter: read the IP-Adapter file"),
-        timing_function(pipeline_module.AnyStoryPipeline, "init_public", "adapter: build the AnyStory parts"),
+        timing_function(
+            pipeline_module.AnyStoryPipeline, "init_public", "adapter: build the AnyStory parts (with the fingerprint)"
+        ),
         timing_function(pipeline_module.AnyStoryPipeline, "_fingerprint", "weights' fingerprint (encoder_id)"),
     ]
     start = time.perf_counter()

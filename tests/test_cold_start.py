@@ -213,7 +213,7 @@ def test_the_startup_bench_times_each_part_of_a_model_folder(tiny_folder, tmp_pa
         "image_encoder (CLIPVisionModelWithProjection)",
         "diffusers' loading besides the models (tokenizers, scheduler, configs)",
         "adapter: read the IP-Adapter file",
-        "adapter: build the AnyStory parts",
+        "adapter: build the AnyStory parts (with the fingerprint)",
         "weights' fingerprint (encoder_id)",
         "whole from_pretrained",
     ):
