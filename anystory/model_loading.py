@@ -31,6 +31,7 @@ class ModelLoading:
         self.default_router = default_router
         self.name = name
         self._done = threading.Event()
+        self._settled = threading.Event()  # done, and the callbacks waiting for it have run
         self._value: Any = None
         self._error: BaseException | None = None
         self._after: list[tuple[Callable[[Any], None], Callable[[BaseException], None] | None]] = []
@@ -43,6 +44,7 @@ class ModelLoading:
         loading = cls(lambda: value)
         loading._value = value
         loading._done.set()
+        loading._settled.set()
         return loading
 
     def start(self) -> ModelLoading:
@@ -60,8 +62,11 @@ class ModelLoading:
         with self._lock:
             self._done.set()
             after, self._after = self._after, []
-        for on_loaded, on_error in after:
-            self._call(on_loaded, on_error)
+        try:
+            for on_loaded, on_error in after:
+                self._call(on_loaded, on_error)
+        finally:
+            self._settled.set()
 
     def _call(self, on_loaded, on_error) -> None:
         if self._error is None:
@@ -85,6 +90,12 @@ class ModelLoading:
         return self._done.is_set()
 
     @property
+    def settled(self) -> bool:
+        """Done, and what `then` asked to run after it (e.g. encoding the example cast) has run:
+        what a page that waits for the model should wait for."""
+        return self._settled.is_set()
+
+    @property
     def ready(self) -> bool:
         return self._done.is_set() and self._error is None
 
@@ -93,8 +104,9 @@ class ModelLoading:
         return self._error if self._done.is_set() else None
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Wait up to `timeout` seconds for the load to end (loaded or failed); whether it has."""
-        return self._done.wait(timeout)
+        """Wait up to `timeout` seconds for the load to end (loaded or failed) and its callbacks
+        to run; whether they have."""
+        return self._settled.wait(timeout)
 
     def get(self, timeout: float | None = None) -> Any:
         """The loaded model, waiting up to `timeout` seconds (None: as long as it takes)."""

@@ -192,8 +192,9 @@ class Studio:
 
     @property
     def model_state(self) -> str:
-        """"loading", "ready" or "failed: <why>"."""
-        if not self._model.done:
+        """"loading" (until the model has loaded and what waited for it has run: the example
+        cast), "ready" or "failed: <why>"."""
+        if not self._model.settled:
             return "loading"
         error = self._model.error
         return "ready" if error is None else f"failed: {error}"

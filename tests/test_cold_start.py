@@ -50,6 +50,7 @@ def test_preview_start_builds_no_model_when_the_cache_has_it(tmp_path, monkeypat
         args = app_module.parse_args(["--preview", "--data-dir", str(tmp_path / data_dir)])
         studio = app_module.open_preview_studio(args)
         pipeline = studio.model_loading.get(timeout=300)
+        studio.model_loading.wait(30)  # its callbacks (none here) have run
         assert pipeline.unet is not None and studio.model_state == "ready"
         studio.close()
     assert calls == {"write_tiny_sdxl": 1, "write_tiny_ip_adapter": 1, "tiny_sdxl_components": 1}
@@ -122,6 +123,7 @@ def test_generation_waits_for_the_model_and_says_so(tmp_path, public_pipe):
         assert worker.is_alive() and said == ["model loading…"] and studio.versions(panel.id) == []
         release.set()
         worker.join(300)
+        loading.wait(30)
         assert not worker.is_alive() and studio.model_state == "ready"
         assert [v.id for v in studio.versions(panel.id)] == [result["version"].id]
         assert studio.panel_defaults["router"] == public_pipe.default_router
@@ -223,3 +225,33 @@ def test_the_startup_bench_times_each_part_of_a_model_folder(tiny_folder, tmp_pa
     assert pipe.mode == "public" and pipe.image_encoder is not None
     assert (ModelMixin.__dict__["from_pretrained"], PreTrainedModel.__dict__["from_pretrained"]) == originals
     assert pipeline_module.hub_call is hub_call
+
+
+def test_the_page_waits_for_what_runs_after_the_load(tmp_path, public_pipe):
+    """"ready" comes only once the callbacks run after the load (the example cast) have run, so a
+    page that redraws on "ready" shows the cast; a model call inside a callback does not wait on
+    itself."""
+    loading, release = held_loading(public_pipe)
+    studio = Studio(tmp_path / "data", loading, preview=True)
+    in_callback = threading.Event()
+    go_on = threading.Event()
+    states = []
+
+    def add_cast(pipeline):
+        studio.add_example_cast()  # encodes: a model call from the loading thread
+        states.append(studio.model_state)
+        in_callback.set()
+        go_on.wait(30)
+
+    loading.then(add_cast)
+    try:
+        release.set()
+        assert in_callback.wait(120)
+        assert states == ["loading"] and studio.model_state == "loading" and loading.ready
+        go_on.set()
+        assert loading.wait(30) and studio.model_state == "ready"
+        assert sorted(studio.character_names()) == ["Bolt", "Mia", "Rex"]
+    finally:
+        release.set()
+        go_on.set()
+        studio.close()
