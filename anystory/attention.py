@@ -275,16 +275,77 @@ class InjectionContext:
         return inside_tokens(subject.reference_mask, grid).to(device)
 
 
-class RoutedCrossAttnProcessor(nn.Module):
-    """attn2 of one transformer block: the router of this site + the CLIP path W'_k, W'_v."""
+class ClipPath(nn.Module):
+    """The weights of one attn2 site: W'_k, W'_v of the CLIP path and the site's router (or None)."""
 
-    def __init__(self, index: int, hidden_dim: int, text_dim: int, router: nn.Module | None):
+    def __init__(self, hidden_dim: int, text_dim: int, router: nn.Module | None):
         super().__init__()
-        self.index = index
         self.to_k_ip = nn.Linear(text_dim, hidden_dim, bias=False)
         self.to_v_ip = nn.Linear(text_dim, hidden_dim, bias=False)
         nn.init.zeros_(self.to_v_ip.weight)  # an untrained CLIP path adds exactly nothing
         self.router = router
+
+
+class ReferenceProjection(nn.Module):
+    """The weights of one attn1 site: W~_k, W~_v, the reference tokens' key and value projections."""
+
+    def __init__(self, hidden_dim: int):
+        super().__init__()
+        self.to_k_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.to_v_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+
+
+class AnyStoryBlocks(nn.Module):
+    """Every AnyStory weight that acts inside the UNet's attention, held OUTSIDE the UNet.
+
+    The processors installed on the UNet are plain objects (not modules) that point here, so the
+    UNet's module tree, `state_dict()`, `save_pretrained`, `ControlNetModel.from_unet`, LoRA loading
+    and offload hooks all see a plain SDXL UNet. The pipeline owns this module as a component.
+    Keys: `attn1.{block}.to_k_ref` (blocks that own W~), `attn2.{block}.to_k_ip` / `.router.*`.
+    """
+
+    def __init__(self, processors):
+        super().__init__()
+        self.attn1 = nn.ModuleDict()
+        self.attn2 = nn.ModuleDict()
+        for proc in processors:
+            if isinstance(proc, ReferenceAttnProcessor) and proc.owns_reference_kv:
+                self.attn1[str(proc.index)] = proc.weights
+            elif isinstance(proc, RoutedCrossAttnProcessor):
+                self.attn2[str(proc.index)] = proc.weights
+
+    # What diffusers' pipelines ask of every component (`pipe.device`, `pipe.dtype`), as ModelMixin has them.
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters(), torch.empty(0)).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters(), torch.empty(0)).dtype
+
+
+class RoutedCrossAttnProcessor:
+    """attn2 of one transformer block: the router of this site + the CLIP path W'_k, W'_v.
+
+    A plain object, not an `nn.Module`: its weights are `self.weights` (a `ClipPath`), which the
+    pipeline's `AnyStoryBlocks` holds, so that nothing of AnyStory enters the UNet's module tree.
+    """
+
+    def __init__(self, index: int, hidden_dim: int, text_dim: int, router: nn.Module | None):
+        self.index = index
+        self.weights = ClipPath(hidden_dim, text_dim, router)
+
+    @property
+    def to_k_ip(self) -> nn.Linear:
+        return self.weights.to_k_ip
+
+    @property
+    def to_v_ip(self) -> nn.Linear:
+        return self.weights.to_v_ip
+
+    @property
+    def router(self) -> nn.Module | None:
+        return self.weights.router
 
     def __call__(
         self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None,
@@ -351,25 +412,37 @@ class RoutedCrossAttnProcessor(nn.Module):
         return _merge_heads(total)
 
 
-class ReferenceAttnProcessor(nn.Module):
+class ReferenceAttnProcessor:
     """attn1 of one transformer block: self-attention extended by routed reference tokens.
 
-    W~_k, W~_v are its own matrices, or (public-weights mode) attn1's own to_k / to_v, shared
-    and not registered here so the UNet's weights are neither copied nor listed twice.
+    W~_k, W~_v are its own matrices (`self.weights`, a `ReferenceProjection` held by the pipeline's
+    `AnyStoryBlocks`), or (public-weights mode) attn1's own to_k / to_v as they were when the
+    processor was built, shared, so the UNet's weights are neither copied nor listed twice. (A LoRA
+    loaded later wraps attn1's layers; the shared ones stay the base layers, so encodings do not
+    depend on the LoRA of the moment.) A plain object, not an `nn.Module`.
     """
 
     def __init__(self, index: int, hidden_dim: int, inject: bool, shared_kv: tuple[nn.Linear, nn.Linear] | None = None):
-        super().__init__()
         self.index = index
         self.inject = inject  # block 1 has no previous map, so never injects
-        if shared_kv is None:
-            self.to_k_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
-            self.to_v_ref = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.weights = ReferenceProjection(hidden_dim) if shared_kv is None else None
         self._shared_kv = shared_kv
 
     @property
     def owns_reference_kv(self) -> bool:
         return self._shared_kv is None
+
+    @property
+    def to_k_ref(self) -> nn.Linear:
+        if self.weights is None:
+            raise AttributeError("this processor shares attn1's own K/V (public-weights mode): it has no to_k_ref")
+        return self.weights.to_k_ref
+
+    @property
+    def to_v_ref(self) -> nn.Linear:
+        if self.weights is None:
+            raise AttributeError("this processor shares attn1's own K/V (public-weights mode): it has no to_v_ref")
+        return self.weights.to_v_ref
 
     def project_reference(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """K~ = G W~_k, V~ = G W~_v, on the features' device."""

@@ -13,33 +13,28 @@ from __future__ import annotations
 
 import unicodedata
 from dataclasses import dataclass, field
-from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
+
+from . import fonts
 
 KINDS = ("speech", "thought", "caption", "sfx")
 MAX_LINE_CHARS = 500
-
-# Fonts tried in order for each line: the first that has every glyph of the text draws it.
-# Debian packages (install.sh): fonts-dejavu-core (Latin, Greek, Cyrillic, Arabic, Hebrew),
-# fonts-noto-cjk (Chinese, Japanese, Korean). Licences: docs/FONTS.md.
-FONT_FILES = (
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/noto/NotoSansCJK-Regular.ttc",
-    "/usr/share/fonts/truetype/liberation/LiberationSans-Regular.ttf",
-)
-BOLD_FONT_FILES = (
-    "/usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf",
-    "/usr/share/fonts/opentype/noto/NotoSansCJK-Bold.ttc",
-    *FONT_FILES,
-)
+MIN_FONT_SIZE = 8  # px: the smallest text drawn, still legible on a 128 px panel
 INK = (20, 20, 20)
 PAPER = (255, 255, 255)
 CAPTION_PAPER = (255, 246, 200)
+THOUGHT_RIM = 0.16  # a thought bubble's scallops: their radius, as a share of the short half-axis
 _WORK_SIDE = 96  # cells on the long side of the grid the placement searches
+# How much of the image (width, height) a line's box may take: the first that the text fits at a
+# comfortable size, then larger ones (the bubble grows before the text gets small).
+_BUDGETS = {
+    "speech": ((0.40, 0.35), (0.60, 0.50), (0.90, 0.80)),
+    "thought": ((0.40, 0.35), (0.60, 0.50), (0.90, 0.80)),
+    "caption": ((0.45, 0.30), (0.70, 0.45), (0.96, 0.60)),
+    "sfx": ((0.50, 0.35), (0.70, 0.50), (0.90, 0.70)),
+}
 
 
 @dataclass
@@ -54,6 +49,17 @@ class LineSpec:
 
 
 @dataclass
+class Fit:
+    """A line's text laid out for a box: wrapped lines, font size, the box's pixel size, and
+    whether it had to be cut (it did not fit even at the smallest font size in the largest box)."""
+
+    lines: list[str]
+    font_size: int
+    size: tuple[int, int]
+    truncated: bool = False
+
+
+@dataclass
 class Bubble:
     index: int  # the line's index
     kind: str
@@ -61,55 +67,17 @@ class Bubble:
     tail: tuple[int, int] | None  # the tail's tip (at the speaker), None for captions
     lines: list[str] = field(default_factory=list)
     font_size: int = 12
-    font_path: str = ""
+    bold: bool = False  # sound effects are drawn bold
     speaker_seen: bool = False  # the router placed the speaker in this image
+    warning: str = ""  # why the line is not shown as the writer would expect (cut, or overlapping)
 
 
-# -- fonts --------------------------------------------------------------------------------------
-
-
-@lru_cache(maxsize=64)
-def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size)
-
-
-@lru_cache(maxsize=8)
-def _notdef(path: str) -> bytes:
-    """The 'missing glyph' box of a font, to tell a missing glyph from a real one."""
-    mask = load_font(path, 24).getmask("\U0010fffd")
-    return bytes(mask)
-
-
-def _has_glyph(path: str, ch: str) -> bool:
-    if ch.isspace() or unicodedata.category(ch) in ("Mn", "Me", "Cf", "Cc"):
-        return True
-    return bytes(load_font(path, 24).getmask(ch)) != _notdef(path)
-
-
-def available_fonts(bold: bool = False) -> list[str]:
-    return [p for p in (BOLD_FONT_FILES if bold else FONT_FILES) if Path(p).is_file()]
-
-
-def font_for(text: str, bold: bool = False) -> str:
-    """The first installed font that draws every character of `text`; ValueError names the
-    characters none can draw (an emoji, a script whose font is not installed)."""
-    fonts = available_fonts(bold)
-    if not fonts:
-        raise ValueError("no font for bubbles is installed: install fonts-dejavu-core (see install.sh)")
-    missing: list[str] = []
-    for path in fonts:
-        missing = [ch for ch in dict.fromkeys(text) if not _has_glyph(path, ch)]
-        if not missing:
-            return path
-    shown = ", ".join(f"{ch!r} (U+{ord(ch):04X})" for ch in missing[:5])
-    raise ValueError(
-        f"no installed font can draw {shown}: remove it from the line, or install a font that has it "
-        "(install.sh installs fonts-dejavu-core and fonts-noto-cjk; colour emoji are not supported)"
-    )
+# -- text checks -------------------------------------------------------------------------------
 
 
 def check_line(kind: str, text: str) -> str:
-    """A line's text, checked: a known kind, some text, not too long, every glyph drawable."""
+    """A line's text, checked: a known kind, some text, not too long, every glyph drawable by an
+    installed font (each character may come from a different one: fonts.py)."""
     if kind not in KINDS:
         raise ValueError(f"a line's kind must be one of {', '.join(KINDS)}, got {kind!r}")
     if not isinstance(text, str) or not text.strip():
@@ -117,7 +85,7 @@ def check_line(kind: str, text: str) -> str:
     text = text.strip()
     if len(text) > MAX_LINE_CHARS:
         raise ValueError(f"a line has at most {MAX_LINE_CHARS} characters, this one {len(text)}")
-    font_for(text, bold=kind == "sfx")
+    fonts.check_drawable(text, bold=kind == "sfx")
     return text
 
 
@@ -145,31 +113,38 @@ def _window_sums(mask: np.ndarray, bh: int, bw: int) -> np.ndarray:
 
 
 def _dilate(mask: np.ndarray, by: int) -> np.ndarray:
-    out = mask.copy()
-    for dy in range(-by, by + 1):
-        for dx in range(-by, by + 1):
-            out |= np.roll(np.roll(mask, dy, axis=0), dx, axis=1)
+    """The mask grown by `by` cells in every direction (a square), not wrapping round the edges."""
+    height, width = mask.shape
+    padded = np.pad(mask, by)
+    out = np.zeros_like(mask)
+    for dy in range(2 * by + 1):
+        for dx in range(2 * by + 1):
+            out |= padded[dy : dy + height, dx : dx + width]
     return out
 
 
 # -- text fitting --------------------------------------------------------------------------------
 
 
-def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
-    """Greedy wrap by pixel width; scripts without spaces (CJK) break between characters."""
+def _wrap(text: str, size: int, bold: bool, width: float, split_words: bool = True) -> list[str] | None:
+    """Greedy wrap by pixel width; scripts without spaces (CJK) break between characters. A
+    word of another script too wide for a line is split only with `split_words` (else None:
+    this size does not fit without cutting a word)."""
     lines: list[str] = []
     for paragraph in text.splitlines() or [""]:
         line = ""
         for word in paragraph.split(" "):
             candidate = f"{line} {word}" if line else word
-            if font.getlength(candidate) <= width:
+            if fonts.text_length(candidate, size, bold) <= width:
                 line = candidate
                 continue
             if line:
                 lines.append(line)
             line = ""
+            if fonts.text_length(word, size, bold) > width and not (split_words or _breaks_anywhere(word)):
+                return None
             for ch in word:
-                if line and font.getlength(line + ch) > width:
+                if line and fonts.text_length(line + ch, size, bold) > width:
                     lines.append(line)
                     line = ""
                 line += ch
@@ -177,42 +152,97 @@ def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str]:
     return [line for line in lines if line] or [""]
 
 
-def fit_text(text: str, kind: str, size: tuple[int, int]) -> tuple[list[str], int, str, tuple[int, int]]:
-    """(wrapped lines, font size, font file, (box width, box height)) of a line on an image of
-    `size`: the text wraps to at most ~40% of the width and shrinks until the box fits ~35% of
-    the height (then the last lines are cut with an ellipsis)."""
-    width, height = size
-    path = font_for(text, bold=kind == "sfx")
-    big = max(10, round(min(width, height) / (9 if kind == "sfx" else 20)))
-    small = max(8, round(min(width, height) / 60))
-    max_width = width * (0.45 if kind == "caption" else 0.40)
-    font_size, lines = small, [text]
-    for font_size in range(big, small - 1, -max(1, (big - small) // 8)):
-        font = load_font(path, font_size)
-        lines = _wrap(text, font, max_width)
-        if len(lines) * _line_step(font) <= height * 0.35:
-            break
-    font = load_font(path, font_size)
-    step = _line_step(font)
-    most = max(1, int(height * 0.35 // step))
-    if len(lines) > most:
-        lines = lines[:most]
-        lines[-1] = lines[-1].rstrip() + "…"
-    text_w = max(font.getlength(line) for line in lines)
-    text_h = len(lines) * step
+def _breaks_anywhere(word: str) -> bool:
+    """Text written without spaces (Chinese, Japanese) may break between any two characters."""
+    return any(unicodedata.east_asian_width(ch) in ("W", "F") for ch in word)
+
+
+def _box_size(lines: list[str], font_size: int, kind: str) -> tuple[float, float]:
+    """The box around wrapped text: an ellipse for speech and thought (sqrt 2 of the text block,
+    so its corners stay inside), a padded rectangle for captions and sound effects."""
+    bold = kind == "sfx"
+    text_w = max(fonts.text_length(line, font_size, bold) for line in lines)
+    text_h = len(lines) * fonts.line_step("".join(lines), font_size, bold)
     pad = font_size * 0.6
-    if kind in ("speech", "thought"):  # an ellipse around the text block needs about sqrt(2) of it
-        box = (text_w * 1.3 + 2 * pad, text_h * 1.3 + 2 * pad)
-    elif kind == "caption":
-        box = (text_w + 2 * pad, text_h + 1.4 * pad)
+    if kind == "speech":
+        return text_w * 1.42 + pad, text_h * 1.42 + pad
+    if kind == "thought":  # the scalloped rim takes THOUGHT_RIM of the ellipse's short half-axis
+        return text_w * 1.42 / (1 - THOUGHT_RIM) + pad, text_h * 1.42 / (1 - THOUGHT_RIM) + pad
+    if kind == "caption":
+        return text_w + 2 * pad, text_h + 1.4 * pad
+    return text_w + pad, text_h + pad
+
+
+def fit_text(
+    text: str, kind: str, size: tuple[int, int], *, largest: int | None = None, text_size: int | None = None
+) -> Fit:
+    """The line laid out on an image of `size`: the text wraps in a box of about 40% of the
+    image, shrinks to a comfortable size, then the box grows (up to most of the image), then the
+    text shrinks to MIN_FONT_SIZE; only when even that does not fit are the last lines cut with
+    an ellipsis (and the Fit says so). `text_size` is the preferred size of speech (pages letter
+    every panel alike; by default it follows the image's size); `largest` caps the font size
+    (to make room for others)."""
+    width, height = size
+    bold = kind == "sfx"
+    if text_size is None:
+        big = max(MIN_FONT_SIZE + 3, round(min(width, height) / {"sfx": 9, "caption": 24}.get(kind, 20)))
     else:
-        box = (text_w + pad, text_h + pad)
-    return lines, font_size, path, (min(width, round(box[0])), min(height, round(box[1])))
+        big = max(MIN_FONT_SIZE, round(text_size * {"sfx": 3.0, "caption": 0.95}.get(kind, 1.0)))
+    if largest is not None:
+        big = max(MIN_FONT_SIZE, min(big, largest))
+    comfortable = max(MIN_FONT_SIZE, round(big * 0.6))
+    budgets = _BUDGETS[kind]
+    step = max(1, (big - MIN_FONT_SIZE) // 12)
+    tries = [(b, s) for b in budgets for s in range(big, comfortable - 1, -step)]
+    tries += [(budgets[-1], s) for s in range(comfortable - 1, MIN_FONT_SIZE - 1, -step)]
+    if tries[-1][1] != MIN_FONT_SIZE:
+        tries.append((budgets[-1], MIN_FONT_SIZE))
+    for split_words in (False, True):  # cutting a word in two only when nothing else fits
+        for (fw, fh), font_size in tries:
+            wrap_at = min(_text_width(kind, fw * width, font_size), _balanced_width(text, kind, font_size))
+            lines = _wrap(text, font_size, bold, wrap_at, split_words)
+            if lines is None:
+                continue
+            bw, bh = _box_size(lines, font_size, kind)
+            if bw <= fw * width and bh <= fh * height:
+                return Fit(lines, font_size, (round(bw), round(bh)))
+    # even the smallest size in the largest box is too small: keep what fits, say it is cut
+    fw, fh = budgets[-1]
+    font_size = MIN_FONT_SIZE
+    lines = _wrap(text, font_size, bold, _text_width(kind, fw * width, font_size))
+    while len(lines) > 1 and _box_size(lines, font_size, kind)[1] > fh * height:
+        lines = lines[:-1]
+    lines[-1] = _ellipsised(lines[-1], font_size, bold, _text_width(kind, fw * width, font_size))
+    bw, bh = _box_size(lines, font_size, kind)
+    return Fit(lines, font_size, (min(width, round(bw)), min(height, round(bh))), truncated=True)
 
 
-def _line_step(font: ImageFont.FreeTypeFont) -> int:
-    ascent, descent = font.getmetrics()
-    return int((ascent + descent) * 1.08) + 1
+def _balanced_width(text: str, kind: str, font_size: int) -> float:
+    """A line width that gives the text block a pleasant shape (about 2.5 wide to 1 high for a
+    bubble, 4 to 1 for a caption box) instead of one long flat line; never below the longest word."""
+    bold = kind == "sfx"
+    total = fonts.text_length(" ".join(text.split()), font_size, bold)
+    step = fonts.line_step(text, font_size, bold)
+    aspect = {"caption": 4.0, "sfx": 8.0}.get(kind, 2.5)
+    longest = max((fonts.text_length(word, font_size, bold) for word in text.split()), default=0.0)
+    return max(float(np.sqrt(aspect * total * step)), longest, 4.0 * font_size)
+
+
+def _text_width(kind: str, box_width: float, font_size: int) -> float:
+    """The widest text line a box of `box_width` holds (the inverse of _box_size's width)."""
+    pad = font_size * 0.6
+    if kind == "speech":
+        return (box_width - pad) / 1.42
+    if kind == "thought":
+        return (box_width - pad) * (1 - THOUGHT_RIM) / 1.42
+    return box_width - (2 * pad if kind == "caption" else pad)
+
+
+def _ellipsised(line: str, size: int, bold: bool, width: float) -> str:
+    line = line.rstrip() + "…"
+    while len(line) > 1 and fonts.text_length(line, size, bold) > width:
+        line = line[:-2].rstrip() + "…"
+    return line
 
 
 # -- placement -------------------------------------------------------------------------------------
@@ -230,14 +260,25 @@ def speaker_anchor(labels: np.ndarray, slot: int) -> tuple[float, float] | None:
 
 
 def place_bubbles(
-    maps: np.ndarray | None, size: tuple[int, int], lines: list[LineSpec], *, rtl: bool = False
+    maps: np.ndarray | None,
+    size: tuple[int, int],
+    lines: list[LineSpec],
+    *,
+    rtl: bool = False,
+    text_size: int | None = None,
 ) -> list[Bubble]:
     """Boxes and tails for the lines on an image of `size` (width, height) routed as `maps`
-    ([S, h, w], characters then the background; None: nobody placed)."""
+    ([S, h, w], characters then the background; None: nobody placed). `text_size`: the
+    preferred size of the text in pixels (see fit_text).
+
+    Captions go first, into corners (top ones, or bottom ones for narration after all the
+    dialogue); then each other line in order, on space no earlier box takes (a hard rule while
+    any such space exists, the text shrinking to make room), after the previous bubble in
+    reading order, off other characters, near its speaker's head."""
     width, height = int(size[0]), int(size[1])
     scale = _WORK_SIDE / max(width, height)
     gw, gh = max(8, round(width * scale)), max(8, round(height * scale))
-    sx, sy = width / gw, height / gh  # pixels per cell
+    grid = _Grid(width, height, gw, gh, max(1, round(gw / 48)))
     if maps is not None:
         labels = labels_at(maps, (gh, gw))
         background = np.asarray(maps).shape[0] - 1
@@ -245,53 +286,147 @@ def place_bubbles(
         labels, background = np.zeros((gh, gw), dtype=np.int64), 0
     placed = np.zeros((gh, gw), dtype=bool)
     bubbles: list[Bubble | None] = [None] * len(lines)
-    margin = max(1, round(gw / 48))
 
-    corners = ["tl", "tr", "bl", "br"] if not rtl else ["tr", "tl", "br", "bl"]
+    dialogue = [i for i, line in enumerate(lines) if line.kind != "caption"]
     for index, line in enumerate(lines):  # captions first: they take corners, bubbles avoid them
         if line.kind != "caption":
             continue
-        text, font_size, path, (bw, bh) = fit_text(line.text, line.kind, (width, height))
-        corner = corners[min(sum(b is not None and b.kind == "caption" for b in bubbles), 3)]
-        pad = round(min(width, height) * 0.02)
-        x0 = pad if corner[1] == "l" else width - pad - bw
-        y0 = pad if corner[0] == "t" else height - pad - bh
-        box = _nudged((x0, y0, x0 + bw, y0 + bh), line.offset, width, height)
-        bubbles[index] = Bubble(index, "caption", box, None, text, font_size, path, False)
-        placed |= _cells(box, sx, sy, gw, gh, margin)
+        closing = bool(dialogue) and index > dialogue[-1]  # narration after every line: at the foot
+        corners = ["bl", "br", "tl", "tr"] if closing else ["tl", "tr", "bl", "br"]
+        if rtl:
+            corners = [c[0] + ("r" if c[1] == "l" else "l") for c in corners]
+        bubbles[index] = _place_caption(index, line, grid, corners, placed, text_size)
+        placed |= grid.cells(bubbles[index].box, margin=True)
 
+    # the speakers' heads stay clear of every box, so that each tail can reach its speaker
+    heads = np.zeros((gh, gw), dtype=bool)
+    for line in lines:
+        if line.kind in ("speech", "thought") and line.slot is not None and 0 <= line.slot < background:
+            if (head := speaker_anchor(labels, line.slot)) is not None:
+                heads[min(gh - 1, int(head[1])), min(gw - 1, int(head[0]))] = True
+    heads = _dilate(heads, 4)  # about 4% of the panel round each head: room for the tails to show
+    tails = np.zeros((gh, gw), dtype=bool)
     previous: tuple[float, float] | None = None
-    for index, line in enumerate(lines):
-        if line.kind == "caption":
-            continue
-        text, font_size, path, (bw_px, bh_px) = fit_text(line.text, line.kind, (width, height))
-        bw, bh = min(gw, max(1, int(np.ceil(bw_px / sx)))), min(gh, max(1, int(np.ceil(bh_px / sy))))
+    for index in dialogue:
+        line = lines[index]
         has_slot = line.slot is not None and 0 <= line.slot < background
         anchor = speaker_anchor(labels, line.slot) if has_slot else None
         own = labels == line.slot if anchor is not None else np.zeros_like(placed)
         others = (labels != background) & ~own
-        score = _score(own, others, placed, bw, bh, anchor, previous, rtl, margin)
+        if line.kind == "sfx":  # a sound effect is part of the picture: it may cross the art, not bubbles
+            others = np.zeros_like(others)
+        best = None  # (cost, fit, bw, bh, score, warning)
+        preferred = None
+        for fit in _fits(line.text, line.kind, (width, height), text_size):
+            preferred = preferred or fit.font_size
+            bw = min(gw, max(1, int(np.ceil(fit.size[0] / grid.sx))))
+            bh = min(gh, max(1, int(np.ceil(fit.size[1] / grid.sy))))
+            score = _score(own, others, placed, bw, bh, anchor, previous, rtl, grid.margin)
+            score += 30.0 * (_window_sums(heads, bh, bw) > 0) + 40.0 * np.minimum(1, _window_sums(tails, bh, bw) / 3)
+            free = _window_sums(placed, bh, bw) == 0
+            shrink = 30.0 * (1 - fit.font_size / preferred)  # smaller text only where it buys a better place
+            if free.any():
+                score = np.where(free, score, np.inf)
+                candidate = (float(score.min()) + shrink, fit, bw, bh, score, "")
+            else:
+                warning = "it overlaps another bubble: the panel has no free space left"
+                candidate = (float(score.min()) + shrink + 1e6, fit, bw, bh, score, warning)
+            if best is None or candidate[0] < best[0]:
+                best = candidate
+        _, fit, bw, bh, score, warning = best
         y, x = np.unravel_index(int(np.argmin(score)), score.shape)
-        box = (round(x * sx), round(y * sy), min(width, round((x + bw) * sx)), min(height, round((y + bh) * sy)))
+        box = grid.box(x, y, bw, bh)
         box = _nudged(box, line.offset, width, height)
         tail = None
         if anchor is not None and line.kind in ("speech", "thought"):
-            tail = (round(anchor[0] * sx), round(anchor[1] * sy))
-        bubbles[index] = Bubble(index, line.kind, box, tail, text, font_size, path, anchor is not None)
-        placed |= _cells(box, sx, sy, gw, gh, margin)
-        previous = ((box[0] + box[2]) / 2 / sx, (box[1] + box[3]) / 2 / sy)
+            tail = (round(anchor[0] * grid.sx), round(anchor[1] * grid.sy))
+            tails |= _segment(((box[0] + box[2]) / 2 / grid.sx, (box[1] + box[3]) / 2 / grid.sy), anchor, gw, gh)
+        if fit.truncated:
+            warning = "it does not fit even at the smallest text size, so it is cut"
+        bubbles[index] = Bubble(
+            index, line.kind, box, tail, fit.lines, fit.font_size, line.kind == "sfx", anchor is not None, warning
+        )
+        placed |= grid.cells(box, margin=True)
+        previous = ((box[0] + box[2]) / 2 / grid.sx, (box[1] + box[3]) / 2 / grid.sy)
     return [b for b in bubbles if b is not None]
+
+
+@dataclass
+class _Grid:
+    """The coarse grid placement searches: gw x gh cells over a width x height image."""
+
+    width: int
+    height: int
+    gw: int
+    gh: int
+    margin: int  # cells kept free around a box
+
+    @property
+    def sx(self) -> float:
+        return self.width / self.gw
+
+    @property
+    def sy(self) -> float:
+        return self.height / self.gh
+
+    def box(self, x: int, y: int, bw: int, bh: int) -> tuple[int, int, int, int]:
+        return (
+            round(x * self.sx),
+            round(y * self.sy),
+            min(self.width, round((x + bw) * self.sx)),
+            min(self.height, round((y + bh) * self.sy)),
+        )
+
+    def cells(self, box, margin: bool = False) -> np.ndarray:
+        return _cells(box, self.sx, self.sy, self.gw, self.gh, self.margin if margin else 0)
+
+
+def _fits(text: str, kind: str, size: tuple[int, int], text_size: int | None):
+    """The line's layouts from the preferred one down to the smallest text: a crowded panel
+    takes the largest one that finds free space."""
+    fit = fit_text(text, kind, size, text_size=text_size)
+    yield fit
+    while fit.font_size > MIN_FONT_SIZE:
+        cap = max(MIN_FONT_SIZE, fit.font_size - max(1, fit.font_size // 8))
+        smaller = fit_text(text, kind, size, largest=cap, text_size=text_size)
+        if smaller.font_size >= fit.font_size:
+            return
+        fit = smaller
+        yield fit
+
+
+def _place_caption(
+    index: int, line: LineSpec, grid: _Grid, corners: list[str], placed: np.ndarray, text_size: int | None
+) -> Bubble:
+    """A caption box in the first corner with room, the text shrinking until one has room."""
+    width, height = grid.width, grid.height
+    pad = round(min(width, height) * 0.02)
+    fallback = None
+    for fit in _fits(line.text, "caption", (width, height), text_size):
+        bw, bh = fit.size
+        for corner in corners:
+            x0 = pad if corner[1] == "l" else width - pad - bw
+            y0 = pad if corner[0] == "t" else height - pad - bh
+            box = (max(0, x0), max(0, y0), max(0, x0) + bw, max(0, y0) + bh)
+            warning = "it does not fit even at the smallest text size, so it is cut" if fit.truncated else ""
+            if not (grid.cells(box) & placed).any():
+                return Bubble(index, "caption", _nudged(box, line.offset, width, height), None, fit.lines,
+                              fit.font_size, False, False, warning)  # fmt: skip
+            fallback = Bubble(index, "caption", box, None, fit.lines, fit.font_size, False, False,
+                              warning or "it overlaps another caption: the panel has no free corner left")  # fmt: skip
+    fallback.box = _nudged(fallback.box, line.offset, width, height)
+    return fallback
 
 
 def _score(own, others, placed, bw, bh, anchor, previous, rtl: bool, margin: int) -> np.ndarray:
     """The cost of every top-left cell for a bw x bh bubble (lower is better). Covering another
-    character or an earlier bubble costs most; then breaking reading order; then distance from
-    the speaker's head and covering the speaker."""
+    character or an earlier bubble costs most; then a tail crossing an earlier bubble; then
+    breaking reading order; then distance from the speaker's head and covering the speaker."""
     gh, gw = own.shape
     area = float(bw * bh)
     cost = 1000.0 * _window_sums(others, bh, bw) / area
     cost += 1000.0 * _window_sums(placed, bh, bw) / area
-    cost += 8.0 * _window_sums(own, bh, bw) / area
+    cost += 3.0 * _window_sums(own, bh, bw) / area  # over the speaker (not the head: see heads) is fine
     ys, xs = np.indices(cost.shape, dtype=np.float64)
     # keep a small margin from the frame where the image allows it
     inner = (xs >= margin) & (ys >= margin) & (xs + bw <= gw - margin) & (ys + bh <= gh - margin)
@@ -301,8 +436,15 @@ def _score(own, others, placed, bw, bh, anchor, previous, rtl: bool, margin: int
         ax, ay = anchor
         dx = np.maximum(np.maximum(xs - ax, ax - (xs + bw)), 0)
         dy = np.maximum(np.maximum(ys - ay, ay - (ys + bh)), 0)
-        cost += 10.0 * np.hypot(dx, dy) / np.hypot(gw, gh)
-        cost += np.where(ys + bh > ay, 1.5, 0.0)  # a bubble reads best above the head, its tail showing
+        cost += 30.0 * np.hypot(dx, dy) / np.hypot(gw, gh)  # far from the head: a long, hard-to-follow tail
+        cost += np.where(ys + bh > ay, 6.0, 0.0)  # a bubble reads best above the head, its tail showing
+        if placed.any():  # a tail across an earlier bubble would hide its text
+            hits = np.zeros_like(cost)
+            for t in np.linspace(0.5, 1.0, 9):
+                px = np.clip((cx + (ax - cx) * t).astype(int), 0, gw - 1)
+                py = np.clip((cy + (ay - cy) * t).astype(int), 0, gh - 1)
+                hits += placed[py, px]
+            cost += 40.0 * hits / 9
     else:
         cost += 2.0 * ys / gh  # nobody to point at: near the top
     if previous is not None:
@@ -310,8 +452,18 @@ def _score(own, others, placed, bw, bh, anchor, previous, rtl: bool, margin: int
         earlier_row = cy < py - bh / 2
         same_row = np.abs(cy - py) <= bh / 2
         backwards = (cx > px) if rtl else (cx < px)
-        cost += np.where(earlier_row | (same_row & backwards), 20.0, 0.0)
+        cost += np.where(earlier_row | (same_row & backwards), 40.0, 0.0)  # reading order beats closeness
     return cost
+
+
+def _segment(start, end, gw: int, gh: int) -> np.ndarray:
+    """The cells a straight tail from `start` to `end` (cell coordinates) crosses."""
+    mask = np.zeros((gh, gw), dtype=bool)
+    steps = int(max(abs(end[0] - start[0]), abs(end[1] - start[1]))) * 2 + 2
+    for t in np.linspace(0.0, 1.0, steps):
+        x, y = start[0] + (end[0] - start[0]) * t, start[1] + (end[1] - start[1]) * t
+        mask[min(gh - 1, max(0, int(y))), min(gw - 1, max(0, int(x)))] = True
+    return mask
 
 
 def _cells(box, sx: float, sy: float, gw: int, gh: int, margin: int) -> np.ndarray:
@@ -339,18 +491,17 @@ def draw_bubbles(image: Image.Image, bubbles: list[Bubble]) -> Image.Image:
     out = image.convert("RGB").copy()
     draw = ImageDraw.Draw(out)
     outline = max(2, round(min(out.size) / 256))
+    for bubble in bubbles:  # tails first: one crossing another bubble goes under it, not over its text
+        if bubble.tail is not None and bubble.kind in ("speech", "thought"):
+            _draw_tail(draw, bubble, outline)
     for bubble in bubbles:
-        x0, y0, x1, y1 = bubble.box
-        font = load_font(bubble.font_path, bubble.font_size)
         if bubble.kind == "caption":
             draw.rectangle(bubble.box, fill=CAPTION_PAPER, outline=INK, width=outline)
-        elif bubble.kind in ("speech", "thought"):
-            if bubble.tail is not None:
-                _draw_tail(draw, bubble, outline)
+        elif bubble.kind == "speech":
             draw.ellipse(bubble.box, fill=PAPER, outline=INK, width=outline)
-            if bubble.kind == "thought":  # a scalloped rim: small circles round the ellipse
-                _scallops(draw, bubble.box, outline)
-        _draw_text(draw, bubble, font, outline)
+        elif bubble.kind == "thought":  # a cloud: a scalloped rim
+            _scallops(draw, bubble.box, outline)
+        _draw_text(draw, bubble, outline)
     return out
 
 
@@ -370,7 +521,7 @@ def _draw_tail(draw: ImageDraw.ImageDraw, bubble: Bubble, outline: int) -> None:
     nx, ny = -vy / length * base / 2, vx / length * base / 2
     inner = (cx + vx * t * 0.7, cy + vy * t * 0.7)
     if bubble.kind == "thought":
-        for k, r in ((0.35, 0.10), (0.65, 0.07), (0.9, 0.045)):
+        for k, r in ((0.3, 0.16), (0.6, 0.11), (0.85, 0.07)):
             px, py = ex + (tx - ex) * k, ey + (ty - ey) * k
             rad = max(3.0, min(rx, ry) * r)
             draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=PAPER, outline=INK, width=outline)
@@ -380,23 +531,29 @@ def _draw_tail(draw: ImageDraw.ImageDraw, bubble: Bubble, outline: int) -> None:
 
 
 def _scallops(draw: ImageDraw.ImageDraw, box, outline: int) -> None:
+    """A cloud inside the box: circles along an inner ellipse, then that ellipse filled over
+    their inner halves, so only the outer arcs show and the middle is clear for the text."""
     x0, y0, x1, y1 = box
     cx, cy, rx, ry = (x0 + x1) / 2, (y0 + y1) / 2, (x1 - x0) / 2, (y1 - y0) / 2
-    rad = max(3.0, min(rx, ry) * 0.18)
-    for k in range(14):
-        a = 2 * np.pi * k / 14
-        px, py = cx + (rx - rad * 0.6) * np.cos(a), cy + (ry - rad * 0.6) * np.sin(a)
+    rad = max(3.0, min(rx, ry) * THOUGHT_RIM)
+    ax, ay = max(1.0, rx - rad), max(1.0, ry - rad)
+    perimeter = np.pi * (3 * (ax + ay) - np.sqrt((3 * ax + ay) * (ax + 3 * ay)))
+    count = max(8, int(perimeter / (1.5 * rad)))
+    for k in range(count):
+        a = 2 * np.pi * k / count
+        px, py = cx + ax * np.cos(a), cy + ay * np.sin(a)
         draw.ellipse((px - rad, py - rad, px + rad, py + rad), fill=PAPER, outline=INK, width=outline)
-    draw.ellipse((x0 + rad, y0 + rad, x1 - rad, y1 - rad), fill=PAPER)
+    draw.ellipse((cx - ax, cy - ay, cx + ax, cy + ay), fill=PAPER)
 
 
-def _draw_text(draw: ImageDraw.ImageDraw, bubble: Bubble, font, outline: int) -> None:
+def _draw_text(draw: ImageDraw.ImageDraw, bubble: Bubble, outline: int) -> None:
     x0, y0, x1, y1 = bubble.box
-    step = _line_step(font)
+    step = fonts.line_step("".join(bubble.lines), bubble.font_size, bubble.bold)
     top = (y0 + y1) / 2 - len(bubble.lines) * step / 2
     for i, line in enumerate(bubble.lines):
-        x = (x0 + x1) / 2 - font.getlength(line) / 2
+        xy = ((x0 + x1) / 2, top + i * step)
         if bubble.kind == "sfx":
-            draw.text((x, top + i * step), line, font=font, fill=(230, 40, 30), stroke_width=outline, stroke_fill=INK)
+            fonts.draw_line(draw, xy, line, bubble.font_size, bold=True, fill=(230, 40, 30), align="centre",
+                            stroke_width=outline, stroke_fill=INK)  # fmt: skip
         else:
-            draw.text((x, top + i * step), line, font=font, fill=INK)
+            fonts.draw_line(draw, xy, line, bubble.font_size, fill=INK, align="centre")

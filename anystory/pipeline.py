@@ -13,7 +13,9 @@ another thread, or from inside a callback) raises `PipelineBusyError`.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
+import inspect
 import threading
 import warnings
 from contextlib import contextmanager
@@ -28,9 +30,25 @@ from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.utils import BaseOutput
 from transformers import CLIPImageProcessor, CLIPVisionModelWithProjection
 
-from .attention import InjectionContext, ReferenceAttnProcessor, RoutedCrossAttnProcessor, transformer_blocks
+from .attention import (
+    AnyStoryBlocks,
+    InjectionContext,
+    ReferenceAttnProcessor,
+    RoutedCrossAttnProcessor,
+    transformer_blocks,
+)
+from .controlnets import (
+    CONTROL_ARGUMENTS,
+    as_controlnet,
+    build_runner,
+    call_arguments,
+    control_image_argument,
+    load_controlnet,
+    runner_class,
+)
 from .encoder import ReferenceNet, SubjectEncoder, latent_mask, prepare_subject, reference_features
 from .encoding import SubjectEncoding, inside_tokens
+from .loras import adapter_name_for, lora_off, lora_source
 from .router import (
     LayoutRouting,
     LearnedRouting,
@@ -59,10 +77,31 @@ from .weights import (
 DEFAULT_BASE = "stabilityai/stable-diffusion-xl-base-1.0"
 ROUTERS = ("learned", "prompt", "layout", "none")
 DEFAULT_SCHEDULE = "default"  # the schedule arguments' default: `default_schedules` decides
+# What `__call__` passes on to diffusers' SDXL loop: its named parameters. Anything else is refused
+# (diffusers' own `**kwargs` would swallow a misspelt or unsupported argument without a word).
+SDXL_CALL_ARGUMENTS = frozenset(inspect.signature(StableDiffusionXLPipeline.__call__).parameters) - {
+    "self", "prompt", "kwargs",
+}  # fmt: skip
 
 
 class PipelineBusyError(RuntimeError):
     """A call reached a pipeline that is already running one (the message says what to do)."""
+
+
+def check_call_arguments(given, known) -> None:
+    """Refuse keyword arguments the pipeline would not use, naming each (and a close known name)."""
+    unknown = sorted(set(given) - set(known))
+    if not unknown:
+        return
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, sorted(known), n=1)
+        hints.append(f"{name!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    raise TypeError(
+        f"AnyStoryPipeline got keyword argument{'s' if len(unknown) > 1 else ''} it does not use: {', '.join(hints)}. "
+        "Every argument must be one of AnyStory's or a parameter of diffusers' StableDiffusionXLPipeline.__call__; "
+        "nothing is ignored silently."
+    )
 
 
 def default_schedules(router: str, num_subjects: int) -> tuple[tuple[float, float], tuple[float, float]]:
@@ -108,6 +147,7 @@ class AnyStoryPipelineOutput(BaseOutput):
 
 def build_processors(unet, config: AnyStoryConfig, share_reference_kv: bool = False) -> dict:
     """New attn1/attn2 processors for every transformer block, keyed as `unet.attn_processors`.
+    Their weights are not registered in the UNet: collect them with `AnyStoryBlocks(processors.values())`.
 
     W~_k, W~_v start as copies of attn1's K/V (or ARE attn1's, shared, in public-weights mode);
     W'_k starts as a copy of attn2's K and W'_v at zero; routers only when routing_dim > 0.
@@ -158,7 +198,12 @@ def default_device_and_dtype() -> tuple[torch.device, torch.dtype]:
 
 
 class AnyStoryPipeline(StableDiffusionXLPipeline):
-    _optional_components = StableDiffusionXLPipeline._optional_components + ["subject_encoder", "reference_net"]
+    _optional_components = StableDiffusionXLPipeline._optional_components + [
+        "subject_encoder", "reference_net", "anystory_blocks", "controlnet",
+    ]  # fmt: skip
+    # The processors' weights run inside the UNet's forward but sit outside its module tree, so no
+    # offload hook would bring them: they stay on the execution device (W~ leaves it after encoding).
+    _exclude_from_cpu_offload = ["anystory_blocks"]
 
     def __init__(
         self,
@@ -173,6 +218,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         feature_extractor=None,
         subject_encoder: SubjectEncoder | None = None,
         reference_net: ReferenceNet | None = None,
+        anystory_blocks: AnyStoryBlocks | None = None,
+        controlnet=None,
         force_zeros_for_empty_prompt: bool = True,
         add_watermarker: bool | None = None,
     ):
@@ -180,7 +227,12 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             vae, text_encoder, text_encoder_2, tokenizer, tokenizer_2, unet, scheduler,
             image_encoder, feature_extractor, force_zeros_for_empty_prompt, add_watermarker,
         )  # fmt: skip
-        self.register_modules(subject_encoder=subject_encoder, reference_net=reference_net)
+        self.register_modules(
+            subject_encoder=subject_encoder, reference_net=reference_net, anystory_blocks=anystory_blocks
+        )
+        self.lora_weights: dict[str, float] = {}  # active LoRA adapters (load_lora) and their weights
+        self._loaded_controlnets: dict[str, torch.nn.Module] = {}  # by source, for controlnet="id" in calls
+        self.register_modules(controlnet=self._controlnet_of(controlnet))
         self.anystory_config: AnyStoryConfig | None = None
         self.mode = ""  # "init" | "checkpoint" | "public"
         self.base_model = ""
@@ -221,6 +273,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         Device and dtype: CUDA + fp16 where present (pass dtype=torch.bfloat16 for bf16), else CPU +
         float32. `torch_dtype` is the older name of `dtype` (deprecated, as in diffusers).
         """
+        controlnet = kwargs.pop("controlnet", None)
         if torch_dtype is not None:
             if dtype is not None and dtype != torch_dtype:
                 raise ValueError(f"dtype={dtype} and torch_dtype={torch_dtype} disagree: pass dtype only")
@@ -262,7 +315,98 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             load_adapter_weights(pipe, adapter)
             pipe.mode = "checkpoint"
             pipe.encoder_id = pipe._fingerprint()
+        if controlnet is not None:
+            pipe.set_controlnet(controlnet, local_files_only=local_only)
         return pipe
+
+    # -- LoRA ------------------------------------------------------------------------------------
+
+    def load_lora(
+        self, source: str | Path, weight: float = 1.0, *, adapter_name: str | None = None,
+        weight_name: str | None = None, **kwargs,
+    ) -> str:  # fmt: skip
+        """Load an SDXL LoRA (a .safetensors file, a folder with one, or a hub id; never a pickle)
+        with diffusers' `load_lora_weights`, and make it active at `weight` beside the LoRAs loaded
+        before. Returns its adapter name (for `set_lora_weight`). Encodings are unaffected."""
+        name = adapter_name or adapter_name_for(source, self.lora_weights)
+        if name in self.lora_weights:
+            raise ValueError(f"a LoRA named {name!r} is loaded already: pass another adapter_name or unload_lora()")
+        state, extra = lora_source(source, weight_name)
+        self.load_lora_weights(state, adapter_name=name, **{k: v for k, v in extra.items() if v is not None}, **kwargs)
+        self.lora_weights[name] = float(weight)
+        self.set_adapters(list(self.lora_weights), adapter_weights=list(self.lora_weights.values()))
+        return name
+
+    def set_lora_weight(self, adapter_name: str, weight: float) -> None:
+        """Change the weight of a loaded LoRA (0 switches it off)."""
+        if adapter_name not in self.lora_weights:
+            loaded = sorted(self.lora_weights) or "none"
+            raise ValueError(f"no LoRA named {adapter_name!r} is loaded (loaded: {loaded})")
+        self.lora_weights[adapter_name] = float(weight)
+        self.set_adapters(list(self.lora_weights), adapter_weights=list(self.lora_weights.values()))
+
+    def unload_lora(self) -> None:
+        """Remove every LoRA: the UNet and text encoders are as loaded again."""
+        self.unload_lora_weights()
+        self.lora_weights = {}
+
+    def fuse_lora(self, *args, **kwargs):
+        """diffusers' `fuse_lora`, refused in public-weights mode: there the UNet's own attn1 K/V
+        also encode characters, and fusing would change them under every stored encoding."""
+        if self.mode == "public":
+            raise ValueError(
+                "fuse_lora would write the LoRA into the UNet's own weights, which public-weights mode also uses "
+                "to encode characters (their stored encodings would no longer match): use the LoRA unfused (load_lora)"
+            )
+        return super().fuse_lora(*args, **kwargs)
+
+    # -- ControlNet ------------------------------------------------------------------------------
+
+    def set_controlnet(self, controlnet, **load_kwargs) -> None:
+        """The pipeline's own ControlNet (None: none): a diffusers SDXL `ControlNetModel` or
+        `ControlNetUnionModel`, a list of them (diffusers' Multi* wrapper), or a hub id, folder or
+        .safetensors file of one. It acts on calls that give `control_image`; others run without it."""
+        self.register_modules(controlnet=self._controlnet_of(controlnet, **load_kwargs))
+
+    def _controlnet_of(self, value, **load_kwargs) -> torch.nn.Module | None:
+        """A ControlNet model for `value`, sources loaded once (in the UNet's dtype, on its device)."""
+        if isinstance(value, (list, tuple)):
+            return as_controlnet([self._controlnet_of(v, **load_kwargs) for v in value])
+        if isinstance(value, (str, Path)):
+            key = str(value)
+            if key not in self._loaded_controlnets:
+                unet = getattr(self, "unet", None)
+                dtype = unet.dtype if unet is not None else torch.float32
+                net = load_controlnet(key, dtype, **load_kwargs)
+                self._loaded_controlnets[key] = net.to(unet.device) if unet is not None else net
+            return self._loaded_controlnets[key]
+        return as_controlnet(value)
+
+    def _control_plan(self, kwargs: dict) -> torch.nn.Module | None:
+        """The ControlNet this call runs (None: the plain SDXL loop), after checking every keyword
+        argument against the loop that will take it. Renames `control_image` to that loop's name."""
+        given = kwargs.pop("controlnet", None)
+        net = self._controlnet_of(given) if given is not None else self.controlnet
+        if kwargs.get("control_image") is None:
+            kwargs.pop("control_image", None)
+            if given is not None:
+                raise ValueError("controlnet=... was given without control_image=...: pass the control picture too")
+            stray = sorted(CONTROL_ARGUMENTS & set(kwargs))
+            if stray:
+                raise ValueError(
+                    f"{', '.join(stray)} only apply to a generation with a ControlNet and control_image=..."
+                )
+            check_call_arguments(kwargs, SDXL_CALL_ARGUMENTS)
+            return None
+        if net is None:
+            raise ValueError(
+                "control_image=... needs a ControlNet: load the pipeline with controlnet=... "
+                "(a ControlNetModel, hub id, folder or .safetensors file), or pass controlnet=... to the call"
+            )
+        cls = runner_class(net)
+        check_call_arguments(kwargs, call_arguments(cls))
+        kwargs[control_image_argument(cls)] = kwargs.pop("control_image")
+        return net
 
     @classmethod
     def _from_single_file(cls, path: str, config: str | None, dtype: torch.dtype, **kwargs) -> AnyStoryPipeline:
@@ -321,8 +465,9 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self.register_modules(
             subject_encoder=subject_encoder.to(device, dtype),
             reference_net=ReferenceNet.from_unet(self.unet).to(device, dtype),
+            anystory_blocks=AnyStoryBlocks(processors.values()).to(device, dtype),
         )
-        self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self.unet.set_attn_processor(processors)
         self.mode = "init"
         self._background = None
         self.encoder_id = self._fingerprint()
@@ -377,8 +522,12 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
                     )
                 target.data.copy_(ip_weights[key])
         device, dtype = self.unet.device, self.unet.dtype
-        self.register_modules(subject_encoder=subject_encoder.to(device, dtype), reference_net=None)
-        self.unet.set_attn_processor({name: proc.to(device, dtype) for name, proc in processors.items()})
+        self.register_modules(
+            subject_encoder=subject_encoder.to(device, dtype),
+            reference_net=None,
+            anystory_blocks=AnyStoryBlocks(processors.values()).to(device, dtype),
+        )
+        self.unet.set_attn_processor(processors)
         self.mode = "public"
         self._background = None
         self.encoder_id = self._fingerprint()
@@ -394,7 +543,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         self_attn, _ = self.anystory_processors()
         modules = [("image_encoder", self.image_encoder), ("subject_encoder", self.subject_encoder)]
         modules += [("reference_net", self.reference_net or self.unet)]
-        modules += [(f"ref{p.index}", p) for p in self_attn if p.owns_reference_kv]
+        modules += [(f"ref{p.index}", p.weights) for p in self_attn if p.owns_reference_kv]
         for prefix, module in modules:
             for name, tensor in module.state_dict().items():
                 flat = tensor.detach().flatten()
@@ -416,7 +565,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         step and then needs W~ too, on whatever device it is)."""
         modules = [m for m in (self.image_encoder, self.subject_encoder, self.reference_net) if m is not None]
         self_attn, _ = self.anystory_processors()
-        return modules + [p for p in self_attn if isinstance(p, ReferenceAttnProcessor) and p.owns_reference_kv]
+        return modules + [p.weights for p in self_attn if isinstance(p, ReferenceAttnProcessor) and p.owns_reference_kv]
 
     @contextmanager
     def _encoders_ready(self):
@@ -535,7 +684,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         net_input = latent * mask_latent  # background -> zero latent
         if net.config.in_channels == latent.shape[1] + 1:
             net_input = torch.cat([net_input, mask_latent[None, None]], dim=1)
-        return reference_features(net, net_input.to(net.dtype)), mask_latent
+        with lora_off(net):  # a character's encoding does not depend on the style LoRA of the moment
+            return reference_features(net, net_input.to(net.dtype)), mask_latent
 
     def image_embeddings(self, images: list[PIL.Image.Image]) -> torch.Tensor:
         """Unit-length CLIP image embeddings [B, D] (float32, CPU) of `images`, from the image
@@ -609,6 +759,26 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
             return NoRouting(len(subjects))
         raise ValueError(f"unknown router {router!r}; choose one of {', '.join(ROUTERS)}")
 
+    def _callback_for(self, callback):
+        """A step-end callback as the caller wrote it: a plain function gets this pipeline (so a
+        call from inside it meets `PipelineBusyError`); diffusers' `PipelineCallback`s get the loop
+        that runs (they change its guidance state)."""
+        if isinstance(callback, (PipelineCallback, MultiPipelineCallbacks)):
+            return callback
+        return lambda pipe, step, timestep, tensors: callback(self, step, timestep, tensors)
+
+    def _output_size(self, kwargs: dict, controlnet) -> tuple[int, int]:
+        """(height, width) the loop will make: as given, else (with a ControlNet) the control
+        picture's, rounded as diffusers rounds it, else the UNet's default."""
+        height, width = kwargs.get("height"), kwargs.get("width")
+        if controlnet is not None and (height is None or width is None):
+            image = kwargs[control_image_argument(runner_class(controlnet))]
+            first = image[0] if isinstance(image, (list, tuple)) else image
+            default_h, default_w = self.image_processor.get_default_height_width(first)
+            height, width = height or default_h, width or default_w
+        default = self.default_sample_size * self.vae_scale_factor
+        return height or default, width or default
+
     def _check_subjects(self, subjects, device, dtype) -> list[SubjectEncoding]:
         subjects = [
             s if isinstance(s, SubjectEncoding) else self._encode_subject(s, None, crop=True, cache_reference_kv=True)
@@ -643,7 +813,8 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         return_route_record: bool = False,
         **kwargs,
     ) -> AnyStoryPipelineOutput:
-        """Generate with the subjects routed and injected. Every SDXL argument passes through.
+        """Generate with the subjects routed and injected. Every SDXL argument passes through;
+        any other keyword argument is a TypeError that names it (never silently ignored).
 
         router: "learned" (trained router weights) | "prompt" (each subject's words in the prompt:
           `subject_phrases`, or token positions `subject_tokens`; routes from step
@@ -655,29 +826,47 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         in which each path is on (step i is on when round(start * n) <= i < round(end * n));
         None switches a path off; by default `default_schedules(router, len(subjects))`.
         """
+        kwargs = dict(kwargs)
+        controlnet = self._control_plan(kwargs)
         with self._exclusive():
             return self._generate(
                 prompt, list(subjects), router, layout, subject_phrases, subject_tokens, prompt_route_start,
                 subject_scales, clip_scale, reference_bias, clip_schedule, reference_schedule, return_route_record,
-                kwargs,
+                kwargs, controlnet,
             )  # fmt: skip
 
     def _generate(
         self, prompt, subjects, router, layout, subject_phrases, subject_tokens, prompt_route_start,
         subject_scales, clip_scale, reference_bias, clip_schedule, reference_schedule, return_route_record, kwargs,
+        controlnet=None,
     ) -> AnyStoryPipelineOutput:  # fmt: skip
         kwargs["return_dict"] = True
         device, dtype = self._execution_device, self.unet.dtype  # each walks every module: once per call
         subjects = self._check_subjects(subjects, device, dtype)
+        # The loop that runs: diffusers' SDXL loop (this pipeline), or its ControlNet loop over
+        # the same components; either way AnyStory acts only through the UNet's processors.
+        runner = self if controlnet is None else build_runner(self, controlnet)
+        if runner is not self and getattr(controlnet, "_hf_hook", None) is None:
+            controlnet.to(device)
+
+        def loop(**call_kwargs):
+            if runner is self:
+                return super(AnyStoryPipeline, self).__call__(prompt, **call_kwargs)
+            try:
+                return runner(prompt, **call_kwargs)
+            finally:
+                self.maybe_free_model_hooks()  # the runner holds no hooks of its own: re-arm ours
+
         if not subjects:
-            return AnyStoryPipelineOutput(images=super().__call__(prompt, **kwargs).images)
+            if runner is not self and "callback_on_step_end" in kwargs:
+                kwargs["callback_on_step_end"] = self._callback_for(kwargs["callback_on_step_end"])
+            return AnyStoryPipelineOutput(images=loop(**kwargs).images)
         background = self._background_encoding().to(device, dtype)
 
         router = router or self.default_router
         default_clip, default_reference = default_schedules(router, len(subjects))
         steps = kwargs.get("num_inference_steps", 50)
-        size = (kwargs.get("height") or self.default_sample_size * self.vae_scale_factor,
-                kwargs.get("width") or self.default_sample_size * self.vae_scale_factor)  # fmt: skip
+        size = self._output_size(kwargs, controlnet)
         routing = self._routing(
             router, subjects, background, layout, prompt, subject_phrases, subject_tokens,
             round(prompt_route_start * steps), size,
@@ -698,14 +887,16 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         if isinstance(user_callback, (PipelineCallback, MultiPipelineCallbacks)):
             kwargs["callback_on_step_end_tensor_inputs"] = user_callback.tensor_inputs
 
+        callback = self._callback_for(user_callback) if user_callback else None
+
         def on_step_end(pipe, step, timestep, tensors):
             ctx.step = step + 1
-            return user_callback(pipe, step, timestep, tensors) if user_callback else {}
+            return callback(pipe, step, timestep, tensors) if callback else {}
 
         def before_unet(module, args, unet_kwargs):
             sample = args[0] if args else unet_kwargs["sample"]
-            ctx.cfg = self.do_classifier_free_guidance
-            ctx.num_steps = self._num_timesteps
+            ctx.cfg = runner.do_classifier_free_guidance
+            ctx.num_steps = runner._num_timesteps
             ctx.begin_pass(tuple(sample.shape[-2:]))
 
         # The context rides with the call (diffusers hands cross_attention_kwargs to every
@@ -713,7 +904,7 @@ class AnyStoryPipeline(StableDiffusionXLPipeline):
         kwargs["cross_attention_kwargs"] = {**(kwargs.get("cross_attention_kwargs") or {}), "injection": ctx}
         hook = self.unet.register_forward_pre_hook(before_unet, with_kwargs=True)
         try:
-            output = super().__call__(prompt, callback_on_step_end=on_step_end, **kwargs)
+            output = loop(callback_on_step_end=on_step_end, **kwargs)
         finally:
             hook.remove()
 

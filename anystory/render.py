@@ -685,9 +685,10 @@ def export_pdf(pages: list[Image.Image], path: Path, resolution: float = 200.0, 
     return _atomic_write(path, lambda temporary: flat[0].save(temporary, **options))
 
 
-def export_cbz(images: list[Image.Image], path: Path, title: str = "") -> Path:
+def export_cbz(images: list[Image.Image], path: Path, title: str = "", *, manga: bool = False) -> Path:
     """A comic-book archive: 001.png, 002.png, ... (stored, PNG is already compressed) and a
-    ComicInfo.xml with the title and page count, for comic readers."""
+    ComicInfo.xml with the title and page count, for comic readers; `manga` tells them to turn
+    the pages right to left (ComicInfo's Manga="YesAndRightToLeft")."""
     images = list(images)
     if not images:
         raise ValueError("a CBZ needs at least one image")
@@ -703,7 +704,7 @@ def export_cbz(images: list[Image.Image], path: Path, title: str = "") -> Path:
             for name, data, _ in members:
                 archive.writestr(zipfile.ZipInfo(name, date_time=_zip_time()), data, compress_type=zipfile.ZIP_STORED)
             info = zipfile.ZipInfo("ComicInfo.xml", date_time=_zip_time())
-            archive.writestr(info, _comic_info(title, members), compress_type=zipfile.ZIP_DEFLATED)
+            archive.writestr(info, _comic_info(title, members, manga), compress_type=zipfile.ZIP_DEFLATED)
 
     return _atomic_write(path, write)
 
@@ -716,7 +717,7 @@ def _zip_time() -> tuple[int, int, int, int, int, int]:
 _XML_INVALID = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
 
-def _comic_info(title: str, members: list[tuple[str, bytes, tuple[int, int]]]) -> str:
+def _comic_info(title: str, members: list[tuple[str, bytes, tuple[int, int]]], manga: bool = False) -> str:
     clean_title = _XML_INVALID.sub("", str(title).encode("utf-8", "replace").decode("utf-8"))
     pages = "\n".join(
         f'    <Page Image="{i}" ImageWidth="{w}" ImageHeight="{h}" ImageSize="{len(data)}"'
@@ -730,7 +731,8 @@ def _comic_info(title: str, members: list[tuple[str, bytes, tuple[int, int]]]) -
         'xmlns:xsd="http://www.w3.org/2001/XMLSchema">\n'
         f"  <Title>{xml_escape(clean_title)}</Title>\n"
         f"  <PageCount>{len(members)}</PageCount>\n"
-        "  <Pages>\n"
+        + ("  <Manga>YesAndRightToLeft</Manga>\n" if manga else "")
+        + "  <Pages>\n"
         f"{pages}\n"
         "  </Pages>\n"
         "</ComicInfo>\n"

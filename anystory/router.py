@@ -134,6 +134,9 @@ class LearnedRouting:
         self.routing_embeddings = routing_embeddings[None]  # [1, N+1, d_r]
         self.gumbel, self.tau = gumbel, tau
         self.logits: list[tuple[int, torch.Tensor, tuple[int, int]]] = []  # kept for the routing loss
+        # False once the loss has them: a block that gradient checkpointing re-runs in backward
+        # would otherwise add its logits again and keep the re-run's graph alive to the step's end
+        self.keep_logits = True
         self._prepared: dict[int, tuple] = {}  # per site, inference only
 
     def routes(self, site, latent: torch.Tensor, grid: tuple[int, int], ctx=None) -> torch.Tensor:
@@ -146,7 +149,8 @@ class LearnedRouting:
                 self._prepared[site.index] = site.router.prepare(self.routing_embeddings, latent.dtype)
             logits = site.router(latent, self.routing_embeddings, self._prepared[site.index])
         if self.gumbel:
-            self.logits.append((site.index, logits, grid))
+            if self.keep_logits:
+                self.logits.append((site.index, logits, grid))
             return gumbel_routes(logits, self.tau)
         return hard_routes(logits)
 

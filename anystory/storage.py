@@ -36,6 +36,7 @@ import sqlite_utils
 
 from .files import (
     DiskFull,
+    folder_bytes,
     is_temp_name,
     move_into_place,
     reserve_space,
@@ -44,7 +45,6 @@ from .files import (
 )
 from .files import (
     disk_full_as_error as _os_disk_full_as_error,
-    folder_bytes,
 )
 from .mentions import rename_mentions
 from .names import name_key, numbered_name, visible_name
@@ -306,6 +306,20 @@ def _migration_6(db: sqlite_utils.Database) -> list[str]:
     return []
 
 
+def _migration_7(db: sqlite_utils.Database) -> list[str]:
+    """ControlNet (issue 22): a panel's control picture as JSON ({} none, else kind, strength and
+    the stored picture `controls/<sha256>.png`); versions keep theirs in their settings."""
+    db.execute("ALTER TABLE panels ADD COLUMN control TEXT NOT NULL DEFAULT '{}'")
+    return []
+
+
+def _migration_8(db: sqlite_utils.Database) -> list[str]:
+    """Pages (issue 16): how a panel meets its page cell ("" = the export's choice, else auto,
+    crop or fit); like lines, a layer over the image, not a generation setting."""
+    db.execute("ALTER TABLE panels ADD COLUMN page_fit TEXT NOT NULL DEFAULT ''")
+    return []
+
+
 # Applied in order; never edit one that has shipped, append a new one. Each returns notices for the user.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_1,
@@ -314,6 +328,8 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_4,
     _migration_5,
     _migration_6,
+    _migration_7,
+    _migration_8,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

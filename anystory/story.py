@@ -7,6 +7,7 @@ routing maps + the settings that made it); one version per panel is the active o
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -29,6 +30,7 @@ from .archive import (
     staged_members,
     stored_file_name,
 )
+from .control_settings import check_control
 from .files import folder_bytes, open_atomic
 from .library import Library
 from .mentions import mentioned_names, rename_mentions
@@ -63,9 +65,10 @@ PANEL_DEFAULTS: dict[str, Any] = {
     "layout": {},
     "style": "",  # a style preset id (styles.py); "": the story's
     "negative": "",  # the panel's own negative prompt, added to the style's and the story's
+    "control": {},  # {} or {"kind", "strength", "image"}: the ControlNet picture (control_settings.py)
 }
 MAX_NEGATIVE_CHARS = 2000
-_JSON_FIELDS = ("characters", "strengths", "layout")
+_JSON_FIELDS = ("characters", "strengths", "layout", "control")
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -104,6 +107,8 @@ class Panel:
     created: str = ""
     updated: str = ""
     lines: list[dict] = field(default_factory=list)  # see check_lines; not a generation setting
+    control: dict = field(default_factory=dict)  # {} or {"kind", "strength", "image"} (control_settings.py)
+    page_fit: str = ""  # how it meets its page cell: "" (the export's choice) or a pages.FITS; not a generation setting
 
     def generation_settings(self) -> dict[str, Any]:
         """The settings a generation of this panel depends on (a good `settings` for a version)."""
@@ -219,6 +224,8 @@ def check_setting(key: str, value: Any) -> Any:
         if len(value) > MAX_NEGATIVE_CHARS:
             raise ValueError(f"{key} has at most {MAX_NEGATIVE_CHARS} characters")
         return value.strip()
+    if key == "control":
+        return check_control(value)
     if key == "layout":
         if not isinstance(value, dict):
             raise ValueError("layout must map character ids to boxes [x0, y0, x1, y1]")
@@ -237,6 +244,19 @@ def check_setting(key: str, value: Any) -> Any:
 
 LINE_KINDS = ("speech", "thought", "caption", "sfx")
 MAX_LINES = 20  # per panel
+
+
+PAGE_FITS = ("auto", "crop", "fit")  # as pages.FITS (storage imports nothing above it; a test keeps them equal)
+
+
+def check_page_fit(fit: Any) -> str:
+    """A panel's page fit: "" (the export's choice) or one of PAGE_FITS."""
+    if fit is None or fit == "":
+        return ""
+    if fit not in PAGE_FITS:
+        choices = ", ".join(PAGE_FITS)
+        raise ValueError(f"page fit must be one of {choices} (or empty for the export's choice), got {fit!r}")
+    return fit
 
 
 def check_lines(lines: Any, check_text: Callable[[str, str], str] | None = None) -> list[dict]:
@@ -284,6 +304,16 @@ def _to_row(settings: dict[str, Any]) -> dict[str, Any]:
                 value = {str(k): v for k, v in value.items()}
             row[key] = json.dumps(value, sort_keys=True)
     return row
+
+
+def _control_pictures(panel_settings: list[dict], versions: list[dict]) -> list[str]:
+    """The stored control pictures that panels (their settings) and versions name, each once."""
+    names = {(s.get("control") or {}).get("image") for s in panel_settings}
+    for version in versions:
+        control = version["settings"].get("control") or {}
+        if control:
+            names.add(check_control(control)["image"])
+    return sorted(n for n in names if n)
 
 
 def _json_dump(value: Any, what: str) -> str:
@@ -346,6 +376,8 @@ class Stories:
             created=row["created"],
             updated=row["updated"],
             lines=json.loads(row.get("lines") or "[]"),
+            control=json.loads(row.get("control") or "{}"),
+            page_fit=row.get("page_fit") or "",
         )
 
     def _version(self, row: dict) -> Version:
@@ -492,6 +524,15 @@ class Stories:
             self._touch_story(row["story_id"])
         return self.get_panel(panel_id)
 
+    def set_page_fit(self, panel_id: int, fit: str) -> Panel:
+        """How the panel meets its page cell (check_page_fit); like lines, never outdates the panel."""
+        checked = check_page_fit(fit)
+        with self.database.transaction():
+            row = self._row("panels", panel_id, "panel")
+            self.db["panels"].update(panel_id, {"page_fit": checked, "updated": now()})
+            self._touch_story(row["story_id"])
+        return self.get_panel(panel_id)
+
     def _renumber(self, story_id: int, order: list[int]) -> None:
         for position, panel_id in enumerate(order):
             self.db.execute("UPDATE panels SET position = ? WHERE id = ?", [position, panel_id])
@@ -518,7 +559,8 @@ class Stories:
             settings = self._panel(row).generation_settings()
             prompt = settings.pop("prompt")
             copy = self.add_panel(row["story_id"], prompt, position=row["position"] + 1, **settings)
-            self.db["panels"].update(copy.id, {"lines": row.get("lines") or "[]"})
+            layers = {"lines": row.get("lines") or "[]", "page_fit": row.get("page_fit") or ""}  # not settings: copied here
+            self.db["panels"].update(copy.id, layers)
         return self.get_panel(copy.id)
 
     def delete_panel(self, panel_id: int) -> None:
@@ -818,6 +860,8 @@ class Stories:
                     for key in ("image", "route_maps"):
                         if version[key]:
                             archive.write(self.database.data_dir / version[key], version[key])
+                for member in _control_pictures(panels, versions):  # stored once by content
+                    archive.write(self.database.data_dir / member, member)
         return path
 
     def _check_project(self, archive: zipfile.ZipFile, members: dict[str, zipfile.ZipInfo]) -> dict:
@@ -827,7 +871,8 @@ class Stories:
             raise ValueError(f"{PROJECT_JSON} is not an AnyStory project")
         if not isinstance(data.get("format_version"), int) or data["format_version"] > PROJECT_VERSION:
             raise ValueError(
-                f"{PROJECT_JSON} has format version {data.get('format_version')!r}; this app reads up to {PROJECT_VERSION}"
+                f"{PROJECT_JSON} has format version {data.get('format_version')!r}; "
+                f"this app reads up to {PROJECT_VERSION}"
             )
         story = data.get("story")
         if not isinstance(story, dict) or not isinstance(story.get("id"), int):
@@ -852,6 +897,7 @@ class Stories:
             try:
                 settings = {k: check_setting(k, raw.get(k, default)) for k, default in PANEL_DEFAULTS.items()}
                 lines = check_lines(raw.get("lines", []))
+                page_fit = check_page_fit(raw.get("page_fit", ""))
             except (TypeError, ValueError) as err:
                 raise ValueError(f"{where}: {err}") from err
             status = raw.get("status", "empty")
@@ -862,6 +908,7 @@ class Stories:
                     "id": raw["id"],
                     "settings": settings,
                     "lines": lines,
+                    "page_fit": page_fit,
                     "position": _int(raw.get("position", i), f"{where}: position", 0, 10**9),
                     "active_version_id": raw.get("active_version_id"),
                     "status": status,
@@ -916,7 +963,11 @@ class Stories:
                     f"{PROJECT_JSON}: panel {panel['id']}'s active version {active!r} is not one of its versions"
                 )
         panels.sort(key=lambda p: (p["position"], p["id"]))
-        return {"story": checked_story, "panels": panels, "versions": versions}
+        controls = _control_pictures([p["settings"] for p in panels], versions)
+        missing = [member for member in controls if member not in members]
+        if missing:
+            raise ValueError(f"{PROJECT_JSON}: the archive lacks the control picture {missing[0]!r}")
+        return {"story": checked_story, "panels": panels, "versions": versions, "controls": controls}
 
     def _is_empty(self) -> bool:
         return not any(
@@ -941,9 +992,11 @@ class Stories:
             records = self.library.check_archive_records(archive, members)
             needed = self.library.archived_members(records)
             needed += [member for version in project["versions"] for member in version["files"].values()]
+            needed += project["controls"]
             with staged_members(archive, members, self.database.data_dir, needed) as staged:
                 self.library.stage_records(staged, records, check_picture)
                 self._stage_versions(staged, project["versions"], check_picture)
+                self._stage_controls(staged, project["controls"], check_picture)
                 with self.database.transaction() as tx:
                     story_id = self._insert_project(tx, staged, project, records)
         return self.get_story(story_id)
@@ -964,8 +1017,21 @@ class Stories:
                 if member.endswith(".npz"):  # the app's own format: a zip of arrays
                     check_zip_file(maps, f"{where}: the route maps", max_total=MAX_ROUTE_MAPS_INFLATED)
 
+    @staticmethod
+    def _stage_controls(staged: StagedMembers, controls: list[str], check_picture) -> None:
+        """Stream the control pictures in; each is a PNG whose SHA-256 is its name (how they are stored)."""
+        for member in controls:
+            what = f"the control picture {member}"
+            path = staged.stage(member, MAX_PANEL_PICTURE_BYTES, what)
+            check_picture(path, what, MAX_PANEL_SIDE)
+            if hashlib.sha256(path.read_bytes()).hexdigest() != PurePosixPath(member).stem:
+                raise ValueError(f"{what} does not hold the picture its name says (its SHA-256 differs)")
+
     def _insert_project(self, tx: Transaction, staged: StagedMembers, project: dict, records: list[dict]) -> int:
         """The rows and files of a checked, staged project (inside the import's transaction)."""
+        for member in project["controls"]:  # by content: one already here is the same picture
+            if not (self.database.data_dir / member).exists():
+                tx.move_in(staged.path(member), PurePosixPath(member))
         keep = self._is_empty()
         before = {r["id"]: r["name"] for r in records}
         cast = self.library.import_records(tx, staged, records, on_clash="reuse", keep_ids=keep)
@@ -990,6 +1056,7 @@ class Stories:
             row = {
                 **_to_row(settings),
                 "lines": json.dumps(lines, ensure_ascii=False),
+                "page_fit": panel["page_fit"],
                 "story_id": story_id,
                 "position": position,
                 "active_version_id": None,

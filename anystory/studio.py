@@ -33,6 +33,8 @@ from . import images as imgs
 from . import pages as pg
 from . import render
 from . import scripts as scr
+from .control_pictures import control_picture_for, edge_map, scribble_map, store_control_picture
+from .control_settings import CONTROL_KINDS, check_control
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
@@ -53,6 +55,15 @@ EXPORT_FORMATS = ("strip", "grid", "pdf", "cbz", "project")
 PREVIEW_PANEL = {"width": 128, "height": 128, "steps": 8, "guidance": 5.0}
 REAL_PANEL = {"width": 1024, "height": 1024, "steps": 25, "guidance": 5.0}
 MAX_BEST_OF = 8  # seeds one "best of N" may draw
+
+
+# The SDXL ControlNet each control kind runs outside preview mode (README, Models: sizes, licences).
+CONTROLNET_SOURCES = {
+    "edges": "diffusers/controlnet-canny-sdxl-1.0",
+    "depth": "diffusers/controlnet-depth-sdxl-1.0",
+    "pose": "xinsir/controlnet-openpose-sdxl-1.0",
+    "scribble": "xinsir/controlnet-scribble-sdxl-1.0",
+}
 
 
 class StudioError(ValueError):
@@ -159,6 +170,7 @@ class Studio:
         self._stories = Stories(self._database)
         self._model = pipeline if isinstance(pipeline, ModelLoading) else ModelLoading.loaded(pipeline)
         self.preview = preview
+        self.controlnet_sources = dict(CONTROLNET_SOURCES)  # control kind -> ControlNet (hub id, folder, file)
         self.keep_route_record = keep_route_record
         self._panel_defaults: dict | None = None
         self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
@@ -537,6 +549,91 @@ class Studio:
         self._check_style(fields.get("style"))
         return self._stories.update_panel(panel_id, **fields)
 
+    # -- control pictures (ControlNet) -----------------------------------------------------------
+
+    def set_panel_control(
+        self, panel_id: int, picture, kind: str, strength: float = 1.0, *, edges_from_photo: bool = False
+    ) -> Panel:
+        """Give a panel a control picture: an uploaded pose / depth / edge / scribble picture, or
+        (`edges_from_photo`) the edges of an uploaded photo, computed without a model (kind
+        "edges"). Kept by content in the data folder; the kind and strength go with the panel's
+        settings, so every version keeps the picture it was made with."""
+        if edges_from_photo and kind != "edges":
+            raise StudioError(f"edges from a photo make an edge picture: choose the kind 'edges', not {kind!r}")
+        placeholder = f"controls/{'0' * 64}.png"  # the setting is checked before a file is written
+        try:
+            check_control({"kind": kind, "strength": strength, "image": placeholder})
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        self._stories.get_panel(panel_id)  # an unknown panel is refused before anything is stored
+        image = imgs.read_image(picture, "control picture")
+        if edges_from_photo:
+            image = edge_map(image)
+        if self.limits.max_bytes is not None:
+            self.limits.check_bytes(self._database.own_bytes())
+        name = store_control_picture(self.data_dir, image)
+        return self._stories.update_panel(panel_id, control={"kind": kind, "strength": strength, "image": name})
+
+    def set_panel_scribble(self, panel_id: int, drawing, strength: float = 1.0) -> Panel:
+        """Give a panel a scribble drawn in the editor (dark strokes on a white or transparent
+        canvas; a PIL image or an array), kept as a scribble control picture."""
+        if isinstance(drawing, np.ndarray):
+            drawing = Image.fromarray(drawing)
+        if not isinstance(drawing, Image.Image):
+            raise StudioError("draw the scribble first")
+        if drawing.width * drawing.height > 4096 * 4096:
+            raise StudioError(f"the drawing is {drawing.width}x{drawing.height}: too large")
+        try:
+            scribble = scribble_map(drawing)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        return self.set_panel_control(panel_id, scribble, "scribble", strength)
+
+    def set_control_strength(self, panel_id: int, strength: float) -> Panel:
+        control = self._stories.get_panel(panel_id).control
+        if not control:
+            raise StudioError("this panel has no control picture: add one first")
+        return self._stories.update_panel(panel_id, control={**control, "strength": strength})
+
+    def clear_panel_control(self, panel_id: int) -> Panel:
+        """Generate the panel without a ControlNet again (versions keep their pictures)."""
+        return self._stories.update_panel(panel_id, control={})
+
+    def control_picture(self, control: dict) -> Image.Image | None:
+        """The picture a panel's (or a version's) `control` setting names, as stored; None for none."""
+        if not control:
+            return None
+        control = check_control(control)
+        return control_picture_for(self.data_dir, control, None)
+
+    def controlnet_source(self, kind: str) -> str:
+        """The ControlNet a control kind runs: in preview mode a tiny one made offline from the
+        pipeline's own UNet (`ControlNetModel.from_unet`), kept under models/; else the hub id of
+        `controlnet_sources` (downloaded when first used)."""
+        if kind not in CONTROL_KINDS:
+            raise StudioError(f"unknown control kind {kind!r}; kinds are {', '.join(CONTROL_KINDS)}")
+        if not self.preview:
+            return self.controlnet_sources[kind]
+        folder = self.data_dir / "models" / "tiny-controlnet"
+        if not (folder / "config.json").exists():
+            from .files import temp_name_for
+            from .tiny_control import tiny_controlnet
+
+            staging = temp_name_for(folder)
+            tiny_controlnet(self.pipeline.unet).save_pretrained(staging, safe_serialization=True)
+            staging.replace(folder)  # whole or not at all
+        return str(folder)
+
+    def _control_arguments(self, panel: Panel) -> dict:
+        if not panel.control:
+            return {}
+        picture = control_picture_for(self.data_dir, panel.control, (panel.width, panel.height))
+        return {
+            "controlnet": self.controlnet_source(panel.control["kind"]),
+            "control_image": picture,
+            "controlnet_conditioning_scale": float(panel.control["strength"]),
+        }
+
     def _check_cast_ids(self, settings: dict) -> None:
         """Refuse a panel's characters / strengths / layout naming a character that does not
         exist (as the HTTP API does): CharacterNotFound lists the known names."""
@@ -633,6 +730,14 @@ class Studio:
             raise StudioError(f"the panel has {len(lines)} lines; there is no line {index + 1}")
         return self._stories.set_lines(panel_id, lines[:index] + lines[index + 1 :])
 
+    def set_panel_page_fit(self, panel_id: int, fit: str) -> Panel:
+        """How this panel meets its cell on every page export and preview: "auto", "crop" (fill the
+        cell), "fit" (the whole picture), or "" to follow the export's choice. Never outdates the image."""
+        try:
+            return self._stories.set_page_fit(panel_id, fit)
+        except ValueError as err:
+            raise StudioError(str(err)) from None
+
     def nudge_line(self, panel_id: int, index: int, dx: float, dy: float) -> Panel:
         """Move a line's bubble by (dx, dy), fractions of the image from where it is placed
         automatically; the nudge is kept with the panel and applies to every re-roll."""
@@ -642,9 +747,21 @@ class Studio:
         lines[index] = {**lines[index], "offset": [float(dx), float(dy)]}
         return self._stories.set_lines(panel_id, lines)
 
-    def panel_bubbles(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[bub.Bubble]:
+    def panel_bubbles(
+        self,
+        panel_id: int,
+        version_id: int | None = None,
+        *,
+        rtl: bool = False,
+        size: tuple[int, int] | None = None,
+        text_size: int | None = None,
+        captions: bool = True,
+    ) -> list[bub.Bubble]:
         """Where the panel's lines go on a version's image (the active one by default): each
-        speaker's bubble by the region the router gave that character in that version."""
+        speaker's bubble by the region the router gave that character in that version. `size`
+        places them on the image scaled to that size and `text_size` letters them at that size
+        (pages: the size a panel is shown at on its page, the same lettering on every panel).
+        `captions=False` leaves narration out (a picture book prints it under the picture)."""
         panel = self._stories.get_panel(panel_id)
         version_id = panel.active_version_id if version_id is None else version_id
         if version_id is None:
@@ -654,6 +771,7 @@ class Studio:
         if version.route_map_path is not None:
             maps, _ = render.load_route_maps(version.route_map_path)
         subjects = list(version.settings.get("subjects") or [])
+        numbers = [k for k, line in enumerate(panel.lines) if captions or line["kind"] != "caption"]
         specs = [
             bub.LineSpec(
                 line["kind"],
@@ -661,11 +779,26 @@ class Studio:
                 subjects.index(line["speaker"]) if maps is not None and line["speaker"] in subjects else None,
                 tuple(line.get("offset", (0.0, 0.0))),
             )
-            for line in panel.lines
+            for line in (panel.lines[k] for k in numbers)
         ]
-        with Image.open(version.image_path) as image:
-            size = image.size
-        return bub.place_bubbles(maps, size, specs, rtl=rtl)
+        if size is None:
+            with Image.open(version.image_path) as image:
+                size = image.size
+        placed = bub.place_bubbles(maps, size, specs, rtl=rtl, text_size=text_size)
+        for bubble in placed:  # each bubble keeps the number of its line in the panel
+            bubble.index = numbers[bubble.index]
+        return placed
+
+    def line_warnings(self, panel_id: int, version_id: int | None = None, *, rtl: bool = False) -> list[str]:
+        """What is wrong with how the panel's lines show on its image, in words ("line 2 does not
+        fit panel 3: ..."): a line cut because even the smallest text does not fit, or a bubble
+        that had to overlap another one. Empty when every line shows in full and apart."""
+        panel = self._stories.get_panel(panel_id)
+        return [
+            f"line {bubble.index + 1} does not fit panel {panel.position + 1}: {bubble.warning}"
+            for bubble in self.panel_bubbles(panel_id, version_id, rtl=rtl)
+            if bubble.warning
+        ]
 
     def panel_picture(
         self, panel_id: int, *, bubbles: bool = True, version_id: int | None = None, rtl: bool = False
@@ -818,6 +951,7 @@ class Studio:
         self.notes = list(plan.warnings)
         subjects = [self.character_encoding(c) for c in plan.character_ids]
         arguments = self._router_arguments(panel, plan)
+        arguments.update(self._control_arguments(panel))
         if plan.character_ids:
             arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
             arguments["return_route_record"] = self.keep_route_record
@@ -866,6 +1000,7 @@ class Studio:
             "subjects": plan.character_ids,
             "subject_names": names,
             "router_used": arguments["router"] if plan.character_ids else None,
+            "controlnet_used": arguments.get("controlnet"),
             "notes": list(self.notes),
         }
         return self._stories.add_version(
@@ -1152,15 +1287,17 @@ class Studio:
         bubbles: bool = True,
         layout: str | None = None,
         title_page: bool = False,
-        fit: str = "fit",
+        fit: str = "auto",
     ) -> list[Path]:
         """Export the active versions: "strip" (PNG), "grid" (PNG pages), "pdf", "cbz", or
         "project" (an archive that imports back). Returns the files written.
 
         With a page `layout` (pages.LAYOUTS: grid, tiers, splash, book, webtoon, manga) the
         pages of "grid" / "pdf" / "cbz" are comic pages: bubbles drawn (right to left for manga),
-        an optional title page with the cast, `fit` "fit" (whole picture, bubbles kept) or "crop"
-        (fills the cell; cuts what lies outside it) for every panel."""
+        an optional title page with the cast, `fit` for every panel: "auto" (fill the cell when the
+        shapes are close and no bubble is cut, else a smaller bordered panel centred in the cell),
+        "fit" (the whole picture, always) or "crop" (fill the cell, keeping the bubbles where they
+        fit in it): see pages.PageItem."""
         if layout is not None and fmt in ("grid", "pdf", "cbz"):
             story = self._stories.get_story(story_id)
             suffix = ".png" if fmt == "grid" else f".{fmt}"
@@ -1170,7 +1307,7 @@ class Studio:
             if fmt == "pdf":
                 return [render.export_pdf(pages, path, resolution=150.0, title=story.title)]
             if fmt == "cbz":
-                return [render.export_cbz(pages, path, title=story.title)]
+                return [render.export_cbz(pages, path, title=story.title, manga=layout in pg.RTL_LAYOUTS)]
             return [
                 render.export_png(page, path.with_name(f"{path.stem}-{i + 1}{path.suffix}"))
                 for i, page in enumerate(pages)
@@ -1212,29 +1349,40 @@ class Studio:
         ]
 
     def story_pages(
-        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "fit", bubbles: bool = True
+        self, story_id: int, layout: str = "grid", *, title_page: bool = False, fit: str = "auto", bubbles: bool = True
     ) -> list[Image.Image]:
         """The story's pages in a layout (pages.LAYOUTS), as pictures: what every page export
         writes and what the live page preview shows. In a picture book ("book") the narration
         goes under the picture instead of a caption box."""
-        if fit not in ("crop", "fit"):
-            raise StudioError(f"fit must be crop or fit, got {fit!r}")
+        if fit not in pg.FITS:
+            raise StudioError(f"fit must be one of {', '.join(pg.FITS)}, got {fit!r}")
         if layout not in pg.LAYOUTS:
             raise StudioError(f"unknown layout {layout!r}; choose one of {', '.join(pg.LAYOUTS)}")
         story = self._stories.get_story(story_id)
         rtl = layout in pg.RTL_LAYOUTS
         items, cast = [], {}
-        for panel in self._stories.panels(story_id):
-            if panel.active_version_id is None:
-                continue
+        shown = [panel for panel in self._stories.panels(story_id) if panel.active_version_id is not None]
+        lettering = pg.LETTERING["webtoon" if layout == "webtoon" else "page"]
+        for number, panel in enumerate(shown):
             version = self._stories.get_version(panel.active_version_id)
             image = self.version_image(version.id)
-            placed = self.panel_bubbles(panel.id, version.id, rtl=rtl) if bubbles else []
+            panel_fit = panel.page_fit or fit  # the panel's own choice wins over the export's
+            placed = []
+            if bubbles and panel.lines:
+                # drawn at the size the page shows the picture: sharp, and lettered alike on every panel
+                size = pg.shown_size(image.size, number, len(shown), layout, panel_fit)
+                image = image.resize(size, Image.LANCZOS)
+                placed = self.panel_bubbles(
+                    panel.id, version.id, rtl=rtl, size=size, text_size=lettering, captions=layout != "book"
+                )
             caption = ""
             if layout == "book":
                 caption = " ".join(b_line["text"] for b_line in panel.lines if b_line["kind"] == "caption")
-                placed = [b for b in placed if b.kind != "caption"]
-            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, fit))
+            keep = None  # a crop keeps the bubbles and where their tails point
+            if placed:
+                corners = [b.box for b in placed] + [(*b.tail, *b.tail) for b in placed if b.tail is not None]
+                keep = tuple(f(c[k] for c in corners) for k, f in enumerate((min, min, max, max)))
+            items.append(pg.PageItem(bub.draw_bubbles(image, placed) if placed else image, caption, panel_fit, keep))
             for character_id in version.settings.get("subjects") or []:
                 cast.setdefault(character_id, None)
         if not items:

@@ -40,25 +40,10 @@ from transformers import (
     CLIPVisionModelWithProjection,
 )
 
+from anystory.sdxl_vae import SDXL_VAE_CONFIG
 from anystory.tiny import SDXL_UNET_CONFIG, ip_adapter_plus_state, tiny_tokenizer
 
 IP_ADAPTER_NAME = "ip-adapter-plus_sdxl_vit-h.safetensors"
-
-# stabilityai/stable-diffusion-xl-base-1.0, vae/config.json
-SDXL_VAE_CONFIG: dict = {
-    "in_channels": 3,
-    "out_channels": 3,
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "block_out_channels": [128, 256, 512, 512],
-    "layers_per_block": 2,
-    "act_fn": "silu",
-    "latent_channels": 4,
-    "norm_num_groups": 32,
-    "sample_size": 1024,
-    "scaling_factor": 0.13025,
-    "force_upcast": True,
-}
 
 # stabilityai/stable-diffusion-xl-base-1.0, scheduler/scheduler_config.json
 SDXL_SCHEDULER_CONFIG: dict = {

@@ -104,14 +104,14 @@ def main() -> None:
     subjects = [pipe.encode_subject(image) for image in images]  # encoders released after (to CPU on CUDA)
     background = pipe.background_encoding()
 
-    # The AnyStory parts inside the UNet: W~ leaves the GPU with the encoders after encoding
-    # (pipe.encoder_modules()); W' and the routers stay for generation. Under model CPU offload the
-    # UNet's hook brings all of them, W~ included.
-    self_attn, cross_attn = pipe.anystory_processors()
-    encode_side = [m for m in pipe.encoder_modules() if any(m is p for p in self_attn)]
+    # The AnyStory parts that act in the UNet's attention (pipe.anystory_blocks, outside the UNet):
+    # W~ leaves the GPU with the encoders after encoding (pipe.encoder_modules()); W' and the routers
+    # stay for generation, also under model CPU offload (excluded from it: no hook would bring them).
+    self_attn, _ = pipe.anystory_processors()
+    encode_side = [m for m in pipe.encoder_modules() if any(m is p.weights for p in self_attn)]
     w_tilde_gb = module_bytes(*encode_side) / GIB
-    anystory_gb = module_bytes(*self_attn, *cross_attn) / GIB - w_tilde_gb
-    unet_gb = (module_bytes(pipe.unet) - module_bytes(*self_attn, *cross_attn)) / GIB  # as plain SDXL has it
+    anystory_gb = module_bytes(pipe.anystory_blocks) / GIB - w_tilde_gb
+    unet_gb = module_bytes(pipe.unet) / GIB  # plain SDXL: the AnyStory weights live outside it
     vae_gb = module_bytes(pipe.vae) / GIB
     text_gb = SDXL_TEXT_ENCODER_PARAMS * torch.finfo(dtype).bits / 8 / GIB
     encodings_gb = [sum(encoding_mb(s) for s in subjects[:n]) / 1024 + encoding_mb(background) / 1024 for n in range(4)]

@@ -74,10 +74,11 @@ PEER_ROW = "diffusers IP-Adapter Plus, 2 masked images"
 
 
 def anystory_weight_mb(pipe, device: torch.device) -> float:
-    """The AnyStory parts that live inside the UNet (processors: W~, W', routers) on `device`."""
+    """The AnyStory parts that act inside the UNet's attention (W~, W', routers: `pipe.anystory_blocks`,
+    held outside the UNet's module tree) on `device`."""
     total = 0
-    for proc in sum(pipe.anystory_processors(), []):
-        for tensor in list(proc.parameters()) + list(proc.buffers()):
+    for module in [pipe.anystory_blocks] if pipe.anystory_blocks is not None else []:
+        for tensor in list(module.parameters()) + list(module.buffers()):
             if tensor.device.type == device.type:
                 total += tensor.numel() * tensor.element_size()
     return total / 2**20

@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
 CLIP_L_PREFIX = "conditioner.embedders.0.transformer."

@@ -15,7 +15,9 @@ __all__ = ["gradio_temp", "preview_pipe"]
 pytestmark = [IGNORE_GRADIO_WARNINGS, pytest.mark.slow]
 mcp = pytest.importorskip("mcp")
 
-WANTED = {"list_characters", "create_story", "import_script", "add_line", "generate_story", "export_pages"}
+WANTED = {
+    "list_characters", "create_story", "import_script", "add_line", "line_warnings", "generate_story", "export_pages",
+}  # fmt: skip
 
 
 @pytest.fixture

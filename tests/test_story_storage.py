@@ -12,8 +12,8 @@ from PIL import Image
 
 from anystory.images import check_stored_picture
 from anystory.library import Library
-from anystory.storage import DB_NAME, RESERVE_NAME, StudioDatabase
 from anystory.mentions import Mention, mentioned_names, rename_mentions, resolve_mentions
+from anystory.storage import DB_NAME, RESERVE_NAME, StudioDatabase
 from anystory.story import Stories
 
 

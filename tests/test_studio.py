@@ -467,6 +467,11 @@ def test_lines_become_bubbles_by_the_routed_speaker_on_a_generated_version(studi
     with pytest.raises(ValueError, match="no installed font"):
         studio.add_line(panel.id, "party \U0001f389", "Mia")
     assert len(studio.panel_lines(panel.id)) == 3
+    assert studio.line_warnings(panel.id) == []
+    studio.add_line(panel.id, "word " * 99, "Mia")  # too long for a 256 px panel even at the smallest text
+    [warning] = studio.line_warnings(panel.id)
+    assert warning.startswith("line 4 does not fit panel 1") and "cut" in warning
+    studio.remove_line(panel.id, 3)
 
     (archive,) = studio.export_story(story.id, "project", tmp_path / "talk.zip")
     other = Studio(tmp_path / "other", public_pipe, preview=True)
@@ -489,6 +494,7 @@ def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
     (cbz,) = studio.export_story(story.id, "cbz", tmp_path / "p.cbz", layout="manga")
     with zipfile.ZipFile(cbz) as archive:
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 2  # 4 a page
+        assert b"<Manga>YesAndRightToLeft</Manga>" in archive.read("ComicInfo.xml")  # readers turn pages RTL
     pngs = studio.export_story(story.id, "grid", tmp_path / "p.png", layout="book")
     assert len(pngs) == 5
     clean = studio.story_pages(story.id, "book", bubbles=False)
@@ -496,6 +502,10 @@ def test_page_exports_carry_bubbles_in_every_layout(studio, tmp_path):
     assert all(np.asarray(a).tolist() != np.asarray(b).tolist() for a, b in zip(clean, drawn))
     with pytest.raises(StudioError, match="unknown layout"):
         studio.story_pages(story.id, "spiral")
+    for fit in ("auto", "crop", "fit"):
+        assert len(studio.story_pages(story.id, "grid", fit=fit)) == 2
+    with pytest.raises(StudioError, match="fit must be one of auto, crop, fit"):
+        studio.story_pages(story.id, "grid", fit="stretch")
 
 
 # -- styles (issue 16) ------------------------------------------------------------------------------
@@ -529,3 +539,36 @@ def test_styles_are_data_shown_in_what_the_model_saw_and_a_panel_can_override(st
                                                                          "negative": ""}]}))  # fmt: skip
     with pytest.raises(ValueError, match="no {prompt}"):
         load_styles(bad)
+
+
+def test_a_panel_keeps_its_own_page_fit_over_the_exports(studio, tmp_path):
+    """Issue 16: fit or crop per panel. A wide panel set to "fit" is drawn whole even in an export
+    that crops; "" follows the export; the choice outdates nothing and travels with the project."""
+    from anystory import pages as pg
+    from anystory.story import PAGE_FITS
+
+    assert PAGE_FITS == pg.FITS  # storage's copy of the choices is the pages module's
+    story = studio.create_story("Fits")
+    wide = studio.add_panel(story.id, "a wide view of the sea", width=128, height=64)
+    studio.generate_panel(wide.id)
+    cropped = studio.story_pages(story.id, "book", fit="crop")
+    fitted = studio.story_pages(story.id, "book", fit="fit")
+    assert [np.asarray(p).tobytes() for p in cropped] != [np.asarray(p).tobytes() for p in fitted]
+
+    panel = studio.set_panel_page_fit(wide.id, "fit")
+    assert panel.page_fit == "fit" and panel.status == "ready"  # a layer of the page, not of the image
+    assert [np.asarray(p).tobytes() for p in studio.story_pages(story.id, "book", fit="crop")] == [
+        np.asarray(p).tobytes() for p in fitted
+    ]
+    with pytest.raises(StudioError, match="page fit must be one of auto, crop, fit"):
+        studio.set_panel_page_fit(wide.id, "stretch")
+    assert studio.get_panel(wide.id).page_fit == "fit"  # the refused choice changed nothing
+    assert studio.duplicate_panel(wide.id).page_fit == "fit"
+
+    (archive,) = studio.export_story(story.id, "project", tmp_path / "fits.zip")
+    other = Studio(tmp_path / "other", studio.pipeline, preview=True)
+    assert [p.page_fit for p in other.panels(other.import_project(archive).id)] == ["fit", "fit"]
+    studio.set_panel_page_fit(wide.id, "")
+    assert [np.asarray(p).tobytes() for p in studio.story_pages(story.id, "book", fit="crop")][:1] == [
+        np.asarray(p).tobytes() for p in cropped
+    ][:1]

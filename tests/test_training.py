@@ -12,7 +12,14 @@ from PIL import Image
 
 from anystory import AnyStoryPipeline
 from anystory.training.config import load_config
-from anystory.training.data import AugmentConfig, DatasetError, ManifestDataset, StreamBatchSampler, augment_reference, read_manifest
+from anystory.training.data import (
+    AugmentConfig,
+    DatasetError,
+    ManifestDataset,
+    StreamBatchSampler,
+    augment_reference,
+    read_manifest,
+)
 from anystory.training.evaluate import diffusion_loss, routing_iou, subject_ious
 from anystory.training.step import stage_parameters
 from anystory.training.synthetic import SyntheticConfig, generate
@@ -172,7 +179,7 @@ def test_samples_and_augmentation(scenes, pipe):
 def test_stream_sampler_resumes_and_shards():
     full = StreamBatchSampler(5, 2, seed=1)
     batches = [b for _, b in zip(range(6), full)]
-    assert [b for _, b in zip(range(3), StreamBatchSampler(5, 2, seed=1, start=3))] == batches[3:]
+    assert [b for _, b in zip(range(3), StreamBatchSampler(5, 2, seed=1, start=6))] == batches[3:]  # start: in samples
     rows = [r for b in batches[:5] for r, _ in b]
     assert sorted(rows[:5]) == list(range(5)) and sorted(rows[5:10]) == list(range(5))  # epochs are permutations
     ranks = [[b for _, b in zip(range(2), StreamBatchSampler(5, 2, seed=1, rank=r, world=2))] for r in (0, 1)]
@@ -368,7 +375,13 @@ def test_fixed_noise_diffusion_loss_compares_checkpoints(tiny_folder, scenes, tm
 
 def test_similarity_metrics_on_tiny_random_models(pipe, scenes, tmp_path):
     from transformers import (
-        BitImageProcessor, CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, Dinov2Config, Dinov2Model,
+        BitImageProcessor,
+        CLIPConfig,
+        CLIPImageProcessor,
+        CLIPModel,
+        CLIPProcessor,
+        Dinov2Config,
+        Dinov2Model,
     )  # fmt: skip
 
     from anystory.tiny import tiny_tokenizer
@@ -516,3 +529,27 @@ def test_tiny_proof_is_reproducible_and_reuses_its_base(tmp_path, monkeypatch):
     edited = lambda self: real(self) + (b"#" if self.name == "tiny_base.py" else b"")  # noqa: E731
     monkeypatch.setattr(proof.Path, "read_bytes", edited)
     assert proof.base_key(config) != key  # the fit's code changed
+
+
+def test_mixed_precision_run_casts_the_frozen_base_only(tiny_folder, scenes, tmp_path):
+    """bf16 (issue 21: set-up used to fail): the frozen UNet and encoders in bf16, every AnyStory
+    part (the processors inside the UNet too) and the VAE in float32; a step trains."""
+    from accelerate.state import AcceleratorState
+
+    # accelerate keeps one state per process: the other tests' runs made it in float32
+    AcceleratorState._reset_state(reset_partial_state=True)
+    try:
+        _bf16_run(tiny_folder, scenes, tmp_path)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def _bf16_run(tiny_folder, scenes, tmp_path):
+    trainer = Trainer(config(tiny_folder, scenes, tmp_path / "bf16", mixed_precision="bf16", max_steps=1))
+    pipe = trainer.pipe
+    assert pipe.unet.conv_in.weight.dtype == torch.bfloat16 and pipe.text_encoder.dtype == torch.bfloat16
+    assert pipe.vae.dtype == torch.float32 and pipe.reference_net.dtype == torch.float32
+    assert all(p.dtype == torch.float32 for p in trainer.trainable.values())
+    trainer.run()
+    record = json.loads((tmp_path / "bf16/logs/train.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 1 and np.isfinite(record["loss"])

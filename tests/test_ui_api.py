@@ -84,6 +84,10 @@ def test_story_with_two_panels_generate_versions_and_export(app, cast, tmp_path)
 
     (pdf,) = client.predict(story["id"], "pdf", False, True, api_name="/export_story")
     assert pdf.endswith(".pdf") and open(pdf, "rb").read(5) == b"%PDF-"
+    client.predict(first["id"], "Look, a squirrel!", "Mia", "", api_name="/add_line")
+    assert client.predict(first["id"], api_name="/line_warnings") == []
+    pages = client.predict(story["id"], "grid", "manga", False, "fit", api_name="/export_pages")
+    assert len(pages) == 1 and Image.open(pages[0]).size == (1240, 1754)  # two panels on one manga page
     (archive,) = client.predict(story["id"], "project", False, True, api_name="/export_story")
     with zipfile.ZipFile(archive) as zipped:
         assert "project.json" in zipped.namelist()
@@ -289,3 +293,21 @@ def test_start_up_says_one_clear_line_per_thing(tmp_path):
         "Press Ctrl+C to stop.",
         "preview mode: added the example cast (Mia, Rex, Bolt)",
     ], lines
+
+
+def test_a_control_picture_through_the_api(app, cast, tmp_path):
+    from anystory.tiny_control import edge_picture
+
+    studio, client, _ = app
+    story = client.predict("Posed", api_name="/create_story")
+    panel = client.predict(story["id"], "[Mia] raises her arm", "{}", api_name="/add_panel")
+    picture = tmp_path / "pose.png"
+    edge_picture(64, seed=5).save(picture)
+    posed = client.predict(panel["id"], handle_file(str(picture)), "pose", 0.9, False, api_name="/set_panel_control")
+    assert posed["control"]["kind"] == "pose" and posed["control"]["strength"] == 0.9
+    _, version = client.predict(panel["id"], False, api_name="/generate_panel")
+    assert studio.get_version(version["id"]).settings["control"] == posed["control"]
+    with pytest.raises(AppError, match="control kind must be one of"):
+        client.predict(panel["id"], handle_file(str(picture)), "normal", 1.0, False, api_name="/set_panel_control")
+    cleared = client.predict(panel["id"], None, "edges", 1.0, False, api_name="/set_panel_control")
+    assert cleared["control"] == {}

@@ -81,6 +81,7 @@ def test_dtype_and_its_old_name_torch_dtype(tiny_folder):
     for pipe in (new, old):
         parts = (pipe.unet, pipe.vae, pipe.text_encoder, pipe.image_encoder, pipe.subject_encoder, pipe.reference_net)
         assert all(part.dtype == torch.bfloat16 for part in parts)
+        assert all(t.dtype == torch.bfloat16 for t in pipe.anystory_blocks.parameters())  # outside the UNet
     assert load().unet.dtype == torch.float32  # the CPU default
     with pytest.raises(ValueError, match="disagree"):
         load(dtype=torch.float32, torch_dtype=torch.bfloat16)

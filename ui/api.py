@@ -95,6 +95,7 @@ def panel_dict(studio, panel) -> dict:
         "layout": {name(c): box for c, box in panel.layout.items()},
         "style": panel.style,
         "negative": panel.negative,
+        "control": dict(panel.control),  # {} or {kind, strength, image (the stored picture's name)}
         "lines": [{**line, "speaker": name(line["speaker"]) if line["speaker"] else ""} for line in panel.lines],
         "status": panel.status,
         "error": panel.error,
@@ -247,6 +248,21 @@ class StoryEndpoints:
         return panel_dict(studio, studio.update_panel(int(panel_id), **parse_settings(studio, settings)))
 
     @api_errors
+    def set_panel_control(
+        self, panel_id: int, image: str | None, kind: str, strength: float = 1.0, edges_from_photo: bool = False,
+        request: gr.Request = None,
+    ) -> dict:  # fmt: skip
+        """Give a panel a control picture (ControlNet): kind edges / pose / depth / scribble, strength
+        0-2; edges_from_photo computes the edges of an uploaded photo. No image: remove it."""
+        studio = self.sessions.studio(request)
+        if image is None:
+            return panel_dict(studio, studio.clear_panel_control(int(panel_id)))
+        panel = studio.set_panel_control(
+            int(panel_id), image, kind, float(strength), edges_from_photo=bool(edges_from_photo)
+        )
+        return panel_dict(studio, panel)
+
+    @api_errors
     def move_panel(self, panel_id: int, position: int, request: gr.Request = None) -> list[dict]:
         """Move a panel to a position (0 = first); returns the story's panels in order."""
         studio = self.sessions.studio(request)
@@ -323,6 +339,13 @@ class StoryEndpoints:
         return self.sessions.studio(request).panel_lines(int(panel_id))
 
     @api_errors
+    def line_warnings(self, panel_id: int, request: gr.Request = None) -> list[str]:
+        """What is wrong with how a panel's lines show on its image, one sentence each ("line 4 does not fit
+        panel 1: ..."): a line cut because even the smallest text does not fit, or a bubble that had to overlap
+        another. Empty when every line shows in full; shorten or remove a line that is listed."""
+        return self.sessions.studio(request).line_warnings(int(panel_id))
+
+    @api_errors
     def list_styles(self, request: gr.Request = None) -> list:
         """The style presets: [label, id] pairs, for set_story_style."""
         return [list(choice) for choice in self.sessions.studio(request).style_choices()]
@@ -343,12 +366,15 @@ class StoryEndpoints:
         fmt: str = "pdf",
         layout: str = "grid",
         title_page: bool = False,
+        fit: str = "auto",
         request: gr.Request = None,
     ) -> list[str]:
         """Export a story as comic pages with speech bubbles: fmt pdf, cbz or grid (PNG pages); layout grid,
-        tiers, splash, book (one panel a page, caption below), webtoon or manga (right to left)."""
+        tiers, splash, book (one panel a page, caption below), webtoon or manga (right to left); fit auto (fill
+        the cell when the shapes are close and no bubble is cut, else a smaller panel centred in it), crop or
+        fit (always the whole picture)."""
         files = self.sessions.studio(request).export_story(
-            int(story_id), fmt, layout=layout or "grid", title_page=bool(title_page)
+            int(story_id), fmt, layout=layout or "grid", title_page=bool(title_page), fit=fit or "auto"
         )
         return [self.sessions.hand_out(f) for f in files]
 
@@ -473,6 +499,7 @@ def register_api(sessions: Sessions) -> None:
         stories.import_script,
         stories.add_line,
         stories.list_lines,
+        stories.line_warnings,
         stories.list_styles,
         stories.set_story_style,
     ):
@@ -521,5 +548,11 @@ def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoi
     gr.on([], stories.export_story, [story_id, fmt, overlay, captions], files, api_name="export_story")
     gr.on([], stories.import_project, [archive], result, api_name="import_project")
     with gr.Column(visible=False):
+        kind, strength = gr.Textbox(label="kind", value="edges"), gr.Number(label="strength", value=1.0)
+        from_photo = gr.Checkbox(label="edges_from_photo", value=False)
+    inputs = [panel_id, image, kind, strength, from_photo]
+    gr.on([], stories.set_panel_control, inputs, result, api_name="set_panel_control")
+    with gr.Column(visible=False):
         layout, title_page = gr.Textbox(label="layout", value="grid"), gr.Checkbox(label="title_page", value=False)
-    gr.on([], stories.export_pages, [story_id, fmt, layout, title_page], files, api_name="export_pages")
+        fit = gr.Textbox(label="fit", value="auto")
+    gr.on([], stories.export_pages, [story_id, fmt, layout, title_page, fit], files, api_name="export_pages")

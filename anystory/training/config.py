@@ -36,6 +36,7 @@ class TrainConfig:
     adam_epsilon: float = 1e-8
     weight_decay: float = 1e-2
     max_grad_norm: float = 1.0
+    optimizer: str = "adamw"  # "adamw" | "adamw_8bit" (bitsandbytes: 2 bytes of state a parameter, not 8)
     mixed_precision: str = "no"  # "no" | "fp16" | "bf16": the frozen base models run in it
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -55,6 +56,10 @@ class TrainConfig:
     log_every: int = 10
     progress_bar: bool = True
     report_to: str = "auto"  # "auto" (TensorBoard when installed) | "tensorboard" | "none"
+    # several processes: compare every process's trained weights every N steps (0: only at each
+    # checkpoint, which always compares); logs/samples.jsonl with the rows each process trained on
+    check_processes_every: int = 0
+    log_samples: bool = False
     resume: str | None = None  # "latest" or a checkpoint folder
 
     def __post_init__(self):
@@ -67,6 +72,8 @@ class TrainConfig:
             raise ValueError("stage 2 starts from a stage-1 checkpoint: set 'init' to its folder")
         if not 0 <= self.timesteps[0] < self.timesteps[1]:
             raise ValueError(f"timesteps must be [start, stop) with 0 <= start < stop, got {self.timesteps}")
+        if self.optimizer not in ("adamw", "adamw_8bit"):
+            raise ValueError(f"optimizer must be 'adamw' or 'adamw_8bit', got {self.optimizer!r}")
         for name in ("batch_size", "gradient_accumulation_steps", "max_steps", "checkpoint_every", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
@@ -120,6 +127,7 @@ def command_line(stage: int, argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--max-steps", type=int)
     parser.add_argument("--resume", help='"latest" or a checkpoint folder')
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field (JSON value)")
+    parser.add_argument("--plan", action="store_true", help="memory per GPU at full size (--plan --help: its options)")
     args = parser.parse_args(argv)
     overrides = {}
     for item in args.set:

@@ -231,7 +231,8 @@ class ManifestDataset(Dataset):
 
     A sample is a dict: `pixels` [3, R, R] in [-1, 1], `masks` [N, R, R] (0/1), `caption`,
     `clip_pixels` [N, 3, c, c] (the CLIP processor's input), `reference_pixels` [N, 3, S, S]
-    in [-1, 1], `reference_masks` [N, S, S], `drop_clip` (bool), `row` (for error messages).
+    in [-1, 1], `reference_masks` [N, S, S], `drop_clip` (bool), `row` (for error messages),
+    `index` (the row) and `draw` (the draw seed: the trainer seeds the sample's noise from it).
     """
 
     def __init__(
@@ -255,13 +256,17 @@ class ManifestDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def row(self, index: int) -> Row:
+        """Row `index`, its files openable by PIL (paths here; in-memory files in shards.py)."""
+        return self.rows[index]
+
     def __getitem__(self, key) -> dict:
         index, draw = key if isinstance(key, tuple) else (key, 0)
-        row = self.rows[index]
+        row = self.row(index)
         where = row.where(self.manifest_path)
         rng = random.Random(draw)
         try:
-            return self._load(row, index, where, rng)
+            return {**self._load(row, index, where, rng), "draw": draw}
         except DatasetError:
             raise
         except (OSError, ValueError) as err:
@@ -324,27 +329,38 @@ def collate(samples: list[dict]) -> list[dict]:
 class StreamBatchSampler(Sampler):
     """An endless, seeded stream of (row index, draw seed) batches, shuffled per epoch.
 
-    Stream position p belongs to epoch p // len and draws row perm_epoch[p % len]. Process `rank`
-    of `world` takes batches rank, rank + world, ... of global batch size `batch_size`; starting at
-    `start` (in batches per process) resumes the stream exactly.
+    Stream position p belongs to epoch p // len and draws row perm_epoch[p % len]; its draw seed
+    is `draw_seed(seed, p)`, so everything random about a sample (augmentation, noise, timestep,
+    Gumbel noise) is a function of (seed, p), whichever process takes it. A global batch is
+    `batch_size * world` consecutive positions; process `rank` takes the `batch_size` positions
+    at offset rank * batch_size of each, so the processes of one epoch never see a position twice
+    and together see what one process with a `world` times larger batch would. `start` is the
+    stream position (samples of all processes) to begin at: a resumed run continues the stream
+    exactly, with any number of processes.
     """
 
     def __init__(self, size: int, batch_size: int, seed: int, start: int = 0, rank: int = 0, world: int = 1):
+        if not 0 <= rank < world:
+            raise ValueError(f"rank {rank} is not one of {world} processes")
         self.size, self.batch_size, self.seed = size, batch_size, seed
         self.start, self.rank, self.world = start, rank, world
         self._perms: dict[int, list[int]] = {}
 
-    def _row(self, position: int) -> int:
+    def row(self, position: int) -> int:
         epoch = position // self.size
         if epoch not in self._perms:
             self._perms = {epoch: torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed * 100003 + epoch)).tolist()}
         return self._perms[epoch][position % self.size]
 
+    def positions(self, batch: int) -> range:
+        """The stream positions of this process's `batch`-th batch (counted from `start`)."""
+        first = self.start + (batch * self.world + self.rank) * self.batch_size
+        return range(first, first + self.batch_size)
+
     def __iter__(self):
-        batch = self.start
+        batch = 0
         while True:
-            first = (batch * self.world + self.rank) * self.batch_size
-            yield [(self._row(p), draw_seed(self.seed, p)) for p in range(first, first + self.batch_size)]
+            yield [(self.row(p), draw_seed(self.seed, p)) for p in self.positions(batch)]
             batch += 1
 
     def __len__(self) -> int:  # endless: the trainer stops by step count

@@ -248,7 +248,7 @@ def similarity(
     clip_t, clip_i, dino = [], [], []
     count = len(dataset) if max_scenes is None else min(max_scenes, len(dataset))
     for index in range(count):
-        row = dataset.rows[index]
+        row = dataset.row(index)
         subjects, references = [], []
         for instance in row.instances:
             ref = instance.references[0]

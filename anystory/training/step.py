@@ -130,10 +130,17 @@ class InputEncoder:
         return key, result
 
     @torch.no_grad()
-    def __call__(self, samples: list[dict], generator: torch.Generator, timesteps: tuple[int, int]) -> list[dict]:
-        """Encode a batch; noise and timesteps come from `generator` (CPU), so they are reproducible."""
+    def __call__(
+        self, samples: list[dict], generator: torch.Generator | list[torch.Generator], timesteps: tuple[int, int]
+    ) -> list[dict]:
+        """Encode a batch; noise and timesteps come from `generator` (CPU), so they are reproducible:
+        one generator for the batch, or one per sample (the trainer: seeded by the sample's stream
+        position, so a sample gets the same noise on whichever process and in whichever batch)."""
+        generators = generator if isinstance(generator, list) else [generator] * len(samples)
+        if len(generators) != len(samples):
+            raise ValueError(f"{len(generators)} generators for {len(samples)} samples")
         encoded = []
-        for sample in samples:
+        for sample, generator in zip(samples, generators):
             latents, embeds, pooled, time_ids = self._target(sample)
             subject_key, (clip_states, reference_input, ref_masks) = self._subject_inputs(sample)
             noise = torch.randn(latents.shape, generator=generator).to(latents)
@@ -166,6 +173,7 @@ class TrainingModule(nn.Module):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage}")
         self.unet, self.subject_encoder, self.reference_net = pipe.unet, pipe.subject_encoder, pipe.reference_net
+        self.anystory_blocks = pipe.anystory_blocks  # W~, W', routers: outside the UNet, trained here too
         if self.reference_net is None:
             raise ValueError("training needs an AnyStory ReferenceNet (load with adapter='init' or a checkpoint)")
         self.stage, self.routing_weight, self.gumbel_tau = stage, routing_weight, gumbel_tau
@@ -255,6 +263,7 @@ class TrainingModule(nn.Module):
         if self.stage == 2:
             slots = torch.cat([masks, (1 - masks.sum(0, keepdim=True)).clamp_min(0)])[None]  # background last
             losses["routing"] = routing_loss(routing.logits, slots).float()
+            routing.keep_logits = False  # re-runs under gradient checkpointing add none
             losses["loss"] = diffusion + self.routing_weight * losses["routing"]
         else:
             losses["loss"] = diffusion

@@ -3,9 +3,13 @@ mixed precision, gradient accumulation and checkpointing, resumable AnyStory che
 
 A checkpoint folder `output_dir/checkpoint-<step>` is an AnyStory checkpoint (config.json +
 anystory.safetensors: `AnyStoryPipeline.from_pretrained(base, adapter=folder)` loads it) plus
-`trainer_state.json` and `training/optimizer.pt` for resuming. Every random draw of step s is a
-function of (seed, s, process), so a run resumed from step s ends where an uninterrupted run
-would (same seed, same number of processes).
+`trainer_state.json` and `training/optimizer.pt` for resuming.
+
+Every random draw of a sample (its row, augmentation, noise, timestep, Gumbel noise) is a function
+of (seed, the sample's position in the global data stream), never of the process that takes it:
+P processes with batch B train the same model as one process with batch P * B (up to the float
+rounding of the gradient all-reduce; measured in docs/TRAINING.md), and a run resumed from a
+checkpoint, with any number of processes, continues the stream where it stopped.
 """
 
 from __future__ import annotations
@@ -24,21 +28,38 @@ from typing import Callable
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedDataParallelKwargs
+from accelerate.utils import DistributedDataParallelKwargs, gather_object
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from diffusers.optimization import get_scheduler
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from ..pipeline import AnyStoryConfig, AnyStoryPipeline
-from ..weights import CheckpointError, WEIGHTS_NAME, adapter_tensors, load_state_dict_file, read_adapter_config, save_adapter
+from ..processes import cpu_processes
+from ..weights import (
+    WEIGHTS_NAME,
+    CheckpointError,
+    adapter_tensors,
+    load_state_dict_file,
+    read_adapter_config,
+    save_adapter,
+)
 from .config import TrainConfig
 from .data import ManifestDataset, StreamBatchSampler, collate, draw_seed
-from .step import InputEncoder, TrainingModule, stage_parameters
+from .shards import ShardDataset, is_shard_folder
+from .step import InputEncoder, TrainingModule, content_key, stage_parameters
 
 STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "training/optimizer.pt"
 LOG_FILE = "logs/train.jsonl"
+SAMPLES_LOG = "logs/samples.jsonl"
+# Offsets mixed into a sample's draw seed: its noise and timestep, and torch's global generator
+# (Gumbel noise, dropout) for its forward pass.
+NOISE_DRAW, TORCH_DRAW = 1, 2
+
+
+class ProcessesDisagree(RuntimeError):
+    """The processes of a run hold different weights after a step (they must never)."""
 
 
 # -- checkpoints ---------------------------------------------------------------------------------
@@ -126,6 +147,54 @@ def build_pipeline(config: TrainConfig, resume_from: Path | None, device) -> Any
     return pipe
 
 
+# -- processes -----------------------------------------------------------------------------------
+
+
+def check_launch() -> None:
+    """`accelerate launch --cpu --num_processes N` starts ONE process unless it is given an mpirun
+    hostfile (accelerate runs CPU processes through mpirun); it then sets MASTER_PORT but no
+    WORLD_SIZE. Refuse, rather than train one process at a batch the user did not ask for."""
+    env = os.environ
+    asked_cpu = env.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true", "yes")
+    ranked = any(k in env for k in ("WORLD_SIZE", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE"))
+    if asked_cpu and "MASTER_PORT" in env and not ranked:
+        raise RuntimeError(
+            "accelerate launch --cpu --num_processes N started one process: accelerate runs several CPU "
+            "processes only through mpirun (--mpirun_hostfile). On CPU use `accelerate launch --multi_gpu "
+            "--num_processes N ...` (without --cpu: on a machine without a GPU the trainer joins the "
+            "processes on CPU with gloo) or `torchrun --nproc_per_node N -m anystory.training.stage1 ...`"
+        )
+
+
+def make_optimizer(config: TrainConfig, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """AdamW, or bitsandbytes' 8-bit AdamW (its moments block-wise quantised: a quarter of the memory)."""
+    if config.optimizer == "adamw_8bit":
+        try:
+            import bitsandbytes
+        except ImportError as err:
+            raise ImportError("optimizer 'adamw_8bit' needs bitsandbytes (pip install bitsandbytes)") from err
+        cls = bitsandbytes.optim.AdamW8bit
+    else:
+        cls = torch.optim.AdamW
+    return cls(params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+               eps=config.adam_epsilon, weight_decay=config.weight_decay)  # fmt: skip
+
+
+def cast_frozen(pipe: AnyStoryPipeline, mixed_precision: str) -> None:
+    """Frozen base models in the mixed-precision dtype; VAE and AnyStory parts stay float32 (the
+    SDXL VAE overflows in fp16; checkpoints keep full precision)."""
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(mixed_precision)
+    if dtype is None:
+        return
+    for name in ("text_encoder", "text_encoder_2", "image_encoder"):
+        part = getattr(pipe, name, None)
+        if part is not None:
+            part.to(dtype=dtype)
+    pipe.unet.to(dtype=dtype)
+    if pipe.anystory_blocks is not None:  # outside the UNet: unet.to(dtype) leaves them as they are
+        pipe.anystory_blocks.to(dtype=torch.float32)
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -135,18 +204,25 @@ class Trainer:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.output_dir = Path(config.output_dir)
+        check_launch()
         self.accelerator = Accelerator(
+            cpu=cpu_processes(),
             mixed_precision=config.mixed_precision,
             log_with=self._trackers(),
             project_dir=str(self.output_dir / "logs"),
             kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
         )
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != self.accelerator.num_processes:
+            running = self.accelerator.num_processes
+            raise RuntimeError(f"launched as {launched} processes, but accelerate runs {running}: no device for them?")
         self.resume_from = resolve_resume(config.resume, self.output_dir)
         self.pipe = build_pipeline(config, self.resume_from, self.accelerator.device)
         self.pipe.release_encoders_after_use = False  # parts being trained stay where accelerate puts them
         self.pipe.set_progress_bar_config(disable=True)
         self.noise_scheduler = DDPMScheduler.from_config(self.pipe.scheduler.config)
-        self.dataset = ManifestDataset(
+        dataset_class = ShardDataset if is_shard_folder(config.data) else ManifestDataset  # shards.py
+        self.dataset = dataset_class(
             config.data, self.pipe.feature_extractor, config.resolution, self.pipe.anystory_config.reference_size,
             manifest=config.manifest, augment=config.augment, check=config.validate,
             max_instances=self.pipe.anystory_config.max_subjects,
@@ -164,15 +240,13 @@ class Trainer:
                 self.pipe.reference_net.enable_gradient_checkpointing()
 
         params = list(self.trainable.values())
-        optimizer = torch.optim.AdamW(
-            params, lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
-            eps=config.adam_epsilon, weight_decay=config.weight_decay,
-        )  # fmt: skip
+        optimizer = make_optimizer(config, params)
         self.lr_scheduler = get_scheduler(
             config.lr_scheduler, optimizer, num_warmup_steps=config.lr_warmup_steps, num_training_steps=config.max_steps
         )
         self.model, self.optimizer = self.accelerator.prepare(self.module, optimizer)
         self.step = 0
+        self.samples = 0  # stream position: samples drawn by all processes so far
         if self.resume_from is not None:
             self._load_training_state(self.resume_from)
         self._stop = False
@@ -217,29 +291,24 @@ class Trainer:
         return used
 
     def _cast_frozen(self) -> None:
-        """Frozen base models in the mixed-precision dtype; VAE and AnyStory parts stay float32 (the
-        SDXL VAE overflows in fp16; checkpoints keep full precision)."""
-        dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.config.mixed_precision)
-        if dtype is None:
-            return
-        for name in ("text_encoder", "text_encoder_2", "image_encoder"):
-            module = getattr(self.pipe, name, None)
-            if module is not None:
-                module.to(dtype=dtype)
-        unet = self.pipe.unet
-        unet.to(dtype=dtype)
-        for block_proc in self.module._self_attn + self.module._cross_attn:
-            block_proc.to(dtype=torch.float32)
+        cast_frozen(self.pipe, self.config.mixed_precision)
 
     # -- checkpoints --
 
+    @property
+    def global_batch(self) -> int:
+        """Samples per optimizer step, all processes together."""
+        c = self.config
+        return c.batch_size * c.gradient_accumulation_steps * self.accelerator.num_processes
+
     def _state(self) -> dict:
-        return {"step": self.step, "stage": self.config.stage, "seed": self.config.seed,
+        return {"step": self.step, "samples": self.samples, "global_batch": self.global_batch,
+                "stage": self.config.stage, "seed": self.config.seed,
                 "processes": self.accelerator.num_processes, "config": self.config.to_dict()}  # fmt: skip
 
     def save_checkpoint(self) -> Path:
         folder = self.output_dir / f"checkpoint-{self.step}"
-        self.accelerator.wait_for_everyone()
+        self.check_processes_agree()  # what the main process writes is what every process holds
         if self.accelerator.is_main_process:
             tmp = folder.with_name(folder.name + ".tmp")
             shutil.rmtree(tmp, ignore_errors=True)
@@ -261,13 +330,35 @@ class Trainer:
         state = json.loads((folder / STATE_FILE).read_text())
         if state["stage"] != self.config.stage:
             raise CheckpointError(f"{folder} is a stage-{state['stage']} checkpoint; this run trains stage {self.config.stage}")
-        if state.get("processes", 1) != self.accelerator.num_processes:
-            print(f"warning: {folder} was trained on {state['processes']} processes, this run has "
-                  f"{self.accelerator.num_processes}: the data order differs from an uninterrupted run")  # fmt: skip
+        saved_config = state.get("config", {})
+        saved_batch = state.get("global_batch") or (  # checkpoints from before issue 21
+            saved_config.get("batch_size", 1) * saved_config.get("gradient_accumulation_steps", 1)
+        ) * state.get("processes", 1)
+        if saved_batch != self.global_batch and self.accelerator.is_main_process:
+            print(f"warning: {folder} was trained with {saved_batch} samples a step, this run takes "
+                  f"{self.global_batch}: the data stream continues where it stopped, but the steps "
+                  "are not those of an uninterrupted run")  # fmt: skip
         saved = torch.load(folder / OPTIMIZER_FILE, map_location="cpu", weights_only=True)
         self.optimizer.load_state_dict(saved["optimizer"])
         self.lr_scheduler.load_state_dict(saved["lr_scheduler"])
         self.step = int(state["step"])
+        self.samples = int(state.get("samples", self.step * saved_batch))
+
+    # -- agreement between processes --
+
+    def weights_fingerprint(self) -> str:
+        """A digest of this process's trained weights (every value, bit for bit)."""
+        return content_key(*(p.detach() for p in self.trainable.values()))
+
+    def check_processes_agree(self) -> None:
+        """Raise ProcessesDisagree unless every process holds the same trained weights (DDP keeps
+        full copies; under FSDP / DeepSpeed each holds a shard and there is nothing to compare)."""
+        accelerator = self.accelerator
+        if accelerator.num_processes == 1 or accelerator.distributed_type.value in ("FSDP", "DEEPSPEED"):
+            return
+        prints = gather_object([self.weights_fingerprint()])
+        if len(set(prints)) != 1:
+            raise ProcessesDisagree(f"step {self.step}: the processes hold different weights ({prints})")
 
     # -- the loop --
 
@@ -286,12 +377,22 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         self.accelerator.log({k: v for k, v in record.items() if k != "step"}, step=record["step"])
 
+    def _log_samples(self, rows: list[int]) -> None:
+        """logs/samples.jsonl: the rows each process trained on in this step (rank order)."""
+        every = gather_object([rows]) if self.accelerator.num_processes > 1 else [rows]
+        if self.accelerator.is_main_process:
+            path = self.output_dir / SAMPLES_LOG
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a") as f:
+                f.write(json.dumps({"step": self.step + 1, "rows": every}) + "\n")
+
     def _trim_log(self) -> None:
-        """A resumed run rewrites the log from its checkpoint's step on."""
-        path = self.output_dir / LOG_FILE
-        if self.accelerator.is_main_process and path.is_file():
-            lines = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= self.step]
-            path.write_text("".join(line + "\n" for line in lines))
+        """A resumed run rewrites the logs from its checkpoint's step on."""
+        for path in (self.output_dir / LOG_FILE, self.output_dir / SAMPLES_LOG):
+            if self.accelerator.is_main_process and path.is_file():
+                lines = [line for line in path.read_text().splitlines() if line]
+                lines = [line for line in lines if json.loads(line)["step"] <= self.step]
+                path.write_text("".join(line + "\n" for line in lines))
 
     def run(self, callback: Callable[[int, dict], bool | None] | None = None) -> Path:
         """Train to max_steps. `callback(step, losses)` after each step; returning True stops the
@@ -302,7 +403,7 @@ class Trainer:
         if accelerator.is_main_process:
             self.output_dir.mkdir(parents=True, exist_ok=True)
             accelerator.init_trackers(f"anystory-stage{config.stage}", config={k: str(v) for k, v in config.to_dict().items()})
-        sampler = StreamBatchSampler(len(self.dataset), config.batch_size, config.seed, self.step * accum, rank, world)
+        sampler = StreamBatchSampler(len(self.dataset), config.batch_size, config.seed, self.samples, rank, world)
         loader = iter(DataLoader(self.dataset, batch_sampler=sampler, collate_fn=collate, num_workers=config.num_workers))
         handlers = {}
         if hasattr(signal, "SIGTERM") and _in_main_thread():
@@ -317,6 +418,9 @@ class Trainer:
             while self.step < config.max_steps:
                 losses = self._train_step(loader, accum, world, rank)
                 self.step += 1
+                self.samples += self.global_batch
+                if config.check_processes_every and self.step % config.check_processes_every == 0:
+                    self.check_processes_agree()
                 progress.update(1)
                 progress.set_postfix(loss=f"{losses['loss']:.4f}")
                 for name, value in losses.items():
@@ -352,15 +456,17 @@ class Trainer:
         """One optimizer step: `accum` micro-batches, each sample its own forward and backward
         (gradients add up; DDP syncs on the last backward only)."""
         config, accelerator = self.config, self.accelerator
-        totals = {}
+        totals, rows = {}, []
         for micro in range(accum):
-            position = (self.step * accum + micro) * world + rank
-            generator = torch.Generator().manual_seed(draw_seed(config.seed * 2 + 1, position))
-            torch.manual_seed(draw_seed(config.seed * 2 + 2, position))  # Gumbel noise, dropout
-            batch = self.encoder(next(loader), generator, config.timesteps)
-            for j, item in enumerate(batch):
+            samples = next(loader)
+            rows += [sample["index"] for sample in samples]
+            # per sample, from its stream position (its draw seed): not from the process or the batch
+            generators = [torch.Generator().manual_seed(draw_seed(sample["draw"], NOISE_DRAW)) for sample in samples]
+            batch = self.encoder(samples, generators, config.timesteps)
+            for j, (item, sample) in enumerate(zip(batch, samples)):
                 sync = micro == accum - 1 and j == len(batch) - 1
                 scale = accum * len(batch)
+                torch.manual_seed(draw_seed(sample["draw"], TORCH_DRAW))  # Gumbel noise, dropout
                 with contextlib.nullcontext() if sync else accelerator.no_sync(self.model):
                     try:
                         with accelerator.autocast():
@@ -370,6 +476,8 @@ class Trainer:
                         self.module.release()
                 for name, value in losses.items():
                     totals[name] = totals.get(name, 0.0) + value.detach().float() / scale
+        if config.log_samples:
+            self._log_samples(rows)
         out = {}
         for name, value in totals.items():
             value = accelerator.reduce(value, "mean") if world > 1 else value

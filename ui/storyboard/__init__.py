@@ -9,6 +9,7 @@ Cancel, versions, the router's overlay, exports and imports.
     versions.py    inspect a version, make it active, redraw the overlay
     files.py       export and import
     lines.py       a panel's lines (speech bubbles): add, remove, show / hide
+    control.py     a panel's control picture (ControlNet): use one, edges from a photo, remove
     storage.py     the data folder's size and free space; delete old versions
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..session import Sessions
+from .control import wire_control
 from .files import wire_files
 from .generation import Generation
 from .layout import StoryboardLayout, layout_storyboard
@@ -47,6 +49,7 @@ def build_storyboard_tab(sessions: Sessions) -> StoryboardTab:
     wire_files(tab, view, sessions)
     wire_storage(tab, view, sessions)
     wire_lines(tab, view, sessions)
+    wire_control(tab, view, sessions)
     return StoryboardTab(refresh=refresh, inputs=[tab.bar.story_pick, tab.strip.panel_pick], outputs=tab.view_outputs)
 
 

@@ -7,7 +7,15 @@ from dataclasses import dataclass
 
 import gradio as gr
 
+from ..components import PictureUpload
+
 ALL_LAYERS = "all layers"
+PAGE_FIT_CHOICES = [
+    ("as the export says (auto)", ""),
+    ("auto: fill the cell when the shapes are close", "auto"),
+    ("crop: fill the cell, keep the bubbles", "crop"),
+    ("fit: the whole picture, smaller", "fit"),
+]
 BEST_OF = 4  # seeds the "Best of N" button draws
 EXPORT_CHOICES = [
     ("PNG strip", "strip"),
@@ -455,6 +463,59 @@ class StylePart:
         return [self.story_style, self.story_negative, self.panel_style, self.panel_negative]
 
 
+CONTROL_KINDS = ("edges", "pose", "depth", "scribble")  # as the Studio's control settings name them
+
+
+@dataclass
+class ControlPart:
+    """The panel's control picture (ControlNet): upload one, or edges from a photo; kind, strength."""
+
+    current: gr.Image
+    summary: gr.Markdown
+    upload: PictureUpload
+    kind: gr.Radio
+    strength: gr.Slider
+    from_photo: gr.Checkbox
+    apply: gr.Button
+    remove: gr.Button
+    sketch: gr.Sketchpad
+    use_sketch: gr.Button
+
+    @classmethod
+    def create(cls) -> ControlPart:
+        with gr.Accordion("Control picture (pose, depth, edges, scribble)", open=False, elem_id="control-part"):
+            summary = gr.Markdown(elem_id="control-summary")
+            with gr.Row(equal_height=False):
+                current = gr.Image(
+                    label="This panel's control picture", interactive=False, format="png", height=180,
+                    elem_id="control-current",
+                )  # fmt: skip
+                upload = PictureUpload(
+                    label="New control picture, or a photo", type="filepath", image_mode=None,
+                    sources=["upload", "clipboard"], format="png", height=180, elem_id="control-upload",
+                )  # fmt: skip
+            kind = gr.Radio(list(CONTROL_KINDS), value="edges", label="Kind", elem_id="control-kind")
+            strength = gr.Slider(
+                0, 2, value=1.0, step=0.05, label="Strength (0 = no effect)", elem_id="control-strength"
+            )
+            from_photo = gr.Checkbox(
+                label="Compute the edges of this photo (no model; kind: edges)", value=False, elem_id="control-edges"
+            )
+            with gr.Row():
+                apply = gr.Button("Use for this panel", size="sm", elem_id="control-apply")
+                remove = gr.Button("Remove control picture", size="sm", variant="stop", elem_id="control-remove")
+            sketch = gr.Sketchpad(
+                label="…or draw a scribble (pick the brush, draw dark strokes)", type="pil",
+                canvas_size=(512, 512), height=260, layers=False, elem_id="control-sketch",
+            )  # fmt: skip
+            use_sketch = gr.Button("Use my drawing (scribble)", size="sm", elem_id="control-use-sketch")
+        return cls(current, summary, upload, kind, strength, from_photo, apply, remove, sketch, use_sketch)
+
+    @property
+    def outputs(self) -> list:
+        return [self.current, self.summary, self.kind, self.strength]
+
+
 @dataclass
 class PanelLines:
     """The panel's lines (dialogue, captions, sound effects), drawn as bubbles over its image."""
@@ -470,6 +531,7 @@ class PanelLines:
     dx: gr.Slider
     dy: gr.Slider
     nudge: gr.Button
+    page_fit: gr.Dropdown  # how this panel meets its cell on the pages
 
     @classmethod
     def create(cls) -> PanelLines:
@@ -493,7 +555,13 @@ class PanelLines:
                 dx = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move right (of width)", elem_id="line-dx")
                 dy = gr.Slider(-0.5, 0.5, value=0.0, step=0.01, label="Move down (of height)", elem_id="line-dy")
             nudge = gr.Button("Move this line's bubble", size="sm", elem_id="nudge-line")
-        return cls(show_bubbles, speaker, kind, text, add, table, number, remove, dx, dy, nudge)
+            page_fit = gr.Dropdown(
+                label="On the pages (PDF, CBZ, page pictures)",
+                choices=PAGE_FIT_CHOICES,
+                value="",
+                elem_id="panel-page-fit",
+            )
+        return cls(show_bubbles, speaker, kind, text, add, table, number, remove, dx, dy, nudge, page_fit)
 
 
 @dataclass
@@ -511,6 +579,7 @@ class StoryboardLayout:
     storage: StoragePart
     lines: PanelLines
     style: StylePart
+    control: ControlPart
 
     @property
     def view_outputs(self) -> list:
@@ -545,7 +614,9 @@ class StoryboardLayout:
             self.lines.show_bubbles,
             self.lines.speaker,
             self.lines.table,
+            self.lines.page_fit,
             *self.style.outputs,
+            *self.control.outputs,
             *self.overlay.outputs,
             *self.strip.buttons,
             bar.rename_story,
@@ -570,6 +641,7 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
         with gr.Column(scale=4, min_width=360):
             form = PanelForm.create(defaults, routers)
             style = StylePart.create()
+            control = ControlPart.create()
         with gr.Column(scale=4, min_width=360):
             buttons = GenerationButtons.create()
             inspector = VersionInspector.create()
@@ -577,7 +649,9 @@ def layout_storyboard(defaults: dict, routers: tuple[str, ...]) -> StoryboardLay
     overlay = RouteOverlay.create()
     files = StoryFiles.create()
     storage = StoragePart.create()
-    return StoryboardLayout(status, bar, strip, form, buttons, inspector, overlay, files, storage, lines, style)
+    return StoryboardLayout(
+        status, bar, strip, form, buttons, inspector, overlay, files, storage, lines, style, control
+    )  # fmt: skip
 
 
 __all__ = ["ALL_LAYERS", "StoryboardLayout", "aspect_sizes", "layout_storyboard"]

@@ -7,7 +7,7 @@ import gradio as gr
 
 from ..common import notes_markdown, shows_errors
 from ..session import Sessions
-from .layout import StoryboardLayout
+from .layout import PAGE_FIT_CHOICES, StoryboardLayout
 from .panels import PRIVATE
 from .view import StoryboardView, for_display
 
@@ -22,7 +22,9 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
             raise ValueError("pick a panel first")
         studio = sessions.studio(request)
         studio.add_line(panel_id, text or "", speaker or None, kind or None)
-        done = notes_markdown([], "added the line; its bubble is placed by the speaker's region in the image")
+        done = notes_markdown(
+            studio.line_warnings(panel_id), "added the line; its bubble is placed by the speaker's region in the image"
+        )
         return {**view.render(studio, story_id, panel_id), status: done, lines.text: ""}
 
     @shows_errors(status)
@@ -39,8 +41,16 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
             raise ValueError("pick a panel first")
         studio = sessions.studio(request)
         studio.nudge_line(panel_id, int(number or 0) - 1, float(dx or 0), float(dy or 0))
-        done = notes_markdown([], "moved the bubble; the move is kept for every re-roll")
+        done = notes_markdown(studio.line_warnings(panel_id), "moved the bubble; the move is kept for every re-roll")
         return {**view.render(studio, story_id, panel_id), status: done}
+
+    @shows_errors(status)
+    def set_page_fit(panel_id, fit, request: gr.Request) -> dict:
+        if panel_id is None:
+            raise ValueError("pick a panel first")
+        panel = sessions.studio(request).set_panel_page_fit(panel_id, fit or "")
+        how = dict((value, label) for label, value in PAGE_FIT_CHOICES)[panel.page_fit]
+        return {status: notes_markdown([], f"panel {panel.position + 1} on the pages: {how}")}
 
     @shows_errors(status)
     def toggle(panel_id, show, request: gr.Request) -> dict:
@@ -66,4 +76,5 @@ def wire_lines(tab: StoryboardLayout, view: StoryboardView, sessions: Sessions) 
     lines.remove.click(remove_line, [story_pick, panel_pick, lines.number], tab.view_outputs, **PRIVATE)
     nudge_inputs = [story_pick, panel_pick, lines.number, lines.dx, lines.dy]
     lines.nudge.click(nudge_line, nudge_inputs, tab.view_outputs, **PRIVATE)
+    lines.page_fit.input(set_page_fit, [panel_pick, lines.page_fit], [status], **PRIVATE)
     lines.show_bubbles.input(toggle, [panel_pick, lines.show_bubbles], [tab.inspector.active_image, status], **PRIVATE)

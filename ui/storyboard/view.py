@@ -164,6 +164,7 @@ class StoryboardView:
             **out,
             **self._form(studio, panel, cast_choices),
             **self.style(studio, panel),
+            **self.control(studio, panel),
             **self._inspector(studio, panel, kept, version_id),
             **self.overlay(studio, version_id),
             **self._buttons(story=True, panel=True),
@@ -221,7 +222,9 @@ class StoryboardView:
             self.tab.lines.show_bubbles: True,
             self.tab.lines.speaker: gr.update(choices=[("Narration", "")], value=""),
             self.tab.lines.table: "",
+            self.tab.lines.page_fit: "",
             **self.style(None, None),
+            **self.control(None, None),
             **self.overlay(None, None),
             **self._buttons(story=story, panel=False),
         }
@@ -290,6 +293,25 @@ class StoryboardView:
             part.panel_negative: panel.negative,
         }
 
+    def control(self, studio, panel) -> dict:
+        """The panel's control picture, its kind and strength (or that it has none)."""
+        part = self.tab.control
+        if studio is None or panel is None or not panel.control:
+            summary = "" if panel is None else "No control picture: the panel is generated without a ControlNet."
+            return {part.current: None, part.summary: summary}
+        control = panel.control
+        summary = (
+            f"**{control['kind']}**, strength {control['strength']:g}: generation follows this picture "
+            "(ControlNet); every version keeps the picture it was made with."
+        )
+        picture = studio.control_picture(control)
+        return {
+            part.current: for_display(picture) if picture is not None else None,
+            part.summary: summary,
+            part.kind: control["kind"],
+            part.strength: control["strength"],
+        }
+
     def lines(self, studio, panel) -> dict:
         """The line list (numbered, with speaker and kind) and the speakers the panel's cast offers."""
         part = self.tab.lines
@@ -302,6 +324,7 @@ class StoryboardView:
             part.show_bubbles: True,
             part.speaker: gr.update(choices=speakers),
             part.table: "\n".join(rows) if rows else "*No lines yet: pick a speaker, type a line, click Add line.*",
+            part.page_fit: panel.page_fit,
         }
 
     @staticmethod
@@ -318,6 +341,9 @@ class StoryboardView:
             text += f"\n\nThe model saw: *{escape(settings.get('model_prompt', ''))}*"
             if settings.get("model_negative"):
                 text += f"\n\nNegative prompt: *{escape(settings['model_negative'])}*"
+            control = settings.get("control") or {}
+            if control:
+                text += f"\n\nControl picture: {escape(control['kind'])}, strength {control['strength']:g} (ControlNet)"
             for note in settings.get("notes", []):
                 text += f"\n\nNote: {escape(note)}"
         return text
