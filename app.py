@@ -175,7 +175,7 @@ def quiet_model_libraries() -> None:
 
 
 def loads_in_background(args: argparse.Namespace) -> bool:
-    """Preview mode serves its page first and loads the tiny model afterwards (a cold start within
+    """Preview mode serves its page first and loads the preview model afterwards (a cold start within
     seconds); a real model loads before the page, so that a bad path stops the app with a message."""
     return bool(args.preview and not args.workspaces)
 
