@@ -6,8 +6,8 @@
     HF_HUB_OFFLINE=1 .venv/bin/python bench/startup.py --full work/full-sdxl  # + the full-size model's load, per part
 
 Preview (each in a fresh process):
-- end to end: the README's `python app.py --preview` on a free port, first with no preview-model
-  cache and a new data folder (first start: the tiny model is built, the example cast encoded),
+- end to end: the README's `python app.py --preview` on a free port, first with a new data folder
+  (first start: the shipped preview model is loaded, the example cast encoded and story added),
   then again on both (restart); from the process start to the first HTTP 200 of the page.
 - phases: the same `app.main` in a driver that times, from the process start, each phase and the
   thread it ran in: the first import of torch, diffusers, transformers and gradio (each less the
@@ -73,7 +73,7 @@ def wait_for_page(url: str, started: float, timeout: float, process: subprocess.
 def end_to_end(data_dir: Path, cache: Path, timeout: float, app_root: Path) -> dict:
     """`python app.py --preview` (the README's command) to its first page, then stopped."""
     port = free_port()
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", ANYSTORY_PREVIEW_CACHE=str(cache))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     started = time.perf_counter()
     process = subprocess.Popen(
         [sys.executable, "app.py", "--preview", "--data-dir", str(data_dir), "--port", str(port)],
@@ -106,8 +106,7 @@ spans, imports = [], {}
 WATCH = ("torch", "diffusers", "transformers", "gradio")
 PATCH = {
     "anystory.storage": ["StudioDatabase.__init__"],
-    "anystory.studio": ["Studio.__init__", "Studio.add_example_cast", "load_pipeline"],
-    "anystory.preview_model": ["preview_model_files"],
+    "anystory.studio": ["Studio.__init__", "Studio.add_example_cast", "Studio.add_example_story", "load_pipeline"],
     "anystory.tiny": ["write_tiny_sdxl", "write_tiny_ip_adapter"],
     "anystory.pipeline": ["AnyStoryPipeline.from_pretrained"],
     "ui.app": ["build_app"],
@@ -184,8 +183,8 @@ os._exit(0)
 SPAN_LABELS = {
     "StudioDatabase.__init__": "Studio / database open (StudioDatabase)",
     "Studio.__init__": "Studio.__init__ (with the database)",
-    "load_pipeline": "the tiny model: find or build, then load (load_pipeline)",
-    "preview_model_files": "  the preview cache: find or build the tiny model",
+    "load_pipeline": "the preview model: load the shipped one (load_pipeline)",
+    "Studio.add_example_story": "example story (first start only)",
     "write_tiny_sdxl": "  build + save the tiny SDXL (write_tiny_sdxl)",
     "write_tiny_ip_adapter": "  build + save the tiny IP-Adapter (write_tiny_ip_adapter)",
     "AnyStoryPipeline.from_pretrained": "  load it (AnyStoryPipeline.from_pretrained)",
@@ -197,7 +196,7 @@ SPAN_LABELS = {
 
 
 def phases(data_dir: Path, cache: Path, timeout: float, app_root: Path) -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False", ANYSTORY_PREVIEW_CACHE=str(cache))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", GRADIO_ANALYTICS_ENABLED="False")
     argv = ["--preview", "--data-dir", str(data_dir), "--port", str(free_port())]
     started = time.time()
     out = subprocess.run(

@@ -1,7 +1,7 @@
 """Cold start (issue 19): `app.py --preview` serves its page before the model loads.
 
 What is tested is work done, not time: the page path imports no torch/diffusers/transformers,
-a start with the preview cache in place builds no model, generation waits for a model still
+a preview start builds no model (it loads the shipped one), generation waits for a model still
 loading (and says so) and fails cleanly when the load fails, and the page says "model loading…".
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 import app as app_module
-from anystory import preview_model, tiny
+from anystory import tiny
 from anystory.model_loading import ModelLoading
 from anystory.studio import GenerationCancelled, Studio, StudioError
 
@@ -38,39 +38,21 @@ def count_builds(monkeypatch) -> dict[str, int]:
     return calls
 
 
-def test_preview_start_builds_no_model_when_the_cache_has_it(tmp_path, monkeypatch):
-    monkeypatch.setenv(preview_model.CACHE_ENV, str(tmp_path / "cache"))
-    calls = count_builds(monkeypatch)
-    folder, ip_file = preview_model.preview_model_files()  # the first start anywhere: built once
-    assert calls == {"write_tiny_sdxl": 1, "write_tiny_ip_adapter": 1, "tiny_sdxl_components": 1}
-    assert (folder / "model_index.json").is_file() and ip_file.is_file()
-    assert [p.name for p in (tmp_path / "cache").iterdir()] == [folder.parent.name]  # no temporary left
+def test_preview_start_builds_no_model_it_loads_the_shipped_one(tmp_path, monkeypatch):
+    """Preview mode loads the trained model shipped under assets/ (issue 17): nothing is built or
+    trained at launch, in a new data folder or on a restart."""
+    from anystory.studio import preview_model_folder
 
-    for data_dir in ("a", "b"):  # a new data folder and a restart: found, not built
+    calls = count_builds(monkeypatch)
+    for data_dir in ("a", "a", "b"):  # a new data folder, a restart, another one
         args = app_module.parse_args(["--preview", "--data-dir", str(tmp_path / data_dir)])
         studio = app_module.open_preview_studio(args)
         pipeline = studio.model_loading.get(timeout=300)
-        studio.model_loading.wait(30)  # its callbacks (none here) have run
+        studio.model_loading.wait(30)  # its callbacks (the example cast and story) have run
         assert pipeline.unet is not None and studio.model_state == "ready"
+        assert Path(pipeline.name_or_path).resolve() == (preview_model_folder() / "base").resolve()
         studio.close()
-    assert calls == {"write_tiny_sdxl": 1, "write_tiny_ip_adapter": 1, "tiny_sdxl_components": 1}
-
-
-def test_preview_cache_key_follows_the_code_that_builds_it(tmp_path, monkeypatch):
-    key = preview_model.preview_model_key()
-    assert key == preview_model.preview_model_key() and len(key) == 16
-    changed = tmp_path / "tiny.py"
-    changed.write_bytes(preview_model.TINY_SOURCE.read_bytes() + b"\n# another config\n")
-    monkeypatch.setattr(preview_model, "TINY_SOURCE", changed)
-    assert preview_model.preview_model_key() != key
-
-
-def test_an_incomplete_cache_entry_is_built_again(tmp_path, monkeypatch):
-    calls = count_builds(monkeypatch)
-    folder, _ = preview_model.preview_model_files(tmp_path)
-    (folder / "model_index.json").unlink()  # a copy cut short
-    folder, ip_file = preview_model.preview_model_files(tmp_path)
-    assert calls["write_tiny_sdxl"] == 2 and (folder / "model_index.json").is_file() and ip_file.is_file()
+    assert calls == {"write_tiny_sdxl": 0, "write_tiny_ip_adapter": 0, "tiny_sdxl_components": 0}
 
 
 def test_the_page_path_imports_no_model_library(tmp_path):
