@@ -98,10 +98,12 @@ def store_lora_file(data_dir: str | Path, path: str | Path) -> str:
     return name
 
 
-def lora_setting(data_dir: str | Path, source, weight: float, *, panel: bool) -> dict:
+def lora_setting(data_dir: str | Path, source, weight: float, *, panel: bool, local_paths: bool = True) -> dict:
     """The `lora` setting for what a writer gave: None (the story's on a panel, none on a story),
     "none" (a panel without LoRA), a .safetensors file (stored by content), a local folder holding
-    one, a stored file's name, or a hub id. Everything is checked before a file is stored."""
+    one, a stored file's name, or a hub id. Everything is checked before a file is stored.
+    local_paths=False: no file or folder of this machine by name (what a browser or HTTP client
+    types; it uploads its file instead)."""
     if source is None or (isinstance(source, str) and not source.strip()):
         return {}
     text = str(source).strip()
@@ -111,6 +113,8 @@ def lora_setting(data_dir: str | Path, source, weight: float, *, panel: bool) ->
         return {"none": True}
     check_lora({"source": "loras/" + "0" * 64 + ".safetensors", "weight": weight})  # the weight, first
     path = Path(text).expanduser()
+    if not local_paths and not is_hub_id(text) and not is_stored_lora(text):
+        raise LoraFileError(f"{text!r} is not a hub id (owner/name): upload the .safetensors file instead")
     if path.suffix.lower() in PICKLE_SUFFIXES:
         raise LoraFileError(f"{path.name}: only .safetensors LoRA files are loaded (a pickle could run code)")
     if is_stored_lora(text) and (Path(data_dir) / text).is_file():

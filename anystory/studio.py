@@ -579,24 +579,25 @@ class Studio:
 
     # -- LoRA styles -----------------------------------------------------------------------------
 
-    def set_story_lora(self, story_id: int, source, weight: float = 1.0) -> Story:
+    def set_story_lora(self, story_id: int, source, weight: float = 1.0, *, local_paths: bool = True) -> Story:
         """The story's LoRA style: a .safetensors file (e.g. an upload; stored by content in the data
         folder), a local folder holding one, or a hub id (downloaded when first used); None or "":
-        none. Every panel follows it unless it has its own. Pickles are refused, nothing stored."""
+        none. Every panel follows it unless it has its own. Pickles are refused, nothing stored.
+        local_paths=False: a typed source must be a hub id (the UI and the HTTP API upload files)."""
         self._stories.get_story(story_id)  # an unknown story is refused before anything is stored
-        return self._stories.set_story_lora(story_id, self._lora_setting(source, weight, panel=False))
+        return self._stories.set_story_lora(story_id, self._lora_setting(source, weight, False, local_paths))
 
-    def set_panel_lora(self, panel_id: int, source, weight: float = 1.0) -> Panel:
+    def set_panel_lora(self, panel_id: int, source, weight: float = 1.0, *, local_paths: bool = True) -> Panel:
         """The panel's own LoRA (as `set_story_lora`), "none" for none whatever the story has, or
         None / "" to follow the story's again. Part of the generation settings: a change outdates it."""
         self._stories.get_panel(panel_id)
-        return self._stories.update_panel(panel_id, lora=self._lora_setting(source, weight, panel=True))
+        return self._stories.update_panel(panel_id, lora=self._lora_setting(source, weight, True, local_paths))
 
-    def _lora_setting(self, source, weight, *, panel: bool) -> dict:
+    def _lora_setting(self, source, weight, panel: bool, local_paths: bool) -> dict:
         if self.limits.max_bytes is not None and source not in (None, ""):
             self.limits.check_bytes(self._database.own_bytes())
         try:
-            return lora_setting(self.data_dir, source, weight, panel=panel)
+            return lora_setting(self.data_dir, source, weight, panel=panel, local_paths=local_paths)
         except ValueError as err:
             raise StudioError(str(err)) from err
 
