@@ -593,6 +593,26 @@ class Studio:
         self._stories.get_panel(panel_id)
         return self._stories.update_panel(panel_id, lora=self._lora_setting(source, weight, True, local_paths))
 
+    def set_story_lora_weight(self, story_id: int, weight: float) -> Story:
+        """A new weight for the story's LoRA (0: as if none)."""
+        lora = self._stories.get_story(story_id).lora
+        if not lora:
+            raise StudioError("this story has no LoRA: upload one first")
+        try:
+            return self._stories.set_story_lora(story_id, {**lora, "weight": weight})
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+
+    def set_panel_lora_weight(self, panel_id: int, weight: float) -> Panel:
+        """A new weight for the panel's own LoRA (0: as if none)."""
+        lora = self._stories.get_panel(panel_id).lora
+        if not lora.get("source"):
+            raise StudioError("this panel has no LoRA of its own: upload one first")
+        try:
+            return self._stories.update_panel(panel_id, lora={**lora, "weight": weight})
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+
     def _lora_setting(self, source, weight, panel: bool, local_paths: bool) -> dict:
         if self.limits.max_bytes is not None and source not in (None, ""):
             self.limits.check_bytes(self._database.own_bytes())
