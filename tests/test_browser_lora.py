@@ -1,5 +1,6 @@
 """LoRA styles in a real browser: upload a story's LoRA, generate, the version records it; a
-panel says "No LoRA"; a pickle is refused with a message (preview mode, a tiny LoRA built offline)."""
+panel says "No LoRA"; a pickle is refused with a message. And the /set_story_lora and
+/set_panel_lora endpoints on the same app (preview mode, a tiny LoRA built offline)."""
 
 from __future__ import annotations
 
@@ -71,3 +72,29 @@ def test_a_story_lora_uploaded_in_the_browser_styles_the_panel_and_its_version(a
     page.locator("#panel-lora-save").click()
     expect(page.locator("#panel-lora-summary")).to_contain_text("without a LoRA")
     assert studio.get_panel(panel.id).lora == {"none": True} and studio.get_panel(panel.id).status == "outdated"
+
+
+def test_the_lora_endpoints_take_an_upload_or_a_hub_id_never_a_server_path(app, tiny_folder, tmp_path):
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    studio, url = app
+    client = Client(url, verbose=False)
+    story = client.predict("Via the API", api_name="/create_story")
+    panel = client.predict(story["id"], "a lighthouse", "{}", api_name="/add_panel")
+    lora = write_tiny_lora(tiny_folder, tmp_path / "ink.safetensors")
+    styled = client.predict(story["id"], handle_file(str(lora)), "", 0.7, api_name="/set_story_lora")
+    assert styled["lora"]["weight"] == 0.7 and styled["lora"] == studio.get_story(story["id"]).lora
+    with pytest.raises(AppError, match="not a hub id"):
+        client.predict(panel["id"], None, str(lora.parent), 1.0, api_name="/set_panel_lora")
+    pickled = tmp_path / "style.safetensors"
+    torch.save({"lora.down.weight": torch.zeros(2)}, pickled)
+    with pytest.raises(AppError, match="is a pickle"):
+        client.predict(panel["id"], handle_file(str(pickled)), "", 1.0, api_name="/set_panel_lora")
+    hub = client.predict(panel["id"], None, "someone/sdxl-style", 0.5, api_name="/set_panel_lora")
+    assert hub["lora"] == {"source": "someone/sdxl-style", "weight": 0.5}
+    assert client.predict(panel["id"], None, "none", 1.0, api_name="/set_panel_lora")["lora"] == {"none": True}
+    _, version = client.predict(panel["id"], False, api_name="/generate_panel")
+    assert studio.get_version(version["id"]).settings["lora_used"] is None
+    assert client.predict(panel["id"], None, "", 1.0, api_name="/set_panel_lora")["lora"] == {}  # the story's
+    assert client.predict(story["id"], None, "", 1.0, api_name="/set_story_lora")["lora"] == {}
