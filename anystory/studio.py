@@ -40,6 +40,7 @@ from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
 from .lora_files import LoraFileError, lora_load_source, lora_setting
+from .lora_settings import is_stored_lora
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
@@ -617,9 +618,17 @@ class Studio:
         if self.limits.max_bytes is not None and source not in (None, ""):
             self.limits.check_bytes(self._database.own_bytes())
         try:
-            return lora_setting(self.data_dir, source, weight, panel=panel, local_paths=local_paths)
+            setting = lora_setting(self.data_dir, source, weight, panel=panel, local_paths=local_paths)
         except ValueError as err:
             raise StudioError(str(err)) from err
+        self._check_lora_source(setting)
+        return setting
+
+    def _check_lora_source(self, lora: dict | None) -> None:
+        """On a hosted app a LoRA is an uploaded file: no folder of the server, no hub download."""
+        source = (lora or {}).get("source")
+        if source and not self.limits.lora_by_name and not is_stored_lora(source):
+            raise StudioError(f"this app loads only uploaded LoRA files, not {source!r}: upload the .safetensors file")
 
     def panel_lora(self, panel: Panel) -> dict | None:
         """The LoRA a panel generates with ({"source", "weight"}, its own or the story's), or None."""
@@ -635,6 +644,7 @@ class Studio:
         pipe = self.pipeline
         loaded = dict(pipe.lora_weights)
         wanted = lora if lora and lora["weight"] != 0 else None
+        self._check_lora_source(wanted)  # a project archive may name one
         name = None if wanted is None else "style_" + hashlib.sha256(wanted["source"].encode()).hexdigest()[:16]
         for other, weight in loaded.items():
             if other != name and weight != 0:

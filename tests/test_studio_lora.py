@@ -194,3 +194,20 @@ def test_a_hub_lora_that_cannot_be_fetched_fails_the_panel_with_a_message(studio
     panel = studio.get_panel(panel.id)
     assert panel.status == "failed" and "could not be loaded" in panel.error
     assert studio.pipeline.lora_weights == {} or all(w == 0 for w in studio.pipeline.lora_weights.values())
+
+
+def test_a_hosted_app_takes_uploaded_lora_files_only(styled_pipe, loras, tmp_path):
+    from anystory.limits import Limits
+
+    hosted = Studio(tmp_path / "hosted", styled_pipe, preview=True, limits=Limits.hosted())
+    hosted.panel_defaults.update(width=64, height=64, steps=2)
+    story = hosted.create_story("Shared")
+    for source in ("someone/sdxl-ink-style", loras["neon"].parent):  # a download, a folder of the server
+        with pytest.raises(StudioError, match="only uploaded LoRA files"):
+            hosted.set_story_lora(story.id, source, 1.0)
+    assert hosted.get_story(story.id).lora == {}
+    assert hosted.set_story_lora(story.id, loras["ink"], 1.0).lora["source"].startswith("loras/")
+    panel = hosted.add_panel(story.id, "a bridge")
+    hosted.update_panel(panel.id, lora={"source": "someone/sdxl-ink-style", "weight": 1.0})  # as an archive may
+    with pytest.raises(StudioError, match="only uploaded LoRA files"):
+        hosted.generate_panel(panel.id)
