@@ -143,3 +143,15 @@ def lora_load_source(data_dir: str | Path, source: str) -> str:
     if not path.is_file():
         raise LoraFileError(f"the LoRA file {source} is missing from the data folder: set the LoRA again")
     return str(path)
+
+
+def lora_cache_key(source: str) -> str:
+    """What a loaded LoRA is known by: its source, and for a folder also its file's size and time,
+    so a LoRA changed in place is read again (a stored file's name is its content already)."""
+    if is_stored_lora(source) or is_hub_id(source):
+        return source
+    files = sorted(Path(source).glob("*.safetensors")) if Path(source).is_dir() else []
+    if len(files) != 1:
+        return source  # loading says what is wrong
+    stat = files[0].stat()
+    return f"{source}|{files[0].name}|{stat.st_size}|{stat.st_mtime_ns}"

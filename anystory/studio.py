@@ -39,7 +39,7 @@ from .control_settings import CONTROL_KINDS, check_control
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
-from .lora_files import LoraFileError, lora_load_source, lora_setting
+from .lora_files import LoraFileError, lora_cache_key, lora_load_source, lora_setting
 from .lora_settings import is_stored_lora
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_slot import ModelSlot, TurnCancelled
@@ -645,7 +645,8 @@ class Studio:
         loaded = dict(pipe.lora_weights)
         wanted = lora if lora and lora["weight"] != 0 else None
         self._check_lora_source(wanted)  # a project archive may name one
-        name = None if wanted is None else "style_" + hashlib.sha256(wanted["source"].encode()).hexdigest()[:16]
+        key = None if wanted is None else lora_cache_key(wanted["source"])
+        name = None if key is None else "style_" + hashlib.sha256(key.encode()).hexdigest()[:16]
         for other, weight in loaded.items():
             if other != name and weight != 0:
                 pipe.set_lora_weight(other, 0.0)

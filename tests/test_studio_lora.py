@@ -211,3 +211,19 @@ def test_a_hosted_app_takes_uploaded_lora_files_only(styled_pipe, loras, tmp_pat
     hosted.update_panel(panel.id, lora={"source": "someone/sdxl-ink-style", "weight": 1.0})  # as an archive may
     with pytest.raises(StudioError, match="only uploaded LoRA files"):
         hosted.generate_panel(panel.id)
+
+
+def test_a_folder_lora_changed_in_place_is_read_again(studio, tiny_folder, tmp_path, monkeypatch):
+    folder = tmp_path / "style"
+    write_tiny_lora(tiny_folder, folder / "style.safetensors", seed=2)
+    story = studio.create_story("Edited")
+    panel = studio.add_panel(story.id, "a hill")
+    studio.set_panel_lora(panel.id, folder, 1.0)
+    first = studio.generate_panel(panel.id)
+    loads = []
+    real = studio.pipeline.load_lora
+    monkeypatch.setattr(studio.pipeline, "load_lora", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert np.array_equal(pixels(studio.generate_panel(panel.id)), pixels(first)) and loads == []
+    write_tiny_lora(tiny_folder, folder / "style.safetensors", seed=3)  # the writer retrains it
+    again = studio.generate_panel(panel.id)
+    assert len(loads) == 1 and np.abs(pixels(again).astype(int) - pixels(first)).max() > 0
