@@ -150,15 +150,22 @@ def open_studio(args: argparse.Namespace):
     return WorkspaceSessions(workspaces, login=bool(os.environ.get("OAUTH_CLIENT_ID")))
 
 
-def quiet_libraries() -> None:
+def quiet_libraries(*, model_libraries: bool = True) -> None:
     """One clear line per problem and nothing else: the libraries' progress bars and advice a user
-    cannot act on (optional torchvision, dtype notes, hub retries) stay out of the terminal."""
+    cannot act on (optional torchvision, dtype notes, hub retries) stay out of the terminal.
+    model_libraries=False leaves diffusers and transformers unimported (`quiet_model_libraries`
+    does their part when the model loads)."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     import logging
 
     for name in ("diffusers", "transformers", "huggingface_hub", "accelerate", "httpx"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    if model_libraries:
+        quiet_model_libraries()
+
+
+def quiet_model_libraries() -> None:
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
@@ -167,9 +174,53 @@ def quiet_libraries() -> None:
         library.disable_progress_bar()
 
 
+def loads_in_background(args: argparse.Namespace) -> bool:
+    """Preview mode serves its page first and loads the tiny model afterwards (a cold start within
+    seconds); a real model loads before the page, so that a bad path stops the app with a message."""
+    return bool(args.preview and not args.workspaces)
+
+
+def open_preview_studio(args: argparse.Namespace):
+    """The Studio of a preview start, its model not loaded yet: `start_preview_model` loads it."""
+    from anystory.model_loading import ModelLoading
+    from anystory.studio import Studio, load_pipeline
+
+    def load():
+        quiet_model_libraries()
+        return load_pipeline(args.data_dir, preview=True, adapter=args.adapter)
+
+    # Public-weights mode (no --adapter) has no learned router: new panels use the prompt router.
+    loading = ModelLoading(load, default_router=None if args.adapter else "prompt", name="the preview model")
+    return Studio(args.data_dir, loading, preview=True, limits=args.limits)
+
+
+def start_preview_model(studio, args: argparse.Namespace) -> None:
+    """Load the preview model in the background; then the --dino scorer and, in an empty data
+    folder, the example cast (it needs the model to be encoded)."""
+    from anystory.studio import load_dino
+
+    def loaded(pipeline) -> None:
+        try:
+            studio.dino = load_dino(getattr(args, "dino", None), pipeline)
+            if not studio.character_names() and not studio.stories():
+                added = studio.add_example_cast()
+                print(f"preview mode: added the example cast ({', '.join(added)})", flush=True)
+        except Exception as err:  # the app keeps serving; the page shows the characters as they are
+            print(f"error: the example cast could not be added: {err}", file=sys.stderr, flush=True)
+
+    def failed(error: BaseException) -> None:
+        print(f"error: the model could not be loaded: {error}", file=sys.stderr, flush=True)
+
+    studio.model_loading.then(loaded, failed)
+    studio.model_loading.start()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    quiet_libraries()
+    background = loads_in_background(args)
+    quiet_libraries(model_libraries=not background)
+    if background:
+        return serve(args, open_preview_studio(args))
     from anystory.weights import CheckpointError, ModelLoadError
 
     try:
@@ -180,11 +231,13 @@ def main(argv: list[str] | None = None) -> int:
             print("hint: run `python app.py --preview` to try the app with the tiny offline model.", file=sys.stderr)
         return 2
 
-    from ui import build_app, launch_options
+    return serve(args, studio)  # (a preview without workspaces loads in the background: start_preview_model)
 
-    if not args.workspaces and studio.preview and not studio.character_names() and not studio.stories():
-        added = studio.add_example_cast()
-        print(f"preview mode: added the example cast ({', '.join(added)})")
+
+def serve(args: argparse.Namespace, studio) -> int:
+    """Build the UI around the Studio and serve it until Ctrl+C; a preview Studio's model starts
+    loading once the page is served."""
+    from ui import build_app, launch_options
 
     if args.mcp and not mcp_available():
         print("error: --mcp needs the MCP SDK: pip install 'mcp>=1.21,<2'", file=sys.stderr)
@@ -200,7 +253,9 @@ def main(argv: list[str] | None = None) -> int:
         **launch_options(studio),
     )
     print(f"AnyStory Studio is running at {demo.local_url}" + (f" and {demo.share_url}" if demo.share_url else ""))
-    print("Press Ctrl+C to stop.")
+    print("Press Ctrl+C to stop.", flush=True)
+    if loads_in_background(args):
+        start_preview_model(studio, args)
     try:
         demo.block_thread()
     except KeyboardInterrupt:

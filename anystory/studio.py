@@ -42,6 +42,7 @@ from .limits import LimitReached, Limits
 from .lora_files import LoraFileError, lora_cache_key, lora_load_source, lora_setting
 from .lora_settings import is_stored_lora
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
+from .model_loading import ModelLoading, ModelNotLoaded
 from .model_slot import ModelSlot, TurnCancelled
 from .names import name_key
 from .scores import LOW_SCORE, CharacterScore, PanelScores
@@ -156,7 +157,8 @@ class Studio:
         dino=None,
         low_score: float = LOW_SCORE,
     ):
-        """One data folder (a writer's cast and stories) on a loaded pipeline.
+        """One data folder (a writer's cast and stories) on a pipeline: a loaded one, or a
+        `ModelLoading` still loading it (the Studio opens at once; model calls wait for it).
 
         Several Studios (workspaces) can share one pipeline: give them one `model_slot`, so that
         one model call (encode or generate) runs at a time among them, the others waiting in line.
@@ -169,11 +171,11 @@ class Studio:
         self._database.guard = LimitsGuard(self._database, self.limits)
         self._library = Library(self._database)
         self._stories = Stories(self._database)
-        self.pipeline = pipeline
+        self._model = pipeline if isinstance(pipeline, ModelLoading) else ModelLoading.loaded(pipeline)
         self.preview = preview
         self.controlnet_sources = dict(CONTROLNET_SOURCES)  # control kind -> ControlNet (hub id, folder, file)
         self.keep_route_record = keep_route_record
-        self.panel_defaults = panel_defaults_for(pipeline, preview)
+        self._panel_defaults: dict | None = None
         self.encode_count = 0  # encoder passes made by this Studio (encode once: see tests)
         self._local = threading.local()  # per thread: `notes`
         self._encodings: dict[int, tuple[str, str, object]] = {}  # id -> (updated, encoder_id, encoding)
@@ -185,6 +187,61 @@ class Studio:
         self.scoring, self.dino, self.low_score = scoring, dino, low_score
         self._scorer = None  # consistency.Scorer, made on first use (it caches reference embeddings)
         self.styles: dict[str, Style] = load_styles()  # presets are data: assets/styles.json
+
+    @property
+    def pipeline(self):
+        """The pipeline, waiting for it while it loads; StudioError when it failed to load."""
+        try:
+            return self._model.get()
+        except ModelNotLoaded as err:
+            raise StudioError(str(err)) from err
+
+    @pipeline.setter
+    def pipeline(self, pipeline) -> None:
+        self._model = ModelLoading.loaded(pipeline)
+
+    @property
+    def model_loading(self) -> ModelLoading:
+        """The pipeline's loading (done from the start when the Studio was given a pipeline)."""
+        return self._model
+
+    @property
+    def model_state(self) -> str:
+        """"loading" (until the model has loaded and what waited for it has run: the example
+        cast), "ready" or "failed: <why>"."""
+        if not self._model.settled:
+            return "loading"
+        error = self._model.error
+        return "ready" if error is None else f"failed: {error}"
+
+    def wait_for_model(
+        self, progress: Callable[[float, str], None] | None = None, cancel: threading.Event | None = None
+    ) -> None:
+        """Wait while the model loads, saying so through `progress`; a cancel stops the wait."""
+        said = False
+        while not self._model.done:
+            if cancel is not None and cancel.is_set():
+                raise GenerationCancelled("cancelled while the model was loading")
+            if progress is not None and not said:
+                progress(0.0, "model loading…")
+                said = True
+            self._model.wait(0.2)
+        self.pipeline  # noqa: B018 (raises the StudioError of a failed load)
+
+    @property
+    def panel_defaults(self) -> dict:
+        """A new panel's size, steps, guidance and router (known while the model loads when the
+        loading says which router it will default to)."""
+        if self._panel_defaults is None:  # one dict, made once: callers may change it
+            router = self._model.default_router if not self._model.ready else None
+            if router is None:
+                router = self.pipeline.default_router
+            self._panel_defaults = dict(PREVIEW_PANEL if self.preview else REAL_PANEL, router=router)
+        return self._panel_defaults
+
+    @panel_defaults.setter
+    def panel_defaults(self, value: dict) -> None:
+        self._panel_defaults = dict(value)
 
     @property
     def notes(self) -> list[str]:
@@ -399,6 +456,8 @@ class Studio:
         """ "ready", "stale" (made by other weights than the loaded ones), "missing" or "failed"."""
         if not character.has_encoding:
             return "missing"
+        if not self._model.ready:  # whether it is stale is known once the model has loaded
+            return character.status
         if character.encoder_id != self.pipeline.encoder_id:
             return "stale"
         return character.status
@@ -944,6 +1003,7 @@ class Studio:
         panel = self._stories.get_panel(panel_id)
         self.limits.check_job(panel.width, panel.height, panel.steps)
         self.check_room("versions")
+        self.wait_for_model(progress, cancel)  # planning reads the model's limits and tokenizer
         self.plan_panel(panel)  # a bad prompt is refused before the job waits for the model
         with self._model_turn(progress, cancel):
             panel = self._stories.get_panel(panel_id)  # as it is now, after the wait
@@ -1577,20 +1637,15 @@ def load_pipeline(
     offload: bool = False,
     **pipeline_kwargs,
 ):
-    """The AnyStory pipeline a Studio runs on: the tiny offline one (kept under data_dir/models) in
-    preview mode, else `model` (hub id, folder or single file) with `adapter` (or public weights)."""
+    """The AnyStory pipeline a Studio runs on: the tiny offline one (built once, kept in the
+    preview cache: preview_model.py) in preview mode, else `model` (hub id, folder or single file)
+    with `adapter` (or public weights)."""
     from .pipeline import DEFAULT_BASE, AnyStoryPipeline
 
     if preview:
-        from .tiny import write_tiny_ip_adapter, write_tiny_sdxl
+        from .preview_model import preview_model_files
 
-        models = Path(data_dir) / "models"
-        folder = models / "tiny-sdxl"
-        if not (folder / "model_index.json").exists():
-            write_tiny_sdxl(folder)
-        ip_adapter = models / "tiny-ip-adapter-plus.safetensors"
-        if not ip_adapter.exists():
-            write_tiny_ip_adapter(folder, ip_adapter)
+        folder, ip_adapter = preview_model_files()
         pipeline = AnyStoryPipeline.from_pretrained(
             str(folder), adapter=adapter, ip_adapter=str(ip_adapter), local_files_only=True, **pipeline_kwargs
         )

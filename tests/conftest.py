@@ -12,6 +12,19 @@ from anystory.tiny import synthetic_subject as make_subject_image
 from anystory.tiny import write_tiny_ip_adapter, write_tiny_sdxl
 
 
+@pytest.fixture(scope="session", autouse=True)
+def preview_cache(tmp_path_factory):
+    """The preview model's cache (anystory/preview_model.py) in a temporary folder: tests never
+    write to the user's cache; the apps the tests start inherit it."""
+    old = os.environ.get("ANYSTORY_PREVIEW_CACHE")
+    os.environ["ANYSTORY_PREVIEW_CACHE"] = str(tmp_path_factory.mktemp("preview-cache"))
+    yield os.environ["ANYSTORY_PREVIEW_CACHE"]
+    if old is None:
+        os.environ.pop("ANYSTORY_PREVIEW_CACHE", None)
+    else:
+        os.environ["ANYSTORY_PREVIEW_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_folder(tmp_path_factory):
     return write_tiny_sdxl(tmp_path_factory.mktemp("models") / "tiny-sdxl")

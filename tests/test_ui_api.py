@@ -283,15 +283,15 @@ def test_start_up_says_one_clear_line_per_thing(tmp_path):
             line = app.stdout.readline()
             if line.strip():
                 lines.append(line.rstrip())
-            if "Press Ctrl+C" in line or app.poll() is not None:
+            if "example cast" in line or app.poll() is not None:
                 break
     finally:
         app.terminate()
         app.wait(30)
-    assert lines == [
-        "preview mode: added the example cast (Mia, Rex, Bolt)",
+    assert lines == [  # the page first; the model loads afterwards, then the example cast is encoded
         f"AnyStory Studio is running at http://127.0.0.1:{port}/",
         "Press Ctrl+C to stop.",
+        "preview mode: added the example cast (Mia, Rex, Bolt)",
     ], lines
 
 

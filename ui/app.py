@@ -6,6 +6,7 @@ demo.launch(**launch_options(studio))
 
 from __future__ import annotations
 
+import html
 from typing import Any
 
 import gradio as gr
@@ -28,6 +29,44 @@ def banner_html(text: str) -> str:
     )
 
 
+MODEL_LOADING = "Model loading… the page works meanwhile; generating and encoding start when it has loaded"
+MODEL_POLL_S = 1.0  # how often the page asks whether the model has loaded
+
+
+def model_status_html(state: str) -> str:
+    """What the page says about the model: nothing once it is ready."""
+    if state == "loading":
+        text = MODEL_LOADING
+    elif state.startswith("failed"):
+        text = "The model " + state.replace("failed: ", "failed to load: ", 1)
+    else:
+        return ""
+    return (
+        '<div id="model-status" role="status" style="background:#e7f1ff;color:#084298;border:1px solid #9ec5fe;'
+        f'border-radius:8px;padding:8px 14px">{html.escape(text)}</div>'
+    )
+
+
+def model_status_line(sessions: Sessions) -> tuple[gr.HTML, gr.Timer]:
+    """A line that says "model loading…" until the model has loaded, and the timer that asks."""
+    state = sessions.model_state
+    return gr.HTML(model_status_html(state)), gr.Timer(MODEL_POLL_S, active=state == "loading")
+
+
+def wire_model_status(sessions: Sessions, status: gr.HTML, timer: gr.Timer, refreshes: list) -> None:
+    """The line goes once the model has loaded, and the tabs redraw then (the example cast is
+    added when the model can encode it)."""
+    private: dict[str, Any] = {"api_visibility": "private"}
+
+    def poll():
+        state = sessions.model_state
+        return model_status_html(state), gr.Timer(active=state == "loading")
+
+    timer.tick(poll, None, [status, timer], **private)
+    for refresh, inputs, outputs in refreshes:
+        status.change(refresh, inputs, outputs, **private)  # once: when the line changes
+
+
 def sessions_for(studio) -> Sessions:
     """The app's way to find each caller's Studio: a Studio (one for everyone) or Sessions."""
     return studio if isinstance(studio, Sessions) else Sessions(studio)
@@ -46,6 +85,7 @@ def build_app(studio, *, example_cast_dir=None) -> gr.Blocks:
             "Keep a cast of characters and draw them consistently across the panels of a story. "
             "Add characters in **Characters**, then write panels that name them as `[Name]` in **Storyboard**."
         )
+        model_status, model_timer = model_status_line(sessions)
         register_api(sessions)  # first, so that the named endpoints keep their names
         bar = WorkspaceBar.create(sessions, sessions.browser_secret) if sessions.workspaces else None
         with gr.Tabs():
@@ -63,6 +103,7 @@ def build_app(studio, *, example_cast_dir=None) -> gr.Blocks:
                 demo.load(*refresh, **private)
         for (refresh, inputs, outputs), item in zip(refreshes, (characters_item, storyboard_item)):
             item.select(refresh, inputs, outputs, **private)
+        wire_model_status(sessions, model_status, model_timer, refreshes)
     demo.queue(default_concurrency_limit=1)  # model jobs wait in the Studio's own line (common.MODEL)
     return demo
 
@@ -78,4 +119,4 @@ def launch_options(studio) -> dict[str, Any]:
     }
 
 
-__all__ = ["PREVIEW_BANNER", "build_app", "launch_options"]
+__all__ = ["MODEL_LOADING", "PREVIEW_BANNER", "build_app", "launch_options", "model_status_html"]

@@ -47,6 +47,11 @@ class Sessions:
         return tuple(self._studio.routers)
 
     @property
+    def model_state(self) -> str:
+        """"loading", "ready" or "failed: <why>" (the model may load after the page is served)."""
+        return str(getattr(self._studio, "model_state", "ready"))
+
+    @property
     def limits(self) -> Any:
         return self._studio.limits
 
@@ -104,6 +109,10 @@ class WorkspaceSessions(Sessions):
     @property
     def routers(self) -> tuple[str, ...]:
         return tuple(self._workspaces.routers)
+
+    @property
+    def model_state(self) -> str:
+        return "ready"  # the shared pipeline is loaded before the app is built
 
     @property
     def limits(self) -> Any:
