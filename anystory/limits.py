@@ -40,6 +40,9 @@ class Limits:
     job_seconds: float | None = 30 * 60  # a running job is stopped after this long
     max_queue: int | None = None  # jobs waiting in the queue (gradio's max_size)
     expiry_days: float | None = None  # workspaces idle this long are deleted (hosted only)
+    # LoRAs named by a folder of this machine or a hub id (hosted: uploaded files only, so a
+    # stranger neither reads the server's folders nor fills its disk with downloads)
+    lora_by_name: bool = True
 
     @classmethod
     def local(cls, **overrides) -> Limits:
@@ -61,6 +64,7 @@ class Limits:
             job_seconds=5 * 60,
             max_queue=20,
             expiry_days=7,
+            lora_by_name=False,
         )
         return cls(**{**values, **overrides})
 

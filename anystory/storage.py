@@ -320,6 +320,20 @@ def _migration_8(db: sqlite_utils.Database) -> list[str]:
     return []
 
 
+def _migration_9(db: sqlite_utils.Database) -> list[str]:
+    """LoRA styles (issue 22): a story's LoRA ({} none, else source and weight) and a panel's ({}:
+    the story's, {"none": true}: none, else its own), as JSON (lora_settings.py); versions keep
+    theirs in their settings."""
+    _execute_all(
+        db,
+        """
+        ALTER TABLE stories ADD COLUMN lora TEXT NOT NULL DEFAULT '{}';
+        ALTER TABLE panels ADD COLUMN lora TEXT NOT NULL DEFAULT '{}';
+        """,
+    )
+    return []
+
+
 # Applied in order; never edit one that has shipped, append a new one. Each returns notices for the user.
 MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_1,
@@ -330,6 +344,7 @@ MIGRATIONS: list[Callable[[sqlite_utils.Database], list[str] | None]] = [
     _migration_6,
     _migration_7,
     _migration_8,
+    _migration_9,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -19,6 +19,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .archive import (
+    MAX_MEMBER_BYTES,
     MiB,
     StagedMembers,
     check_archive,
@@ -33,6 +34,8 @@ from .archive import (
 from .control_settings import check_control
 from .files import folder_bytes, open_atomic
 from .library import Library
+from .lora_files import MAX_LORA_BYTES, check_safetensors, file_sha256
+from .lora_settings import check_lora, stored_lora_files
 from .mentions import mentioned_names, rename_mentions
 from .names import name_key
 from .scores import PanelScores
@@ -66,9 +69,10 @@ PANEL_DEFAULTS: dict[str, Any] = {
     "style": "",  # a style preset id (styles.py); "": the story's
     "negative": "",  # the panel's own negative prompt, added to the style's and the story's
     "control": {},  # {} or {"kind", "strength", "image"}: the ControlNet picture (control_settings.py)
+    "lora": {},  # {} (the story's), {"none": True} or {"source", "weight"}: the LoRA style (lora_settings.py)
 }
 MAX_NEGATIVE_CHARS = 2000
-_JSON_FIELDS = ("characters", "strengths", "layout", "control")
+_JSON_FIELDS = ("characters", "strengths", "layout", "control", "lora")
 
 
 # -- records --------------------------------------------------------------------------------------
@@ -82,6 +86,7 @@ class Story:
     updated: str
     style: str = ""  # a style preset id (styles.py); "": none
     negative: str = ""  # the story's negative prompt
+    lora: dict = field(default_factory=dict)  # {} or {"source", "weight"}: the story's LoRA (lora_settings.py)
 
 
 @dataclass
@@ -108,6 +113,7 @@ class Panel:
     updated: str = ""
     lines: list[dict] = field(default_factory=list)  # see check_lines; not a generation setting
     control: dict = field(default_factory=dict)  # {} or {"kind", "strength", "image"} (control_settings.py)
+    lora: dict = field(default_factory=dict)  # {}: the story's; {"none": True}; or {"source", "weight"}
     page_fit: str = ""  # how it meets its page cell: "" (the export's choice) or a pages.FITS; not a generation setting
 
     def generation_settings(self) -> dict[str, Any]:
@@ -226,6 +232,8 @@ def check_setting(key: str, value: Any) -> Any:
         return value.strip()
     if key == "control":
         return check_control(value)
+    if key == "lora":
+        return check_lora(value, panel=True)
     if key == "layout":
         if not isinstance(value, dict):
             raise ValueError("layout must map character ids to boxes [x0, y0, x1, y1]")
@@ -316,6 +324,16 @@ def _control_pictures(panel_settings: list[dict], versions: list[dict]) -> list[
     return sorted(n for n in names if n)
 
 
+def _lora_files(story: dict, panel_settings: list[dict], versions: list[dict]) -> list[str]:
+    """The stored LoRA files that the story, its panels and their versions name, each once."""
+    values = [story.get("lora") or {}, *(s.get("lora") or {} for s in panel_settings)]
+    for version in versions:
+        for key in ("lora", "lora_used"):
+            if version["settings"].get(key):
+                values.append(check_lora(version["settings"][key], panel=key == "lora"))
+    return stored_lora_files(values)
+
+
 def _json_dump(value: Any, what: str) -> str:
     try:
         return json.dumps(value, sort_keys=True, allow_nan=False)
@@ -348,6 +366,7 @@ class Stories:
             updated=row["updated"],
             style=row.get("style") or "",
             negative=row.get("negative") or "",
+            lora=json.loads(row.get("lora") or "{}"),
         )
 
     @staticmethod
@@ -377,6 +396,7 @@ class Stories:
             updated=row["updated"],
             lines=json.loads(row.get("lines") or "[]"),
             control=json.loads(row.get("control") or "{}"),
+            lora=json.loads(row.get("lora") or "{}"),
             page_fit=row.get("page_fit") or "",
         )
 
@@ -443,6 +463,22 @@ class Stories:
                 self.db.execute(
                     "UPDATE panels SET status = 'outdated' WHERE story_id = ? AND status = 'ready'"
                     " AND active_version_id IS NOT NULL",
+                    [story_id],
+                )
+        return self.get_story(story_id)
+
+    def set_story_lora(self, story_id: int, lora: dict) -> Story:
+        """The story's LoRA ({} none, or {"source", "weight"}: the caller stored the file). A change
+        outdates every ready panel that follows the story's LoRA (a panel with its own keeps its image)."""
+        checked = check_lora(lora, panel=False)
+        text = json.dumps(checked, sort_keys=True)
+        with self.database.transaction():
+            row = self._row("stories", story_id, "story")
+            if json.dumps(json.loads(row.get("lora") or "{}"), sort_keys=True) != text:
+                self.db["stories"].update(story_id, {"lora": text, "updated": now()})
+                self.db.execute(
+                    "UPDATE panels SET status = 'outdated' WHERE story_id = ? AND status = 'ready'"
+                    " AND active_version_id IS NOT NULL AND lora = '{}'",
                     [story_id],
                 )
         return self.get_story(story_id)
@@ -846,6 +882,7 @@ class Stories:
                     )
             existing = {r[0] for r in self.db.execute("SELECT id FROM characters")}
             records = self.library.archive_records(sorted(cast & existing))
+            story = {**story, "lora": json.loads(story.get("lora") or "{}")}
             project = {
                 "format": PROJECT_FORMAT,
                 "format_version": PROJECT_VERSION,
@@ -861,6 +898,8 @@ class Stories:
                         if version[key]:
                             archive.write(self.database.data_dir / version[key], version[key])
                 for member in _control_pictures(panels, versions):  # stored once by content
+                    archive.write(self.database.data_dir / member, member)
+                for member in _lora_files(story, panels, versions):  # LoRA files too (uploads only)
                     archive.write(self.database.data_dir / member, member)
         return path
 
@@ -882,6 +921,7 @@ class Stories:
             "title": self._title(story.get("title")),
             "style": check_setting("style", story.get("style") or ""),
             "negative": check_setting("negative", story.get("negative") or ""),
+            "lora": self._checked(lambda: check_lora(story.get("lora") or {}, panel=False), f"{PROJECT_JSON} story"),
             "created": str(story.get("created") or now()),
             "updated": str(story.get("updated") or now()),
         }
@@ -967,7 +1007,20 @@ class Stories:
         missing = [member for member in controls if member not in members]
         if missing:
             raise ValueError(f"{PROJECT_JSON}: the archive lacks the control picture {missing[0]!r}")
-        return {"story": checked_story, "panels": panels, "versions": versions, "controls": controls}
+        loras = self._checked(
+            lambda: _lora_files(checked_story, [p["settings"] for p in panels], versions), f"{PROJECT_JSON} versions"
+        )
+        missing = [member for member in loras if member not in members]
+        if missing:
+            raise ValueError(f"{PROJECT_JSON}: the archive lacks the LoRA file {missing[0]!r}")
+        return {"story": checked_story, "panels": panels, "versions": versions, "controls": controls, "loras": loras}
+
+    @staticmethod
+    def _checked(check: Callable[[], Any], where: str) -> Any:
+        try:
+            return check()
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{where}: {err}") from err
 
     def _is_empty(self) -> bool:
         return not any(
@@ -987,16 +1040,17 @@ class Stories:
         with a taken name is renamed ("Mia (2)"), prompts following.
         """
         with read_archive(path) as archive:
-            members = check_archive(archive)
+            members = check_archive(archive, max_member=max(MAX_MEMBER_BYTES, MAX_LORA_BYTES))  # kinds' limits: stage
             project = self._check_project(archive, members)
             records = self.library.check_archive_records(archive, members)
             needed = self.library.archived_members(records)
             needed += [member for version in project["versions"] for member in version["files"].values()]
-            needed += project["controls"]
+            needed += project["controls"] + project["loras"]
             with staged_members(archive, members, self.database.data_dir, needed) as staged:
                 self.library.stage_records(staged, records, check_picture)
                 self._stage_versions(staged, project["versions"], check_picture)
                 self._stage_controls(staged, project["controls"], check_picture)
+                self._stage_loras(staged, project["loras"])
                 with self.database.transaction() as tx:
                     story_id = self._insert_project(tx, staged, project, records)
         return self.get_story(story_id)
@@ -1027,9 +1081,20 @@ class Stories:
             if hashlib.sha256(path.read_bytes()).hexdigest() != PurePosixPath(member).stem:
                 raise ValueError(f"{what} does not hold the picture its name says (its SHA-256 differs)")
 
+    @staticmethod
+    def _stage_loras(staged: StagedMembers, loras: list[str]) -> None:
+        """Stream the LoRA files in; each must be a safetensors file (by content: never a pickle)
+        whose SHA-256 is its name (how they are stored)."""
+        for member in loras:
+            what = f"the LoRA file {member}"
+            path = staged.stage(member, MAX_LORA_BYTES, what)
+            check_safetensors(path, what)
+            if file_sha256(path) != PurePosixPath(member).stem:
+                raise ValueError(f"{what} does not hold the file its name says (its SHA-256 differs)")
+
     def _insert_project(self, tx: Transaction, staged: StagedMembers, project: dict, records: list[dict]) -> int:
         """The rows and files of a checked, staged project (inside the import's transaction)."""
-        for member in project["controls"]:  # by content: one already here is the same picture
+        for member in project["controls"] + project["loras"]:  # by content: one already here is the same file
             if not (self.database.data_dir / member).exists():
                 tx.move_in(staged.path(member), PurePosixPath(member))
         keep = self._is_empty()
@@ -1043,6 +1108,7 @@ class Stories:
                     renamed[before[old_id]] = new_name
         story = project["story"]
         row = {k: story[k] for k in ("title", "created", "updated", "style", "negative")}
+        row["lora"] = json.dumps(story["lora"], sort_keys=True)
         if keep:
             row["id"] = story["id"]
         story_id = int(self.db["stories"].insert(row).last_pk)

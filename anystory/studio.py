@@ -15,6 +15,7 @@ are detected as stale and re-encoded on first use, with a note.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,6 +39,8 @@ from .control_settings import CONTROL_KINDS, check_control
 from .files import DiskFull
 from .library import Character, CharacterNotFound, Library
 from .limits import LimitReached, Limits
+from .lora_files import LoraFileError, lora_cache_key, lora_load_source, lora_setting
+from .lora_settings import is_stored_lora
 from .mentions import iter_mentions, mentioned_names, resolve_mentions
 from .model_loading import ModelLoading, ModelNotLoaded
 from .model_slot import ModelSlot, TurnCancelled
@@ -652,6 +655,95 @@ class Studio:
             "controlnet_conditioning_scale": float(panel.control["strength"]),
         }
 
+    # -- LoRA styles -----------------------------------------------------------------------------
+
+    def set_story_lora(self, story_id: int, source, weight: float = 1.0, *, local_paths: bool = True) -> Story:
+        """The story's LoRA style: a .safetensors file (e.g. an upload; stored by content in the data
+        folder), a local folder holding one, or a hub id (downloaded when first used); None or "":
+        none. Every panel follows it unless it has its own. Pickles are refused, nothing stored.
+        local_paths=False: a typed source must be a hub id (the UI and the HTTP API upload files)."""
+        self._stories.get_story(story_id)  # an unknown story is refused before anything is stored
+        return self._stories.set_story_lora(story_id, self._lora_setting(source, weight, False, local_paths))
+
+    def set_panel_lora(self, panel_id: int, source, weight: float = 1.0, *, local_paths: bool = True) -> Panel:
+        """The panel's own LoRA (as `set_story_lora`), "none" for none whatever the story has, or
+        None / "" to follow the story's again. Part of the generation settings: a change outdates it."""
+        self._stories.get_panel(panel_id)
+        return self._stories.update_panel(panel_id, lora=self._lora_setting(source, weight, True, local_paths))
+
+    def set_story_lora_weight(self, story_id: int, weight: float) -> Story:
+        """A new weight for the story's LoRA (0: as if none)."""
+        lora = self._stories.get_story(story_id).lora
+        if not lora:
+            raise StudioError("this story has no LoRA: upload one first")
+        try:
+            return self._stories.set_story_lora(story_id, {**lora, "weight": weight})
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+
+    def set_panel_lora_weight(self, panel_id: int, weight: float) -> Panel:
+        """A new weight for the panel's own LoRA (0: as if none)."""
+        lora = self._stories.get_panel(panel_id).lora
+        if not lora.get("source"):
+            raise StudioError("this panel has no LoRA of its own: upload one first")
+        try:
+            return self._stories.update_panel(panel_id, lora={**lora, "weight": weight})
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+
+    def _lora_setting(self, source, weight, panel: bool, local_paths: bool) -> dict:
+        if self.limits.max_bytes is not None and source not in (None, ""):
+            self.limits.check_bytes(self._database.own_bytes())
+        try:
+            setting = lora_setting(self.data_dir, source, weight, panel=panel, local_paths=local_paths)
+        except ValueError as err:
+            raise StudioError(str(err)) from err
+        self._check_lora_source(setting)
+        return setting
+
+    def _check_lora_source(self, lora: dict | None) -> None:
+        """On a hosted app a LoRA is an uploaded file: no folder of the server, no hub download."""
+        source = (lora or {}).get("source")
+        if source and not self.limits.lora_by_name and not is_stored_lora(source):
+            raise StudioError(f"this app loads only uploaded LoRA files, not {source!r}: upload the .safetensors file")
+
+    def panel_lora(self, panel: Panel) -> dict | None:
+        """The LoRA a panel generates with ({"source", "weight"}, its own or the story's), or None."""
+        if panel.lora.get("none"):
+            return None
+        lora = panel.lora or self._stories.get_story(panel.story_id).lora
+        return dict(lora) if lora else None
+
+    def _use_lora(self, lora: dict | None) -> None:
+        """Put the panel's LoRA on the pipeline (the caller holds the model turn). A loaded LoRA
+        stays loaded, by source, so panels in a row do not read it again; a panel without one sets
+        its weight to 0 (exactly the pipeline without it). One LoRA is kept at a time (memory)."""
+        pipe = self.pipeline
+        loaded = dict(pipe.lora_weights)
+        wanted = lora if lora and lora["weight"] != 0 else None
+        self._check_lora_source(wanted)  # a project archive may name one
+        key = None if wanted is None else lora_cache_key(wanted["source"])
+        name = None if key is None else "style_" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        for other, weight in loaded.items():
+            if other != name and weight != 0:
+                pipe.set_lora_weight(other, 0.0)
+        if wanted is None:
+            return
+        if name in loaded:
+            if loaded[name] != wanted["weight"]:
+                pipe.set_lora_weight(name, wanted["weight"])
+            return
+        if loaded:
+            pipe.unload_lora()
+        try:
+            pipe.load_lora(lora_load_source(self.data_dir, wanted["source"]), wanted["weight"], adapter_name=name)
+        except Exception as err:
+            with contextlib.suppress(Exception):  # no half-loaded LoRA stays behind
+                pipe.unload_lora()
+            if isinstance(err, LoraFileError):
+                raise StudioError(str(err)) from err
+            raise StudioError(f"the LoRA {wanted['source']} could not be loaded: {err}") from err
+
     def _check_cast_ids(self, settings: dict) -> None:
         """Refuse a panel's characters / strengths / layout naming a character that does not
         exist (as the HTTP API does): CharacterNotFound lists the known names."""
@@ -970,6 +1062,8 @@ class Studio:
         subjects = [self.character_encoding(c) for c in plan.character_ids]
         arguments = self._router_arguments(panel, plan)
         arguments.update(self._control_arguments(panel))
+        lora = self.panel_lora(panel)
+        self._use_lora(lora)
         if plan.character_ids:
             arguments["subject_scales"] = [float(panel.strengths.get(c, 1.0)) for c in plan.character_ids]
             arguments["return_route_record"] = self.keep_route_record
@@ -1019,6 +1113,7 @@ class Studio:
             "subject_names": names,
             "router_used": arguments["router"] if plan.character_ids else None,
             "controlnet_used": arguments.get("controlnet"),
+            "lora_used": lora,
             "notes": list(self.notes),
         }
         return self._stories.add_version(

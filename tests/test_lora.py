@@ -119,7 +119,7 @@ def test_lora_and_controlnet_together_equal_diffusers(styled, tiny_folder, lora_
     LoRA; with subjects the routes are still recorded."""
     from diffusers import ControlNetModel, StableDiffusionXLControlNetPipeline
 
-    from anystory.tiny import edge_picture, write_tiny_controlnet
+    from anystory.tiny_control import edge_picture, write_tiny_controlnet
 
     controlnet = write_tiny_controlnet(tiny_folder, tmp_path / "cn")
     reference = StableDiffusionXLControlNetPipeline.from_pretrained(

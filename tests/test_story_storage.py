@@ -365,3 +365,49 @@ def test_project_json_paths_and_references_are_checked(stories, tmp_path):
         with pytest.raises(ValueError, match=message):
             target.import_project(add_member(good, tmp_path / "bad.zip", "", b"", edit), check_picture=check_stored_picture)
     assert all(not r for r in rows(target.database).values()) and data_files(target.database.data_dir) == {}
+
+
+# -- LoRA settings (issue 22) ------------------------------------------------------------------------
+
+
+def test_migration_9_gives_stories_and_panels_no_lora(tmp_path):
+    import sqlite_utils
+
+    from anystory import storage
+    from anystory.storage import migrate
+
+    data = tmp_path / "data"
+    data.mkdir()
+    old = sqlite_utils.Database(data / DB_NAME)
+    assert migrate(old, target=8) == 8  # the schema before LoRAs
+    old["stories"].insert({"id": 1, "title": "s", "created": "", "updated": ""})
+    old["panels"].insert({"id": 1, "story_id": 1, "position": 0, "seed": 0, "steps": 2, "guidance": 5.0,
+                          "width": 64, "height": 64, "router": "prompt", "status": "ready", "created": "",
+                          "updated": ""})  # fmt: skip
+    old.close()
+    database = StudioDatabase(data)
+    assert database.schema_version == storage.SCHEMA_VERSION == 9
+    stories = Stories(database)
+    assert stories.get_story(1).lora == {} and stories.get_panel(1).lora == {}
+    assert stories.get_panel(1).generation_settings()["lora"] == {}
+
+
+def test_lora_settings_are_checked():
+    from anystory.lora_settings import check_lora
+
+    stored = "loras/" + "a" * 64 + ".safetensors"
+    assert check_lora({"source": stored, "weight": 1}) == {"source": stored, "weight": 1.0}
+    assert check_lora({"source": "owner/sdxl-style"}) == {"source": "owner/sdxl-style", "weight": 1.0}
+    assert check_lora({"none": True}) == {"none": True} and check_lora(None) == {}
+    for bad, message in [
+        ({"source": "loras/x.safetensors"}, "neither a stored LoRA file"),
+        ({"source": "owner/style.ckpt"}, "a pickle could run code"),
+        ({"source": "relative/folder/style"}, "neither a stored LoRA file"),
+        ({"source": stored, "weight": float("nan")}, "must be a number"),
+        ({"source": stored, "scale": 1}, "unknown keys"),
+        ([stored], "must be an object"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            check_lora(bad)
+    with pytest.raises(ValueError, match="unknown keys"):
+        check_lora({"none": True}, panel=False)  # a story has no "none": it has {} for none

@@ -69,7 +69,7 @@ def test_no_import_cycle_among_anystory_modules():
 def test_storage_floor_imports_nothing_above_it():
     graph = anystory_graph()
     floor = {"anystory.files", "anystory.names", "anystory.archive", "anystory.mentions", "anystory.storage"}
-    floor |= {"anystory.scores", "anystory.control_settings"}
+    floor |= {"anystory.scores", "anystory.control_settings", "anystory.lora_settings", "anystory.lora_files"}
     for name in floor:
         assert graph[name] <= floor, f"{name} imports {sorted(graph[name] - floor)}"
     assert graph["anystory.library"] <= floor

@@ -96,6 +96,7 @@ def panel_dict(studio, panel) -> dict:
         "style": panel.style,
         "negative": panel.negative,
         "control": dict(panel.control),  # {} or {kind, strength, image (the stored picture's name)}
+        "lora": dict(panel.lora),  # {} (the story's), {"none": true} or {source, weight}
         "lines": [{**line, "speaker": name(line["speaker"]) if line["speaker"] else ""} for line in panel.lines],
         "status": panel.status,
         "error": panel.error,
@@ -105,7 +106,20 @@ def panel_dict(studio, panel) -> dict:
 
 
 def story_dict(studio, story) -> dict:
-    return {"id": story.id, "title": story.title, "panels": [panel_dict(studio, p) for p in studio.panels(story.id)]}
+    return {
+        "id": story.id,
+        "title": story.title,
+        "lora": dict(story.lora),  # {} (none) or {source, weight}
+        "panels": [panel_dict(studio, p) for p in studio.panels(story.id)],
+    }
+
+
+def lora_choice(lora_file: str | None, source: str | None) -> tuple[str | None, bool]:
+    """What a client gave for a LoRA: its uploaded file (a path the server made), else the typed
+    source (a hub id, or "none" on a panel), never a path of the server's own by name."""
+    if lora_file:
+        return lora_file, True
+    return (source or "").strip() or None, False
 
 
 def parse_settings(studio, settings: Any) -> dict:
@@ -261,6 +275,26 @@ class StoryEndpoints:
             int(panel_id), image, kind, float(strength), edges_from_photo=bool(edges_from_photo)
         )
         return panel_dict(studio, panel)
+
+    @api_errors
+    def set_story_lora(
+        self, story_id: int, lora_file: str | None, source: str = "", weight: float = 1.0, request: gr.Request = None
+    ) -> dict:
+        """A story's LoRA style: an uploaded .safetensors file, or source a hub id (owner/name);
+        neither: none. Weight -2 to 2. Pickles (.bin, .pt, .ckpt, or by content) are refused."""
+        studio = self.sessions.studio(request)
+        given, is_upload = lora_choice(lora_file, source)
+        return story_dict(studio, studio.set_story_lora(int(story_id), given, float(weight), local_paths=is_upload))
+
+    @api_errors
+    def set_panel_lora(
+        self, panel_id: int, lora_file: str | None, source: str = "", weight: float = 1.0, request: gr.Request = None
+    ) -> dict:
+        """A panel's own LoRA (as set_story_lora), source "none" for none whatever the story has,
+        or neither file nor source to follow the story's again."""
+        studio = self.sessions.studio(request)
+        given, is_upload = lora_choice(lora_file, source)
+        return panel_dict(studio, studio.set_panel_lora(int(panel_id), given, float(weight), local_paths=is_upload))
 
     @api_errors
     def move_panel(self, panel_id: int, position: int, request: gr.Request = None) -> list[dict]:
@@ -552,6 +586,11 @@ def register_file_endpoints(characters: CharacterEndpoints, stories: StoryEndpoi
         from_photo = gr.Checkbox(label="edges_from_photo", value=False)
     inputs = [panel_id, image, kind, strength, from_photo]
     gr.on([], stories.set_panel_control, inputs, result, api_name="set_panel_control")
+    with gr.Column(visible=False):
+        lora_file = gr.File(label="lora_file", type="filepath")
+        source, weight = gr.Textbox(label="source", value=""), gr.Number(label="weight", value=1.0)
+    gr.on([], stories.set_story_lora, [story_id, lora_file, source, weight], result, api_name="set_story_lora")
+    gr.on([], stories.set_panel_lora, [panel_id, lora_file, source, weight], result, api_name="set_panel_lora")
     with gr.Column(visible=False):
         layout, title_page = gr.Textbox(label="layout", value="grid"), gr.Checkbox(label="title_page", value=False)
         fit = gr.Textbox(label="fit", value="auto")

@@ -10,6 +10,7 @@ Cancel, versions, the router's overlay, exports and imports.
     files.py       export and import
     lines.py       a panel's lines (speech bubbles): add, remove, show / hide
     control.py     a panel's control picture (ControlNet): use one, edges from a photo, remove
+    lora.py        LoRA styles: the story's, a panel's own or none, with weights
     storage.py     the data folder's size and free space; delete old versions
 """
 
@@ -23,6 +24,7 @@ from .files import wire_files
 from .generation import Generation
 from .layout import StoryboardLayout, layout_storyboard
 from .lines import wire_lines
+from .lora import wire_lora
 from .panels import wire_panels, wire_stories
 from .storage import wire_storage
 from .versions import wire_versions
@@ -50,6 +52,7 @@ def build_storyboard_tab(sessions: Sessions) -> StoryboardTab:
     wire_storage(tab, view, sessions)
     wire_lines(tab, view, sessions)
     wire_control(tab, view, sessions)
+    wire_lora(tab, view, sessions)
     return StoryboardTab(refresh=refresh, inputs=[tab.bar.story_pick, tab.strip.panel_pick], outputs=tab.view_outputs)
 
 

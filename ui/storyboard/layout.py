@@ -446,6 +446,7 @@ class StylePart:
     panel_style: gr.Dropdown
     panel_negative: gr.Textbox
     save: gr.Button
+    lora: LoraPart
 
     @classmethod
     def create(cls) -> StylePart:
@@ -456,11 +457,68 @@ class StylePart:
             story_negative = gr.Textbox(label="Story negative prompt", lines=1, elem_id="story-negative")
             panel_negative = gr.Textbox(label="This panel's negative prompt", lines=1, elem_id="panel-negative")
             save = gr.Button("Save style", size="sm", elem_id="save-style")
-        return cls(story_style, story_negative, panel_style, panel_negative, save)
+            lora = LoraPart.create()
+        return cls(story_style, story_negative, panel_style, panel_negative, save, lora)
 
     @property
     def outputs(self) -> list:
-        return [self.story_style, self.story_negative, self.panel_style, self.panel_negative]
+        return [self.story_style, self.story_negative, self.panel_style, self.panel_negative, *self.lora.outputs]
+
+
+PANEL_LORA_CHOICES = [("The story's LoRA", "story"), ("Its own LoRA", "own"), ("No LoRA", "none")]
+
+
+@dataclass
+class LoraPart:
+    """LoRA styles (SDXL, .safetensors only): the story's, and the panel's own or none, with weights."""
+
+    story_summary: gr.Markdown
+    story_file: gr.File
+    story_source: gr.Textbox
+    story_weight: gr.Slider
+    story_save: gr.Button
+    story_remove: gr.Button
+    panel_summary: gr.Markdown
+    panel_choice: gr.Radio
+    panel_file: gr.File
+    panel_source: gr.Textbox
+    panel_weight: gr.Slider
+    panel_save: gr.Button
+
+    @classmethod
+    def create(cls) -> LoraPart:
+        gr.Markdown("**LoRA style** (an SDXL LoRA, .safetensors only: a pickle could run code)")
+        story_summary = gr.Markdown(elem_id="story-lora-summary")
+        with gr.Row(equal_height=False):
+            story_file = gr.File(
+                label="Story LoRA file (.safetensors)", file_types=[".safetensors"], type="filepath",
+                height=90, elem_id="story-lora-file",
+            )  # fmt: skip
+            story_source = gr.Textbox(label="…or a hub id (owner/name)", lines=1, elem_id="story-lora-source")
+        story_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="Story LoRA weight (0 = no effect)",
+                                 elem_id="story-lora-weight")  # fmt: skip
+        with gr.Row():
+            story_save = gr.Button("Use for the story", size="sm", elem_id="story-lora-save")
+            story_remove = gr.Button("Remove the story's LoRA", size="sm", variant="stop", elem_id="story-lora-remove")
+        panel_summary = gr.Markdown(elem_id="panel-lora-summary")
+        panel_choice = gr.Radio(PANEL_LORA_CHOICES, value="story", label="This panel", elem_id="panel-lora-choice")
+        with gr.Row(equal_height=False):
+            panel_file = gr.File(
+                label="The panel's own LoRA file (.safetensors)", file_types=[".safetensors"], type="filepath",
+                height=90, elem_id="panel-lora-file",
+            )  # fmt: skip
+            panel_source = gr.Textbox(label="…or a hub id (owner/name)", lines=1, elem_id="panel-lora-source")
+        panel_weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="The panel's LoRA weight",
+                                 elem_id="panel-lora-weight")  # fmt: skip
+        panel_save = gr.Button("Save the panel's LoRA", size="sm", elem_id="panel-lora-save")
+        return cls(
+            story_summary, story_file, story_source, story_weight, story_save, story_remove,
+            panel_summary, panel_choice, panel_file, panel_source, panel_weight, panel_save,
+        )  # fmt: skip
+
+    @property
+    def outputs(self) -> list:
+        return [self.story_summary, self.story_weight, self.panel_summary, self.panel_choice, self.panel_weight]
 
 
 CONTROL_KINDS = ("edges", "pose", "depth", "scribble")  # as the Studio's control settings name them

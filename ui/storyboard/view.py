@@ -132,6 +132,13 @@ def score_table(table) -> str:
     return f'<table id="story-score-table">{header}{"".join(rows)}</table>{note}'
 
 
+def lora_text(lora: dict) -> str:
+    """A LoRA setting in words: an uploaded file by the start of its hash, else its source."""
+    source = lora["source"]
+    name = f"the uploaded file {source[6:18]}…" if source.startswith("loras/") else source
+    return f"**{escape(name)}** at weight {lora['weight']:g}"
+
+
 class StoryboardView:
     def __init__(self, tab: StoryboardLayout):
         self.tab = tab
@@ -282,7 +289,7 @@ class StoryboardView:
         if studio is None or panel is None:
             nothing = gr.update(choices=[], value=None)
             return {part.story_style: nothing, part.panel_style: nothing} | dict.fromkeys(
-                (part.story_negative, part.panel_negative), ""
+                (part.story_negative, part.panel_negative, part.lora.story_summary, part.lora.panel_summary), ""
             )
         story = studio.get_story(panel.story_id)
         presets = studio.style_choices()
@@ -291,7 +298,22 @@ class StoryboardView:
             part.story_negative: story.negative,
             part.panel_style: gr.update(choices=[("The story's style", ""), *presets], value=panel.style),
             part.panel_negative: panel.negative,
+            **self.lora(studio, story, panel),
         }
+
+    def lora(self, studio, story, panel) -> dict:
+        """The story's LoRA and the panel's choice (the story's, its own, none), with their weights."""
+        part = self.tab.style.lora
+        story_text = f"Story LoRA: {lora_text(story.lora)}" if story.lora else "The story has no LoRA."
+        choice = "none" if panel.lora.get("none") else "own" if panel.lora else "story"
+        used = studio.panel_lora(panel)
+        panel_text = f"This panel generates with {lora_text(used)}." if used else "This panel generates without a LoRA."
+        out = {part.story_summary: story_text, part.panel_summary: panel_text, part.panel_choice: choice}
+        if story.lora:
+            out[part.story_weight] = story.lora["weight"]
+        if panel.lora.get("source"):
+            out[part.panel_weight] = panel.lora["weight"]
+        return out
 
     def control(self, studio, panel) -> dict:
         """The panel's control picture, its kind and strength (or that it has none)."""
@@ -344,6 +366,8 @@ class StoryboardView:
             control = settings.get("control") or {}
             if control:
                 text += f"\n\nControl picture: {escape(control['kind'])}, strength {control['strength']:g} (ControlNet)"
+            if settings.get("lora_used"):
+                text += f"\n\nLoRA: {lora_text(settings['lora_used'])}"
             for note in settings.get("notes", []):
                 text += f"\n\nNote: {escape(note)}"
         return text
