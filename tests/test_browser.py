@@ -28,7 +28,7 @@ def test_writer_loop_in_a_real_browser(browser, gradio_temp, preview_pipe, tmp_p
     try:
         page = open_page(browser, url)
         expect(page.locator("#preview-banner")).to_contain_text(
-            "Preview mode: tiny random model, images are not meaningful"
+            "Preview mode: a small model trained on a toy world of shapes"
         )
 
         # -- Characters tab: two characters; a missing optional package is a clear message --
