@@ -45,8 +45,15 @@ def values(tiny_folder, data, out, stage, **extra) -> dict:
 
 
 def one_process(settings: dict) -> Trainer:
-    trainer = Trainer(load_config(None, settings["stage"], settings))
-    trainer.run()
+    """The same run in this process, on one thread as each launched process is: a matmul split
+    over threads sums in another order, and the comparison is bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        trainer = Trainer(load_config(None, settings["stage"], settings))
+        trainer.run()
+    finally:
+        torch.set_num_threads(threads)
     return trainer
 
 
