@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .ui_support import ARTIFACTS
+from .ui_support import ARTIFACTS, launch, preview_studio
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
@@ -37,6 +37,18 @@ def browser():
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+@pytest.fixture
+def app(browser, gradio_temp, preview_pipe, tmp_path):
+    """A preview-mode app on a temporary data folder with the example cast: (studio, url)."""
+    studio = preview_studio(tmp_path / "data", preview_pipe)
+    studio.add_example_cast()
+    demo, url = launch(studio)
+    try:
+        yield studio, url
+    finally:
+        demo.close()
 
 
 def shot(page, name: str) -> None:

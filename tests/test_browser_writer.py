@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from .browser_support import add_character, browser, fill, open_page, shot
-from .ui_support import CAST, IGNORE_GRADIO_WARNINGS, gradio_temp, launch, preview_pipe, preview_studio
+from .browser_support import add_character, app, browser, fill, open_page, shot
+from .ui_support import CAST, IGNORE_GRADIO_WARNINGS, gradio_temp, preview_pipe
 
-__all__ = ["browser", "gradio_temp", "preview_pipe"]  # fixtures used by name
+__all__ = ["app", "browser", "gradio_temp", "preview_pipe"]  # fixtures used by name
 pytestmark = [IGNORE_GRADIO_WARNINGS, pytest.mark.browser, pytest.mark.slow]
-
-
-@pytest.fixture
-def app(browser, gradio_temp, preview_pipe, tmp_path):
-    studio = preview_studio(tmp_path / "data", preview_pipe)
-    studio.add_example_cast()
-    demo, url = launch(studio)
-    try:
-        yield studio, url
-    finally:
-        demo.close()
 
 
 @pytest.mark.hostile
